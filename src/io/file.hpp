@@ -1,0 +1,13 @@
+// Whole-file reading with errors that name the file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace vrwkv {
+
+// Throws Error(Input) "PATH: cannot open (No such file or directory)" and the like.
+std::vector<std::uint8_t> read_file(const std::string& path);
+
+}  // namespace vrwkv

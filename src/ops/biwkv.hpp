@@ -1,0 +1,41 @@
+// Bi-WKV, the bidirectional linear attention of Vision-RWKV (VRWKV.md 2).
+//
+// Per batch b and channel c an independent problem over t = 0..T−1 with
+// w = spatial_decay/T and u = spatial_first/T (no exponential on w):
+//   paper    (2.2): y_t = Σ_j α(t,j)·e^{k_j}·v_j / (Σ_j α(t,j)·e^{k_j} + ε_t),
+//                   α = e^{−(|t−j|−1)·w} for j ≠ t, e^{u} for j = t;
+//   official (2.3): the chunked computation of the official CUDA kernel with S
+//                   chunks of L = ceil(T/S) tokens; α is the table of 2.3.
+// ε_t = 1e-6·e^{m_t} (the kernel's EPS added after rescaling by the largest
+// exponent m_t). paper: m_t is the largest exponent of the sum; official:
+// m_t = max(u + k_t, max_{j≠t} k_j − |t−j|·w).
+//
+// k, v, y: [B,T,C]; w, u: [C].
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace vrwkv::ops {
+
+enum class WkvSemantics { Paper, Official };
+
+struct Wkv {
+  WkvSemantics semantics = WkvSemantics::Official;
+  int chunks = 32;  // S, official semantics only
+};
+
+std::string wkv_name(WkvSemantics s);  // "paper" / "official"
+WkvSemantics wkv_from_name(const std::string& name);  // throws Error(Input)
+
+constexpr double kWkvEps = 1e-6;
+
+// O(T²) float64 definitions, for tests only; computes y for tokens
+// [t_begin, t_end) (all by default) and leaves the rest of y untouched.
+void biwkv_ref(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B,
+               std::int64_t T, std::int64_t C, Wkv wkv, std::int64_t t_begin = 0, std::int64_t t_end = -1);
+// O(T·C) scans, float64 accumulation.
+void biwkv(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B, std::int64_t T,
+           std::int64_t C, Wkv wkv);
+
+}  // namespace vrwkv::ops

@@ -1,0 +1,16 @@
+// LayerNorm over the last dimension (VRWKV.md 1.1): biased variance, eps 1e-5
+// in the backbone. x, y: [N,C] (y may alias x); weight, bias: [C].
+#pragma once
+
+#include <cstdint>
+
+namespace vrwkv::ops {
+
+constexpr float kLayerNormEps = 1e-5f;
+
+void layernorm_ref(const float* x, const float* weight, const float* bias, float* y, std::int64_t N, std::int64_t C,
+                   float eps = kLayerNormEps);
+void layernorm(const float* x, const float* weight, const float* bias, float* y, std::int64_t N, std::int64_t C,
+               float eps = kLayerNormEps);
+
+}  // namespace vrwkv::ops

@@ -1,0 +1,21 @@
+// Patch embedding (VRWKV.md 1.2): zero padding at the bottom/right up to a
+// multiple of the patch size p ("corner" AdaptivePadding), then a p×p stride-p
+// convolution with bias, flattened row-major to tokens.
+// x: [B,Cin,H,W]; weight: [C,Cin,p,p]; bias: [C]; y: [B,T,C] with
+// T = ceil(H/p)·ceil(W/p).
+#pragma once
+
+#include <cstdint>
+
+#include "ops/qshift.hpp"
+
+namespace vrwkv::ops {
+
+Grid patch_grid(std::int64_t H, std::int64_t W, std::int64_t p);
+
+void patch_embed_ref(const float* x, const float* weight, const float* bias, float* y, std::int64_t B,
+                     std::int64_t Cin, std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p);
+void patch_embed(const float* x, const float* weight, const float* bias, float* y, std::int64_t B, std::int64_t Cin,
+                 std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p);
+
+}  // namespace vrwkv::ops

@@ -1,0 +1,77 @@
+#include "ops/qshift.hpp"
+
+#include <algorithm>
+#include <vector>
+
+namespace vrwkv::ops {
+
+std::int64_t q_shift_group(std::int64_t C, double channel_gamma) {
+  return static_cast<std::int64_t>(static_cast<double>(C) * channel_gamma);
+}
+
+void q_shift_ref(const float* x, float* xx, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma) {
+  const std::int64_t H = grid.H, W = grid.W, T = grid.tokens(), q = q_shift_group(C, channel_gamma);
+  std::fill(xx, xx + B * T * C, 0.0f);
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t h = 0; h < H; ++h)
+      for (std::int64_t w = 0; w < W; ++w)
+        for (std::int64_t c = 0; c < C; ++c) {
+          std::int64_t sh = h, sw = w;  // source pixel
+          if (c < q) sw = w - s;
+          else if (c < 2 * q) sw = w + s;
+          else if (c < 3 * q) sh = h - s;
+          else if (c < 4 * q) sh = h + s;
+          if (sh < 0 || sh >= H || sw < 0 || sw >= W) continue;
+          xx[(b * T + h * W + w) * C + c] = x[(b * T + sh * W + sw) * C + c];
+        }
+}
+
+void q_shift_mix_ref(const float* x, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma,
+                     int count, const float* const* mu, float* const* out) {
+  const std::int64_t n = B * grid.tokens() * C;
+  std::vector<float> xx(n);
+  if (shift_pixel == 0) std::copy(x, x + n, xx.begin());
+  else q_shift_ref(x, xx.data(), B, grid, C, shift_pixel, channel_gamma);
+  for (int i = 0; i < count; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double m = mu[i][j % C];
+      out[i][j] = static_cast<float>(x[j] * m + xx[j] * (1.0 - m));
+    }
+}
+
+namespace {
+// out = x·μ + xx·(1−μ) over one channel range; xx == nullptr means zeros.
+inline void mix_range(const float* x, const float* xx, int count, const float* const* mu, float* const* out,
+                      std::int64_t c0, std::int64_t c1) {
+  for (int i = 0; i < count; ++i) {
+    const float* m = mu[i];
+    float* o = out[i];
+    if (xx)
+      for (std::int64_t c = c0; c < c1; ++c) o[c] = x[c] * m[c] + xx[c] * (1.0f - m[c]);
+    else
+      for (std::int64_t c = c0; c < c1; ++c) o[c] = x[c] * m[c];
+  }
+}
+}  // namespace
+
+void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma, int count,
+                 const float* const* mu, float* const* out) {
+  const std::int64_t H = grid.H, W = grid.W, T = grid.tokens();
+  const std::int64_t q = s == 0 ? 0 : q_shift_group(C, channel_gamma);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t bt = 0; bt < B * T; ++bt) {
+    const std::int64_t b = bt / T, h = (bt % T) / W, w = bt % W;
+    const float* row = x + bt * C;
+    const auto neighbour = [&](std::int64_t sh, std::int64_t sw) -> const float* {
+      if (sh < 0 || sh >= H || sw < 0 || sw >= W) return nullptr;
+      return x + (b * T + sh * W + sw) * C;
+    };
+    const float* src[4] = {neighbour(h, w - s), neighbour(h, w + s), neighbour(h - s, w), neighbour(h + s, w)};
+    float* o[3];
+    for (int i = 0; i < count; ++i) o[i] = out[i] + bt * C;
+    for (int g = 0; g < 4 && q > 0; ++g) mix_range(row, src[g], count, mu, o, g * q, (g + 1) * q);
+    mix_range(row, row, count, mu, o, 4 * q, C);
+  }
+}
+
+}  // namespace vrwkv::ops

@@ -1,0 +1,32 @@
+// Q-Shift and token mixing (VRWKV.md 1.5).
+//
+// x: [B,T,C] with T = H·W tokens in row-major order. q = int(C·gamma) channels
+// per group; groups take their value from the left (w−s), right (w+s), upper
+// (h−s) and lower (h+s) neighbour, zero beyond the border; channels [4q, C)
+// are copied. Mixing: out = x·μ + xx·(1−μ).
+#pragma once
+
+#include <cstdint>
+
+namespace vrwkv::ops {
+
+struct Grid {
+  std::int64_t H = 0, W = 0;
+  std::int64_t tokens() const { return H * W; }
+};
+
+// The shifted tensor xx alone: [B,T,C].
+void q_shift_ref(const float* x, float* xx, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel,
+                 double channel_gamma);
+
+// Up to three mixes of one shift in one pass: out_i = x·mu_i + xx·(1−mu_i) for
+// i < count (mu_i: [C], out_i: [B,T,C]). shift_pixel = 0 copies x.
+void q_shift_mix_ref(const float* x, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma,
+                     int count, const float* const* mu, float* const* out);
+void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma,
+                 int count, const float* const* mu, float* const* out);
+
+// q = int(C·gamma), as Python computes it.
+std::int64_t q_shift_group(std::int64_t C, double channel_gamma);
+
+}  // namespace vrwkv::ops

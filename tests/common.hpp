@@ -1,0 +1,56 @@
+// Shared test helpers: golden file paths and element-wise comparison.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.hpp"
+#include "vrwkv/tensor.hpp"
+
+namespace vrwkv::test {
+
+inline std::string golden(const std::string& name) { return std::string(VRWKV_GOLDEN_DIR) + "/" + name; }
+
+// Tolerances of ../shared/golden/README.md: a float32 re-run of the official
+// code lands within a few 1e-6 of the float64 goldens; forward outputs must be
+// within 2e-5·max(1, max|golden|), gradients within 5e-5·max(1, max|golden|).
+constexpr double kForwardTol = 2e-5;
+constexpr double kGradTol = 5e-5;
+
+// Max |a − b| over every element (never a sum of signed differences).
+inline double max_abs_diff(const float* a, const float* b, std::int64_t n) {
+  double m = 0;
+  for (std::int64_t i = 0; i < n; ++i) m = std::max(m, std::abs(static_cast<double>(a[i]) - b[i]));
+  return m;
+}
+
+inline double max_abs(const float* a, std::int64_t n) {
+  double m = 0;
+  for (std::int64_t i = 0; i < n; ++i) m = std::max(m, std::abs(static_cast<double>(a[i])));
+  return m;
+}
+
+// Asserts max|got − want| ≤ rel·max(1, max|want|); reports the numbers.
+inline ::testing::AssertionResult close_to(const Tensor& got, const Tensor& want, double rel) {
+  if (got.shape() != want.shape())
+    return ::testing::AssertionFailure() << "shape " << shape_str(got.shape()) << " != " << shape_str(want.shape());
+  const Tensor g = got.to_f32(), w = want.to_f32();
+  const double diff = max_abs_diff(g.f32(), w.f32(), g.numel());
+  const double bound = rel * std::max(1.0, max_abs(w.f32(), w.numel()));
+  if (diff <= bound) return ::testing::AssertionSuccess() << "max diff " << diff;
+  return ::testing::AssertionFailure() << "max |diff| " << diff << " > bound " << bound;
+}
+
+inline std::vector<float> random_vector(std::size_t n, std::mt19937& rng, float lo = -1, float hi = 1) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+}  // namespace vrwkv::test
