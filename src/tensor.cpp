@@ -111,6 +111,18 @@ Tensor Tensor::clone() const {
   return t;
 }
 
+Tensor Tensor::view(std::int64_t offset, Shape shape) const {
+  const std::int64_t n = shape_numel(shape);
+  if (offset < 0 || n < 0 || offset + n > numel_)
+    runtime_error("view of ", shape_str(shape), " at ", offset, " exceeds tensor ", shape_str(shape_));
+  Tensor t;
+  t.dtype_ = dtype_;
+  t.shape_ = std::move(shape);
+  t.numel_ = n;
+  t.buffer_ = std::shared_ptr<std::byte[]>(buffer_, buffer_.get() + offset * dtype_size(dtype_));
+  return t;
+}
+
 Tensor Tensor::reshape(Shape shape) const {
   if (shape_numel(shape) != numel_)
     runtime_error("cannot reshape ", shape_str(shape_), " to ", shape_str(shape));

@@ -8,7 +8,6 @@ namespace vrwkv {
 namespace {
 
 using ops::Wkv;
-using ops::WkvSemantics;
 
 // Checks every T{T}.<form>y of a golden file; form is "" (paper) or
 // "kernel." in biwkv.safetensors and "paper.", "kernel16.", "kernel32." in
@@ -66,7 +65,7 @@ TEST(BiWkv, ScanMatchesDefinition) {
         // each, so 1e-6 relative to max(1, |y|) is generous yet tight.
         const double bound = 1e-6 * std::max(1.0, test::max_abs(yr.data(), yr.size()));
         EXPECT_LE(test::max_abs_diff(y.data(), yr.data(), y.size()), bound)
-            << "B=" << B << " T=" << T << " C=" << C << " " << ops::wkv_name(sem) << " S=" << chunks;
+            << "B=" << B << " T=" << T << " C=" << C << " " << to_string(sem) << " S=" << chunks;
       }
   }
 }
@@ -98,7 +97,7 @@ TEST(BiWkv, LongSequencesStayAccurate) {
           }
         }
         // |y| ≤ max|v| = 3; float32 rounding of a float64 result: ≤ 3·6e-8.
-        EXPECT_LE(diff, 1e-6) << "T=" << T << " c=" << c << " " << ops::wkv_name(sem);
+        EXPECT_LE(diff, 1e-6) << "T=" << T << " c=" << c << " " << to_string(sem);
       }
     }
   }

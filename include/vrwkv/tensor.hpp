@@ -51,6 +51,8 @@ class Tensor {
   const T* data() const { return reinterpret_cast<const T*>(buffer_.get()); }
 
   Tensor clone() const;
+  // A tensor sharing this one's buffer, starting `offset` elements in.
+  Tensor view(std::int64_t offset, Shape shape) const;
   // Same data, new shape with the same number of elements.
   Tensor reshape(Shape shape) const;
   // Converts any floating dtype (F16, BF16, F64) to F32; F32 returns *this.

@@ -9,14 +9,6 @@
 
 namespace vrwkv::ops {
 
-std::string wkv_name(WkvSemantics s) { return s == WkvSemantics::Paper ? "paper" : "official"; }
-
-WkvSemantics wkv_from_name(const std::string& name) {
-  if (name == "paper") return WkvSemantics::Paper;
-  if (name == "official") return WkvSemantics::Official;
-  input_error("unknown Bi-WKV semantics '", name, "' (expected paper or official)");
-}
-
 namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
@@ -61,6 +53,11 @@ void biwkv_ref(const float* w, const float* u, const float* k, const float* v, f
         y[(b * T + t) * C + c] = static_cast<float>(num / (den + kWkvEps));
       }
     }
+}
+
+void biwkv_ref_all(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B,
+                   std::int64_t T, std::int64_t C, Wkv wkv) {
+  biwkv_ref(w, u, k, v, y, B, T, C, wkv);
 }
 
 namespace {

@@ -14,19 +14,15 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
+
+#include "vrwkv/config.hpp"
 
 namespace vrwkv::ops {
-
-enum class WkvSemantics { Paper, Official };
 
 struct Wkv {
   WkvSemantics semantics = WkvSemantics::Official;
   int chunks = 32;  // S, official semantics only
 };
-
-std::string wkv_name(WkvSemantics s);  // "paper" / "official"
-WkvSemantics wkv_from_name(const std::string& name);  // throws Error(Input)
 
 constexpr double kWkvEps = 1e-6;
 
@@ -34,6 +30,9 @@ constexpr double kWkvEps = 1e-6;
 // [t_begin, t_end) (all by default) and leaves the rest of y untouched.
 void biwkv_ref(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B,
                std::int64_t T, std::int64_t C, Wkv wkv, std::int64_t t_begin = 0, std::int64_t t_end = -1);
+// biwkv_ref over all tokens, with the signature of biwkv.
+void biwkv_ref_all(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B,
+                   std::int64_t T, std::int64_t C, Wkv wkv);
 // O(T·C) scans, float64 accumulation.
 void biwkv(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B, std::int64_t T,
            std::int64_t C, Wkv wkv);

@@ -1,0 +1,76 @@
+// The vrwkv library API: load a Vision-RWKV model and run it.
+//
+//   vrwkv::Model model = vrwkv::Model::load("vrwkv_t_in1k_224.pth");
+//   vrwkv::Outputs out = model.forward(input);   // input: F32 [B,3,H,W], normalised
+//   out.logits                                   // F32 [B,num_classes]
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "vrwkv/config.hpp"
+#include "vrwkv/tensor.hpp"
+
+namespace vrwkv {
+
+struct ForwardOptions {
+  bool keep_blocks = false;  // fill Outputs::embed and Outputs::blocks (for parity checks)
+  bool reference = false;    // use the plain reference ops instead of the fast ones
+};
+
+struct Outputs {
+  std::vector<Tensor> features;  // one F32 [B,C,h,w] per out index, in Config::out_indices order
+  Tensor pooled;                 // F32 [B,C]: global average of the last feature map
+  Tensor logits;                 // F32 [B,num_classes]; undefined-shape (empty) when there is no head
+  Tensor embed;                  // F32 [B,T,C]: tokens + position embedding (keep_blocks only)
+  std::vector<Tensor> blocks;    // F32 [B,T,C] per block, before the final norm (keep_blocks only)
+};
+
+// Where a model came from and what in the file was not used.
+struct LoadReport {
+  std::string format;                // "pth" or "safetensors"
+  std::string layout;                // e.g. "mmcls (meta, state_dict)"
+  std::vector<std::string> ignored;  // keys not used by the model
+};
+
+class Model {
+ public:
+  // Reads a .pth checkpoint (any layout of VRWKV.md 5) or a vrwkv .safetensors
+  // file; infers the configuration from the tensors (or reads it from the
+  // safetensors metadata), then applies the overrides. Bad files, missing or
+  // mis-shaped tensors and impossible overrides throw Error(Input).
+  static Model load(const std::string& path, const ConfigOverrides& overrides = {}, LoadReport* report = nullptr);
+  // Builds a model from official parameter names (see parameter_shapes());
+  // `source` names the origin in error messages.
+  static Model from_state_dict(const TensorMap& state_dict, const Config& config,
+                               const std::string& source = "state dict");
+
+  const Config& config() const { return config_; }
+  Config& mutable_config() { return config_; }
+  // Every parameter under its official name, as views into one allocation.
+  const TensorMap& parameters() const { return params_; }
+  std::int64_t parameter_count() const;
+  // FLOPs by the convention of the official get_flops_backbone.py
+  // (multiply-accumulates of convolutions and linears, LayerNorm 2·numel,
+  // pooling numel, plus 29·T·C per block) for an H×W input.
+  double flops(std::int64_t height, std::int64_t width) const;
+
+  Outputs forward(const Tensor& input, const ForwardOptions& options = {}) const;
+
+ private:
+  Config config_;
+  Tensor storage_;
+  TensorMap params_;
+};
+
+// The official name and shape of every parameter of a configuration.
+std::vector<std::pair<std::string, Shape>> parameter_shapes(const Config& config);
+
+// Infers a configuration from official parameter names (VRWKV.md 5.1, 5.2).
+Config infer_config(const TensorMap& state_dict, const std::string& source);
+
+// Applies overrides and checks the result is a model that can run.
+void apply_overrides(Config& config, const ConfigOverrides& overrides, const std::string& source);
+
+}  // namespace vrwkv

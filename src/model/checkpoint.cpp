@@ -1,0 +1,77 @@
+// Model::load: reads a .pth checkpoint (VRWKV.md 5) or a vrwkv .safetensors
+// file and maps its keys onto the official parameter names.
+#include <cstdio>
+#include <cstring>
+#include <set>
+
+#include "io/file.hpp"
+#include "io/pth.hpp"
+#include "io/safetensors.hpp"
+#include "vrwkv/error.hpp"
+#include "vrwkv/model.hpp"
+
+namespace vrwkv {
+
+namespace {
+
+// Official names are "backbone.*" and "head.*". Accept DataParallel's
+// "module." prefix and backbone-only state dicts saved without "backbone.".
+TensorMap normalise_keys(TensorMap sd) {
+  bool all_module = !sd.empty();
+  for (const auto& [k, t] : sd) all_module = all_module && k.starts_with("module.");
+  if (all_module) {
+    TensorMap out;
+    for (auto& [k, t] : sd) out.emplace(k.substr(7), t);
+    sd = std::move(out);
+  }
+  if (!sd.count("backbone.patch_embed.projection.weight") && sd.count("patch_embed.projection.weight")) {
+    TensorMap out;
+    for (auto& [k, t] : sd) out.emplace(k.starts_with("head.") ? k : "backbone." + k, t);
+    sd = std::move(out);
+  }
+  return sd;
+}
+
+enum class Format { Pth, Safetensors };
+
+Format detect_format(const std::vector<std::uint8_t>& bytes, const std::string& path) {
+  if (bytes.size() >= 4 && std::memcmp(bytes.data(), "PK\x03\x04", 4) == 0) return Format::Pth;
+  if (bytes.size() >= 2 && bytes[0] == 0x80) return Format::Pth;  // a legacy pickle: the reader explains
+  if (bytes.size() >= 9 && bytes[8] == '{') return Format::Safetensors;
+  input_error(path, ": not a model file (expected a PyTorch .pth checkpoint or a .safetensors file)");
+}
+
+}  // namespace
+
+Model Model::load(const std::string& path, const ConfigOverrides& overrides, LoadReport* report) {
+  const std::vector<std::uint8_t> bytes = read_file(path);
+  LoadReport rep;
+  TensorMap sd;
+  Config config;
+  bool have_config = false;
+  if (detect_format(bytes, path) == Format::Pth) {
+    PthStateDict pth = read_pth_memory(bytes.data(), bytes.size(), path);
+    rep.format = "pth";
+    rep.layout = pth.layout;
+    rep.ignored = pth.ignored;
+    sd = normalise_keys(std::move(pth.tensors));
+  } else {
+    Metadata meta;
+    sd = normalise_keys(read_safetensors_memory(bytes.data(), bytes.size(), path, &meta));
+    rep.format = "safetensors";
+    rep.layout = "safetensors";
+    if (meta.count("vrwkv.config")) {
+      config = config_from_json(meta.at("vrwkv.config"), path);
+      have_config = true;
+    }
+  }
+  if (!have_config) config = infer_config(sd, path);
+  apply_overrides(config, overrides, path);
+  Model model = from_state_dict(sd, config, path);
+  for (const auto& [k, t] : sd)
+    if (!model.params_.count(k)) rep.ignored.push_back(k);
+  if (report) *report = std::move(rep);
+  return model;
+}
+
+}  // namespace vrwkv

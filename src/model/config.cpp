@@ -1,0 +1,88 @@
+#include "vrwkv/config.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include "vrwkv/error.hpp"
+
+namespace vrwkv {
+
+std::string to_string(HeadKind h) {
+  switch (h) {
+    case HeadKind::None: return "none";
+    case HeadKind::Linear: return "linear";
+    case HeadKind::Mlp: return "mlp";
+  }
+  return "?";
+}
+
+std::string to_string(WkvSemantics s) { return s == WkvSemantics::Paper ? "paper" : "official"; }
+std::string to_string(Preprocess p) { return p == Preprocess::Mmcls ? "mmcls" : "internimage"; }
+
+HeadKind head_from_string(const std::string& s) {
+  if (s == "none") return HeadKind::None;
+  if (s == "linear") return HeadKind::Linear;
+  if (s == "mlp") return HeadKind::Mlp;
+  input_error("unknown head kind '", s, "' (expected none, linear or mlp)");
+}
+
+WkvSemantics wkv_from_string(const std::string& s) {
+  if (s == "paper") return WkvSemantics::Paper;
+  if (s == "official") return WkvSemantics::Official;
+  input_error("unknown Bi-WKV semantics '", s, "' (expected paper or official)");
+}
+
+Preprocess preprocess_from_string(const std::string& s) {
+  if (s == "mmcls") return Preprocess::Mmcls;
+  if (s == "internimage") return Preprocess::InternImage;
+  input_error("unknown preprocessing '", s, "' (expected mmcls or internimage)");
+}
+
+std::string config_to_json(const Config& c) {
+  nlohmann::json j = {
+      {"embed_dims", c.embed_dims},   {"depth", c.depth},
+      {"patch_size", c.patch_size},   {"in_channels", c.in_channels},
+      {"hidden_dims", c.hidden_dims}, {"pos_grid", {c.pos_grid_h, c.pos_grid_w}},
+      {"shift_pixel", c.shift_pixel}, {"channel_gamma", c.channel_gamma},
+      {"key_norm", c.key_norm},       {"post_norm", c.post_norm},
+      {"layer_scale", c.layer_scale}, {"final_norm", c.final_norm},
+      {"head", to_string(c.head)},    {"num_classes", c.num_classes},
+      {"head_hidden", c.head_hidden}, {"out_indices", c.out_indices},
+      {"wkv", to_string(c.wkv)},      {"wkv_chunks", c.wkv_chunks},
+      {"preprocess", to_string(c.preprocess)},
+  };
+  if (!c.class_names.empty()) j["class_names"] = c.class_names;
+  return j.dump();
+}
+
+Config config_from_json(const std::string& text, const std::string& source) {
+  try {
+    const nlohmann::json j = nlohmann::json::parse(text);
+    Config c;
+    c.embed_dims = j.at("embed_dims");
+    c.depth = j.at("depth");
+    c.patch_size = j.at("patch_size");
+    c.in_channels = j.at("in_channels");
+    c.hidden_dims = j.at("hidden_dims");
+    c.pos_grid_h = j.at("pos_grid").at(0);
+    c.pos_grid_w = j.at("pos_grid").at(1);
+    c.shift_pixel = j.at("shift_pixel");
+    c.channel_gamma = j.at("channel_gamma");
+    c.key_norm = j.at("key_norm");
+    c.post_norm = j.at("post_norm");
+    c.layer_scale = j.at("layer_scale");
+    c.final_norm = j.at("final_norm");
+    c.head = head_from_string(j.at("head"));
+    c.num_classes = j.at("num_classes");
+    c.head_hidden = j.at("head_hidden");
+    c.out_indices = j.at("out_indices").get<std::vector<std::int64_t>>();
+    c.wkv = wkv_from_string(j.at("wkv"));
+    c.wkv_chunks = j.at("wkv_chunks");
+    c.preprocess = preprocess_from_string(j.at("preprocess"));
+    if (j.contains("class_names")) c.class_names = j.at("class_names").get<std::vector<std::string>>();
+    return c;
+  } catch (const nlohmann::json::exception& e) {
+    input_error(source, ": invalid vrwkv.config metadata (", e.what(), ")");
+  }
+}
+
+}  // namespace vrwkv

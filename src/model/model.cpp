@@ -1,0 +1,232 @@
+// The VRWKV forward pass (VRWKV.md 1.1-1.8): patch embedding, position
+// embedding, blocks of Spatial Mix and Channel Mix, final norm, out indices,
+// global average pooling and head.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "ops/biwkv.hpp"
+#include "ops/layernorm.hpp"
+#include "ops/linear.hpp"
+#include "ops/patch_embed.hpp"
+#include "ops/pos_embed.hpp"
+#include "ops/qshift.hpp"
+#include "vrwkv/error.hpp"
+#include "vrwkv/model.hpp"
+
+namespace vrwkv {
+
+namespace {
+
+using ops::Grid;
+
+// The ops a forward pass uses: the fast ones or the plain references.
+struct OpSet {
+  decltype(&ops::linear) linear;
+  decltype(&ops::layernorm) layernorm;
+  decltype(&ops::q_shift_mix) q_shift_mix;
+  decltype(&ops::biwkv) biwkv;
+  decltype(&ops::patch_embed) patch_embed;
+  decltype(&ops::resize_pos_embed) resize_pos_embed;
+};
+constexpr OpSet kFast = {ops::linear, ops::layernorm, ops::q_shift_mix, ops::biwkv, ops::patch_embed,
+                         ops::resize_pos_embed};
+constexpr OpSet kReference = {ops::linear_ref, ops::layernorm_ref, ops::q_shift_mix_ref, ops::biwkv_ref_all,
+                              ops::patch_embed_ref, ops::resize_pos_embed_ref};
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// Working buffers of one forward pass, sized for N = B·T tokens.
+struct Work {
+  std::vector<float> h, xk, xv, xr, k, v, r, y, hidden;
+  explicit Work(std::int64_t N, std::int64_t C, std::int64_t Hd)
+      : h(N * C), xk(N * C), xv(N * C), xr(N * C), k(N * C), v(N * C), r(N * C), y(N * C), hidden(N * Hd) {}
+};
+
+class Forward {
+ public:
+  Forward(const Config& c, const TensorMap& p, const OpSet& ops, std::int64_t B, Grid grid)
+      : c_(c), p_(p), ops_(ops), B_(B), grid_(grid), N_(B * grid.tokens()), C_(c.embed_dims),
+        work_(N_, C_, c.hidden_dims) {}
+
+  const float* P(const std::string& name) const { return p_.at(name).f32(); }
+
+  // x ← LayerNorm(x) (or y ← LayerNorm(x)); rows of width `width`.
+  void norm(const std::string& prefix, const float* x, float* y, std::int64_t width) const {
+    ops_.layernorm(x, P(prefix + ".weight"), P(prefix + ".bias"), y, N_, width, ops::kLayerNormEps);
+  }
+
+  // Q-Shift + mixing for `count` mixes; shift_pixel 0 means the input itself.
+  void shift_mix(const float* x, const std::string& prefix, const char* const* names, int count,
+                 const float** outs) {
+    float* bufs[3] = {work_.xk.data(), work_.xv.data(), work_.xr.data()};
+    if (c_.shift_pixel == 0) {
+      for (int i = 0; i < count; ++i) outs[i] = x;
+      return;
+    }
+    const float* mu[3];
+    for (int i = 0; i < count; ++i) mu[i] = P(prefix + names[i]), outs[i] = bufs[i];
+    ops_.q_shift_mix(x, B_, grid_, C_, c_.shift_pixel, c_.channel_gamma, count, mu, bufs);
+  }
+
+  // Spatial Mix (VRWKV.md 1.6): out = output(σ(r) ⊙ [LN](BiWKV(w/T, u/T, k, v))).
+  void spatial_mix(const std::string& l, const float* x, float* out) {
+    static const char* const names[] = {"spatial_mix_k", "spatial_mix_v", "spatial_mix_r"};
+    const float* in[3];
+    shift_mix(x, l + "att.", names, 3, in);
+    ops_.linear(in[0], P(l + "att.key.weight"), nullptr, work_.k.data(), N_, C_, C_);
+    ops_.linear(in[1], P(l + "att.value.weight"), nullptr, work_.v.data(), N_, C_, C_);
+    ops_.linear(in[2], P(l + "att.receptance.weight"), nullptr, work_.r.data(), N_, C_, C_);
+    const float T = static_cast<float>(grid_.tokens());
+    std::vector<float> w(C_), u(C_);
+    const float *decay = P(l + "att.spatial_decay"), *first = P(l + "att.spatial_first");
+    for (std::int64_t c = 0; c < C_; ++c) w[c] = decay[c] / T, u[c] = first[c] / T;
+    ops_.biwkv(w.data(), u.data(), work_.k.data(), work_.v.data(), work_.y.data(), B_, grid_.tokens(), C_,
+               {c_.wkv, c_.wkv_chunks});
+    if (c_.key_norm) norm(l + "att.key_norm", work_.y.data(), work_.y.data(), C_);
+    float* y = work_.y.data();
+    const float* r = work_.r.data();
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < N_ * C_; ++i) y[i] *= sigmoid(r[i]);
+    ops_.linear(y, P(l + "att.output.weight"), nullptr, out, N_, C_, C_);
+  }
+
+  // Channel Mix (VRWKV.md 1.7): out = σ(receptance(xr)) ⊙ value([LN](relu(key(xk))²)).
+  void channel_mix(const std::string& l, const float* x, float* out) {
+    static const char* const names[] = {"spatial_mix_k", "spatial_mix_r"};
+    const float* in[2];
+    shift_mix(x, l + "ffn.", names, 2, in);
+    const std::int64_t Hd = c_.hidden_dims;
+    float* hidden = work_.hidden.data();
+    ops_.linear(in[0], P(l + "ffn.key.weight"), nullptr, hidden, N_, Hd, C_);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < N_ * Hd; ++i) {
+      const float a = std::max(hidden[i], 0.0f);
+      hidden[i] = a * a;
+    }
+    if (c_.key_norm) ops_.layernorm(hidden, P(l + "ffn.key_norm.weight"), P(l + "ffn.key_norm.bias"), hidden, N_, Hd,
+                                    ops::kLayerNormEps);
+    ops_.linear(hidden, P(l + "ffn.value.weight"), nullptr, out, N_, C_, Hd);
+    float* r = work_.r.data();
+    ops_.linear(in[1], P(l + "ffn.receptance.weight"), nullptr, r, N_, C_, C_);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < N_ * C_; ++i) out[i] *= sigmoid(r[i]);
+  }
+
+  // x ← x + g ⊙ branch (g absent without layer scale).
+  void residual(float* x, const float* branch, const std::string& gamma) const {
+    const float* g = c_.layer_scale ? P(gamma) : nullptr;
+    const std::int64_t C = C_;
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < N_ * C; ++i) x[i] += g ? g[i % C] * branch[i] : branch[i];
+  }
+
+  // Block (VRWKV.md 1.4), pre-norm or post-norm.
+  void block(std::int64_t i, float* x) {
+    const std::string l = "backbone.layers." + std::to_string(i) + ".";
+    if (i == 0) norm(l + "ln0", x, x, C_);
+    std::vector<float> branch(N_ * C_);
+    float* h = work_.h.data();
+    if (!c_.post_norm) {
+      norm(l + "ln1", x, h, C_);
+      spatial_mix(l, h, branch.data());
+      residual(x, branch.data(), l + "gamma1");
+      norm(l + "ln2", x, h, C_);
+      channel_mix(l, h, branch.data());
+      residual(x, branch.data(), l + "gamma2");
+    } else {
+      spatial_mix(l, x, branch.data());
+      norm(l + "ln1", branch.data(), branch.data(), C_);
+      residual(x, branch.data(), l + "gamma1");
+      channel_mix(l, x, branch.data());
+      norm(l + "ln2", branch.data(), branch.data(), C_);
+      residual(x, branch.data(), l + "gamma2");
+    }
+  }
+
+ private:
+  const Config& c_;
+  const TensorMap& p_;
+  const OpSet& ops_;
+  std::int64_t B_;
+  Grid grid_;
+  std::int64_t N_, C_;
+  Work work_;
+};
+
+// [B,T,C] tokens to a [B,C,H,W] feature map.
+Tensor to_feature_map(const float* x, std::int64_t B, Grid g, std::int64_t C) {
+  Tensor f(DType::F32, {B, C, g.H, g.W});
+  float* out = f.f32();
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t t = 0; t < g.tokens(); ++t)
+      for (std::int64_t c = 0; c < C; ++c) out[(b * C + c) * g.tokens() + t] = x[(b * g.tokens() + t) * C + c];
+  return f;
+}
+
+}  // namespace
+
+Outputs Model::forward(const Tensor& input, const ForwardOptions& options) const {
+  const Config& c = config_;
+  if (input.dtype() != DType::F32 || input.ndim() != 4 || input.dim(1) != c.in_channels)
+    input_error("input has shape ", shape_str(input.shape()), " (", dtype_name(input.dtype()), "), expected F32 [B,",
+                c.in_channels, ",H,W]");
+  const std::int64_t B = input.dim(0), H = input.dim(2), W = input.dim(3), C = c.embed_dims;
+  if (B < 1 || H < 1 || W < 1) input_error("input has shape ", shape_str(input.shape()), ", expected B, H, W >= 1");
+  const OpSet& ops = options.reference ? kReference : kFast;
+  const Grid grid = ops::patch_grid(H, W, c.patch_size), train_grid{c.pos_grid_h, c.pos_grid_w};
+  const std::int64_t T = grid.tokens();
+  Outputs out;
+
+  // Patch embedding + position embedding (resized when the grid differs).
+  Tensor x(DType::F32, {B, T, C});
+  ops.patch_embed(input.f32(), params_.at("backbone.patch_embed.projection.weight").f32(),
+                  params_.at("backbone.patch_embed.projection.bias").f32(), x.f32(), B, c.in_channels, H, W, C,
+                  c.patch_size);
+  const float* pos = params_.at("backbone.pos_embed").f32();
+  std::vector<float> resized;
+  if (grid.H != train_grid.H || grid.W != train_grid.W) {
+    resized.resize(T * C);
+    ops.resize_pos_embed(pos, train_grid, resized.data(), grid, C);
+    pos = resized.data();
+  }
+  float* xs = x.f32();
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t i = 0; i < T * C; ++i) xs[b * T * C + i] += pos[i];
+  if (options.keep_blocks) out.embed = x.clone();
+
+  Forward fwd(c, params_, ops, B, grid);
+  for (std::int64_t i = 0; i < c.depth; ++i) {
+    fwd.block(i, xs);
+    if (options.keep_blocks) out.blocks.push_back(x.clone());
+    if (i == c.depth - 1 && c.final_norm) fwd.norm("backbone.ln1", xs, xs, C);
+    if (std::find(c.out_indices.begin(), c.out_indices.end(), i) != c.out_indices.end())
+      out.features.push_back(to_feature_map(xs, B, grid, C));
+  }
+
+  // Global average pooling of the last feature map, then the head.
+  const Tensor& last = out.features.back();
+  out.pooled = Tensor(DType::F32, {B, C});
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t ch = 0; ch < C; ++ch) {
+      double s = 0;
+      for (std::int64_t t = 0; t < T; ++t) s += last.f32()[(b * C + ch) * T + t];
+      out.pooled.f32()[b * C + ch] = static_cast<float>(s / T);
+    }
+  if (c.head == HeadKind::Linear) {
+    out.logits = Tensor(DType::F32, {B, c.num_classes});
+    ops.linear(out.pooled.f32(), params_.at("head.fc.weight").f32(), params_.at("head.fc.bias").f32(),
+               out.logits.f32(), B, c.num_classes, C);
+  } else if (c.head == HeadKind::Mlp) {
+    Tensor hidden(DType::F32, {B, c.head_hidden});
+    ops.linear(out.pooled.f32(), params_.at("head.0.weight").f32(), params_.at("head.0.bias").f32(), hidden.f32(), B,
+               c.head_hidden, C);
+    for (std::int64_t i = 0; i < hidden.numel(); ++i) hidden.f32()[i] = std::tanh(hidden.f32()[i]);
+    out.logits = Tensor(DType::F32, {B, c.num_classes});
+    ops.linear(hidden.f32(), params_.at("head.2.weight").f32(), params_.at("head.2.bias").f32(), out.logits.f32(), B,
+               c.num_classes, c.head_hidden);
+  }
+  return out;
+}
+
+}  // namespace vrwkv

@@ -1,0 +1,94 @@
+// Every golden model case of ../shared/golden (README "Cases"): the official
+// checkpoint read directly, run in the case's Bi-WKV semantics, compared
+// tensor by tensor (embed, every block, features, pooled, logits) on both the
+// fast and the reference path.
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common.hpp"
+#include "vrwkv/model.hpp"
+
+namespace vrwkv {
+namespace {
+
+struct Case {
+  nlohmann::json json;
+  TensorMap golden;
+  Model model;
+};
+
+Case load_case(const std::string& name) {
+  std::ifstream f(test::golden(name + ".json"));
+  const nlohmann::json j = nlohmann::json::parse(f);
+  ConfigOverrides o;
+  const std::string impl = j.at("wkv_impl");
+  o.wkv = impl == "sum" ? WkvSemantics::Paper : WkvSemantics::Official;
+  o.wkv_chunks = impl == "kernel16" ? 16 : 32;
+  const auto& bb = j.at("backbone");
+  if (bb.at("out_indices").is_array()) o.out_indices = bb.at("out_indices").get<std::vector<std::int64_t>>();
+  const std::string ckpt = j.contains("checkpoint") ? j.at("checkpoint").get<std::string>() : name + ".pth";
+  Model m = Model::load(test::golden(ckpt), o);
+  return {j, read_safetensors(test::golden(j.at("safetensors"))), std::move(m)};
+}
+
+// The configuration inferred from the checkpoint equals the one that made it.
+void check_config(const Case& c) {
+  const auto& bb = c.json.at("backbone");
+  const Config& cfg = c.model.config();
+  EXPECT_EQ(cfg.embed_dims, bb.at("embed_dims").get<std::int64_t>());
+  EXPECT_EQ(cfg.depth, bb.at("depth").get<std::int64_t>());
+  EXPECT_EQ(cfg.patch_size, bb.at("patch_size").get<std::int64_t>());
+  EXPECT_EQ(cfg.hidden_dims, cfg.embed_dims * bb.at("hidden_rate").get<std::int64_t>());
+  EXPECT_EQ(cfg.post_norm, bb.at("post_norm").get<bool>());
+  EXPECT_EQ(cfg.key_norm, bb.at("key_norm").get<bool>());
+  EXPECT_EQ(cfg.final_norm, bb.at("final_norm").get<bool>());
+  EXPECT_EQ(cfg.shift_pixel, bb.at("shift_pixel").get<int>());
+  EXPECT_EQ(cfg.layer_scale, !bb.at("init_values").is_null());
+  EXPECT_EQ(cfg.num_classes, c.json.at("num_classes").get<std::int64_t>());
+  EXPECT_EQ(cfg.pos_grid_h, c.json.at("train_grid").at(0).get<std::int64_t>());
+  EXPECT_EQ(cfg.pos_grid_w, c.json.at("train_grid").at(1).get<std::int64_t>());
+}
+
+void check_outputs(const Case& c, bool reference) {
+  ForwardOptions opt;
+  opt.keep_blocks = true;
+  opt.reference = reference;
+  const Outputs out = c.model.forward(c.golden.at("input"), opt);
+  const std::string path = reference ? " (reference path)" : " (fast path)";
+  const TensorMap& g = c.golden;
+  EXPECT_TRUE(test::close_to(out.embed, g.at("embed"), test::kForwardTol)) << "embed" << path;
+  for (std::size_t i = 0; i < out.blocks.size(); ++i) {
+    const std::string key = "block." + std::to_string(i);
+    ASSERT_TRUE(g.count(key)) << key;
+    EXPECT_TRUE(test::close_to(out.blocks[i], g.at(key), test::kForwardTol)) << key << path;
+  }
+  EXPECT_EQ(out.blocks.size(), static_cast<std::size_t>(c.model.config().depth));
+  const auto& idx = c.model.config().out_indices;
+  if (idx.size() > 1)
+    for (std::size_t i = 0; i < idx.size(); ++i) {
+      const std::string key = "features." + std::to_string(idx[i]);
+      ASSERT_TRUE(g.count(key)) << key;
+      EXPECT_TRUE(test::close_to(out.features[i], g.at(key), test::kForwardTol)) << key << path;
+    }
+  EXPECT_TRUE(test::close_to(out.features.back(), g.at("features"), test::kForwardTol)) << "features" << path;
+  EXPECT_TRUE(test::close_to(out.pooled, g.at("pooled"), test::kForwardTol)) << "pooled" << path;
+  EXPECT_TRUE(test::close_to(out.logits, g.at("logits"), test::kForwardTol)) << "logits" << path;
+}
+
+class GoldenModel : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GoldenModel, FastPathMatches) {
+  const Case c = load_case(GetParam());
+  check_config(c);
+  check_outputs(c, false);
+}
+
+TEST_P(GoldenModel, ReferencePathMatches) { check_outputs(load_case(GetParam()), true); }
+
+INSTANTIATE_TEST_SUITE_P(Cases, GoldenModel,
+                         ::testing::Values("tiny_default", "tiny_postnorm_ls0p5", "tiny_keynorm", "tiny_shift0",
+                                           "tiny_in37x27_pad", "tiny_outidx01_nofinalnorm", "tiny_default_kernelwkv",
+                                           "vrwkv_t_224_b2", "vrwkv_t_224_b2_kernel32"));
+
+}  // namespace
+}  // namespace vrwkv
