@@ -177,6 +177,10 @@ struct JpegSpec {
   Bytes samples;
   Bytes app1;          // written as an APP1 segment when not empty
   bool ycck = false;   // store CMYK samples as YCCK
+  bool progressive = false;
+  bool arithmetic = false;
+  int restart_rows = 0;  // restart markers every so many MCU rows
+  bool subsample = false;  // 4:2:0 chroma instead of 4:4:4
 };
 
 JpegSpec jpeg_spec(int width, int height, int components, J_COLOR_SPACE color_space) {
@@ -203,7 +207,11 @@ Bytes encode_jpeg(const JpegSpec& s) {
   jpeg_set_defaults(&cinfo);
   jpeg_set_quality(&cinfo, 100, TRUE);
   if (s.ycck) jpeg_set_colorspace(&cinfo, JCS_YCCK);
-  for (int c = 0; c < cinfo.num_components; ++c) cinfo.comp_info[c].h_samp_factor = cinfo.comp_info[c].v_samp_factor = 1;
+  if (!s.subsample)
+    for (int c = 0; c < cinfo.num_components; ++c) cinfo.comp_info[c].h_samp_factor = cinfo.comp_info[c].v_samp_factor = 1;
+  if (s.progressive) jpeg_simple_progression(&cinfo);
+  cinfo.arith_code = s.arithmetic;
+  cinfo.restart_in_rows = s.restart_rows;
   jpeg_start_compress(&cinfo, TRUE);
   if (!s.app1.empty()) jpeg_write_marker(&cinfo, JPEG_APP0 + 1, s.app1.data(), static_cast<unsigned>(s.app1.size()));
   while (cinfo.next_scanline < cinfo.image_height) {
@@ -516,6 +524,28 @@ TEST(ImageDecode, JpegRgb) {
   ASSERT_EQ(im.width, 16);
   ASSERT_EQ(im.height, 8);
   for (std::size_t i = 0; i < im.rgb.size(); ++i) ASSERT_NEAR(im.rgb[i], s.samples[i], 3) << i;
+}
+
+// The coding options change how the DCT coefficients are stored, not their
+// values, so every variant decodes to the same pixels.
+TEST(ImageDecode, JpegCodingVariantsDecodeAlike) {
+  JpegSpec s = jpeg_spec(40, 24, 3, JCS_RGB);
+  for (int v : pattern(40 * 24 * 3, 255, 11)) s.samples.push_back(static_cast<std::uint8_t>(v));
+  const Image baseline = decode_image(write_temp("baseline.jpg", encode_jpeg(s)));
+  s.progressive = true;
+  EXPECT_EQ(decode_image(write_temp("progressive.jpg", encode_jpeg(s))).rgb, baseline.rgb);
+  s.progressive = false;
+  s.arithmetic = true;
+  EXPECT_EQ(decode_image(write_temp("arithmetic.jpg", encode_jpeg(s))).rgb, baseline.rgb);
+  s.arithmetic = false;
+  s.restart_rows = 1;
+  EXPECT_EQ(decode_image(write_temp("restart.jpg", encode_jpeg(s))).rgb, baseline.rgb);
+  s.restart_rows = 0;
+  s.subsample = true;
+  s.progressive = true;
+  const Image subsampled = decode_image(write_temp("progressive_420.jpg", encode_jpeg(s)));
+  EXPECT_EQ(subsampled.width, 40);
+  EXPECT_EQ(subsampled.height, 24);
 }
 
 TEST(ImageDecode, JpegCmykConvertedLikeOpenCv) {

@@ -32,13 +32,19 @@ using namespace std::string_literals;
 std::string golden_path(const std::string& name) { return std::string(VRWKV_GOLDEN_DIR) + "/" + name; }
 std::string data_path(const std::string& name) { return std::string(VRWKV_SOURCE_DIR) + "/tests/data/" + name; }
 
+// A folder for the files the tests write, removed when the test program exits.
+struct ScratchDir {
+  fs::path path = fs::path(::testing::TempDir()) / ("vrwkv_pth_test_" + std::to_string(::getpid()));
+  ScratchDir() { fs::create_directories(path); }
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
 std::string scratch_dir() {
-  static const std::string dir = [] {
-    const fs::path p = fs::path(::testing::TempDir()) / ("vrwkv_pth_test_" + std::to_string(::getpid()));
-    fs::create_directories(p);
-    return p.string();
-  }();
-  return dir;
+  static const ScratchDir dir;
+  return dir.path.string();
 }
 
 std::string scratch(const std::string& name) { return scratch_dir() + "/" + name; }
@@ -66,7 +72,9 @@ PthStateDict read_memory(const std::string& bytes, const std::string& name) {
   } catch (const Error& e) {
     const std::string m = e.what();
     if (e.kind() != Error::Kind::Input) return ::testing::AssertionFailure() << "not kind Input: " << m;
-    if (m.rfind(name + ": ", 0) != 0) return ::testing::AssertionFailure() << "does not start with the name: " << m;
+    if (m.rfind(name + ": ", 0) != 0 || m.size() <= name.size() + 2 || m[name.size() + 2] == ':' ||
+        m[name.size() + 2] == ' ')
+      return ::testing::AssertionFailure() << "does not start with \"<name>: <text>\": " << m;
     if (m.find('\n') != std::string::npos) return ::testing::AssertionFailure() << "not one line: " << m;
     if (m.find(part) == std::string::npos)
       return ::testing::AssertionFailure() << "'" << part << "' not in: " << m;
@@ -574,13 +582,13 @@ TEST(PthHostile, StorageEntryMissing) {
 TEST(PthHostile, StorageSizeDisagreesWithTheArchive) {
   // numel 10^15: would be 4 PB; the entry holds 16 bytes. Must fail before any allocation.
   const std::string huge = state_dict_pickle({{"w", "0", 1000000000000000LL, 0, {4}, {1}}});
-  EXPECT_TRUE(refused(write_checkpoint("numel_1e15.pth", huge, {{"0", float_bytes(4)}}), "archive entry holds 16"));
+  EXPECT_TRUE(refused(write_checkpoint("numel_1e15.pth", huge, {{"0", float_bytes(4)}}), "archive entry holds 16 bytes"));
   // numel whose byte count overflows 64 bits
   const std::string overflow = state_dict_pickle({{"w", "0", 1LL << 62, 0, {4}, {1}, "DoubleStorage"}});
   EXPECT_TRUE(refused(write_checkpoint("numel_overflow.pth", overflow, {{"0", float_bytes(8)}}), "archive entry holds"));
   // one element more than the entry
   const std::string off_by_one = state_dict_pickle({{"w", "0", 5, 0, {4}, {1}}});
-  EXPECT_TRUE(refused(write_checkpoint("numel_5.pth", off_by_one, {{"0", float_bytes(4)}}), "archive entry holds 16"));
+  EXPECT_TRUE(refused(write_checkpoint("numel_5.pth", off_by_one, {{"0", float_bytes(4)}}), "archive entry holds 16 bytes"));
 }
 
 TEST(PthHostile, OneStorageSeenAsTwoDtypes) {
@@ -706,11 +714,10 @@ pickle::Document unpickle(const std::string& bytes, const pickle::Limits& limits
 
 TEST(Pickle, Scalars) {
   // [1, -2, 65535, 2**63-1 (LONG1 9 bytes), -1 (LONG1), 2**70, 0.25, True, None, 'hé', b'\x00']
-  const std::string bytes = std::string("\x80\x02]q\x00(K\x01J\xfe\xff\xff\xffM\xff\xff", 15) +
-                            std::string("\x8a\x09\xff\xff\xff\xff\xff\xff\xff\x7f\x00", 11) +
-                            std::string("\x8a\x01\xff", 3) + std::string("\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x40", 11) +
-                            std::string("G\x3f\xd0\x00\x00\x00\x00\x00\x00", 9) + "\x88N" +
-                            std::string("X\x03\x00\x00\x00h\xc3\xa9", 8) + std::string("C\x01\x00", 3) + "e.";
+  const std::string bytes = "\x80\x02]q\x00(K\x01J\xfe\xff\xff\xffM\xff\xff"s +
+                            "\x8a\x09\xff\xff\xff\xff\xff\xff\xff\x7f\x00"s + "\x8a\x01\xff"s +
+                            "\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x40"s + "G\x3f\xd0\x00\x00\x00\x00\x00\x00"s +
+                            "\x88N"s + "X\x03\x00\x00\x00h\xc3\xa9"s + "C\x01\x00"s + "e."s;
   const pickle::Document doc = unpickle(bytes);
   const pickle::Value& list = doc.at(doc.root());
   ASSERT_EQ(list.kind, pickle::Kind::List);

@@ -4,14 +4,13 @@
 #pragma once
 
 #include "io/image.hpp"
+#include "vrwkv/config.hpp"
 #include "vrwkv/tensor.hpp"
 
 namespace vrwkv {
 
-enum class Preprocess {
-  Mmcls,        // VRWKV-T/S/B: short side 256, centre crop 224, ImageNet mean/std in 0..255 units
-  InternImage,  // VRWKV-L: short side 384, centre crop 384, ToTensor (/255) then mean/std
-};
+// Preprocess (Mmcls: VRWKV-T/S/B, short side 256, centre crop 224; InternImage:
+// VRWKV-L, short side 384, centre crop 384) is declared in vrwkv/config.hpp.
 
 // Pillow 9.4's Image.resize(size, Image.BICUBIC), bit for bit: antialiased
 // Keys cubic (a = -0.5) whose support grows with the reduction factor,

@@ -1,0 +1,54 @@
+// vrwkv classify: top-K classes of each image, one line per image.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include "cli/commands.hpp"
+#include "cli/common.hpp"
+#include "vrwkv/error.hpp"
+
+namespace vrwkv::cli {
+
+void add_classify(CLI::App& app) {
+  struct Options {
+    ModelOptions model;
+    int topk = 5;
+    int batch = 8;
+    std::vector<std::string> images;
+  };
+  auto opt = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("classify", "Classify images: top-K classes and probabilities per image");
+  opt->model.add_to(*cmd);
+  cmd->add_option("--topk,-k", opt->topk, "Classes to show per image")->check(CLI::Range(1, 1000000));
+  cmd->add_option("--batch", opt->batch, "Images per forward pass")->check(CLI::Range(1, 4096));
+  cmd->add_option("images", opt->images, "JPEG or PNG images")->required();
+  cmd->callback([opt] {
+    const Model model = opt->model.load();
+    const Config& cfg = model.config();
+    if (cfg.head == HeadKind::None) input_error(opt->model.model, ": the model has no classification head");
+    const std::vector<std::string> names = class_names(cfg);
+    const int k = static_cast<int>(std::min<std::int64_t>(opt->topk, cfg.num_classes));
+    for (std::size_t start = 0; start < opt->images.size(); start += opt->batch) {
+      const std::size_t end = std::min(opt->images.size(), start + opt->batch);
+      const std::vector<std::string> paths(opt->images.begin() + start, opt->images.begin() + end);
+      const Outputs out = model.forward(load_images(paths, cfg.preprocess));
+      for (std::size_t i = 0; i < paths.size(); ++i) {
+        const float* logits = out.logits.f32() + i * cfg.num_classes;
+        const double top = *std::max_element(logits, logits + cfg.num_classes);
+        double sum = 0;
+        for (std::int64_t c = 0; c < cfg.num_classes; ++c) sum += std::exp(logits[c] - top);
+        std::vector<std::int64_t> order(cfg.num_classes);
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                          [&](std::int64_t a, std::int64_t b) { return logits[a] > logits[b]; });
+        std::printf("%s:", paths[i].c_str());
+        for (int j = 0; j < k; ++j)
+          std::printf("%s %s %.4f", j ? "," : "", names[order[j]].c_str(), std::exp(logits[order[j]] - top) / sum);
+        std::printf("\n");
+      }
+    }
+  });
+}
+
+}  // namespace vrwkv::cli

@@ -1,0 +1,13 @@
+// The subcommands of the vrwkv program, one file each.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace vrwkv::cli {
+
+void add_classify(CLI::App& app);
+void add_run(CLI::App& app);
+void add_convert(CLI::App& app);
+void add_info(CLI::App& app);
+
+}  // namespace vrwkv::cli

@@ -1,0 +1,125 @@
+#include "cli/common.hpp"
+
+#include <omp.h>
+
+#include <sstream>
+
+#include "vrwkv/error.hpp"
+
+namespace vrwkv::cli {
+
+extern const char* const kImagenetClasses;  // generated from data/imagenet_classes.txt
+
+namespace {
+std::optional<bool> parse_bool(const std::string& text, const std::string& option) {
+  if (text.empty()) return std::nullopt;
+  if (text == "true" || text == "1" || text == "on") return true;
+  if (text == "false" || text == "0" || text == "off") return false;
+  input_error(option, ": expected true or false, got '", text, "'");
+}
+}  // namespace
+
+void ModelOptions::add_to(CLI::App& app, bool model_optional) {
+  auto* m = app.add_option("--model,-m", model, "Model file: an official .pth checkpoint or a vrwkv .safetensors");
+  if (!model_optional) m->required();
+  app.add_option("--threads,-t", threads, "Worker threads (default: all cores)")->check(CLI::Range(1, 1024));
+  app.add_option("--wkv", wkv, "Bi-WKV semantics: paper | official (default: the model's; .pth: official)");
+  app.add_option("--wkv-chunks", wkv_chunks, "Chunk count S of the official semantics (default 32)")
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--preprocess", preprocess, "Image transform: mmcls | internimage (default by model)");
+  app.add_option("--out-indices", out_indices, "Blocks whose output is a feature map, e.g. 0,5,11 (default: last)");
+  app.add_option("--post-norm", post_norm, "Override post_norm: true | false (default: layer scale present)");
+  app.add_option("--final-norm", final_norm, "Override final_norm: true | false (default: backbone.ln1 present)");
+  app.add_option("--key-norm", key_norm, "Override key_norm: true | false (default: key_norm tensors present)");
+  app.add_option("--layer-scale", layer_scale, "Override layer scale: true | false (default: gamma1 present)");
+  app.add_option("--shift-pixel", shift_pixel, "Q-Shift distance (default: 1 if spatial_mix tensors exist, else 0)");
+  app.add_option("--channel-gamma", channel_gamma, "Q-Shift channel fraction per direction (default 0.25)");
+  app.add_option("--pos-grid", pos_grid, "Training grid of pos_embed, HxW (default: square root of its length)");
+  app.add_option("--head", head, "Head: none | linear | mlp (default: inferred; none drops the head)");
+}
+
+ConfigOverrides ModelOptions::overrides() const {
+  ConfigOverrides o;
+  if (!wkv.empty()) o.wkv = wkv_from_string(wkv);
+  if (wkv_chunks) o.wkv_chunks = wkv_chunks;
+  if (!preprocess.empty()) o.preprocess = preprocess_from_string(preprocess);
+  if (!head.empty()) o.head = head_from_string(head);
+  if (!out_indices.empty()) o.out_indices = parse_index_list(out_indices, "--out-indices");
+  o.post_norm = parse_bool(post_norm, "--post-norm");
+  o.final_norm = parse_bool(final_norm, "--final-norm");
+  o.key_norm = parse_bool(key_norm, "--key-norm");
+  o.layer_scale = parse_bool(layer_scale, "--layer-scale");
+  if (shift_pixel >= 0) o.shift_pixel = shift_pixel;
+  if (channel_gamma != 0) o.channel_gamma = channel_gamma;
+  if (!pos_grid.empty()) {
+    long long h = 0, w = 0;
+    char x = 0, extra = 0;
+    if (std::sscanf(pos_grid.c_str(), "%lld%c%lld%c", &h, &x, &w, &extra) != 3 || (x != 'x' && x != 'X') || h < 1 ||
+        w < 1)
+      input_error("--pos-grid: expected HxW such as 14x14, got '", pos_grid, "'");
+    o.pos_grid_h = h, o.pos_grid_w = w;
+  }
+  return o;
+}
+
+Model ModelOptions::load(LoadReport* report) const {
+  set_threads(threads);
+  return Model::load(model, overrides(), report);
+}
+
+void set_threads(int threads) {
+  if (threads > 0) omp_set_num_threads(threads);
+}
+
+std::vector<std::string> class_names(const Config& config) {
+  if (!config.class_names.empty()) return config.class_names;
+  std::vector<std::string> names;
+  if (config.num_classes == 1000) {
+    std::istringstream in(kImagenetClasses);
+    for (std::string line; std::getline(in, line);) names.push_back(line);
+  }
+  if (static_cast<std::int64_t>(names.size()) != config.num_classes) {
+    names.clear();
+    for (std::int64_t i = 0; i < config.num_classes; ++i) names.push_back("class " + std::to_string(i));
+  }
+  return names;
+}
+
+std::vector<std::int64_t> parse_index_list(const std::string& text, const std::string& option) {
+  std::vector<std::int64_t> out;
+  std::istringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    std::size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size()) input_error(option, ": expected integers separated by commas, got '", text, "'");
+    out.push_back(v);
+  }
+  if (out.empty()) input_error(option, ": expected at least one index");
+  return out;
+}
+
+}  // namespace vrwkv::cli
+
+#include <cstring>
+
+#include "io/image.hpp"
+#include "io/preprocess.hpp"
+
+namespace vrwkv::cli {
+
+Tensor load_images(const std::vector<std::string>& paths, Preprocess preprocess) {
+  const std::int64_t S = preprocess_size(preprocess), n = static_cast<std::int64_t>(paths.size());
+  Tensor batch(DType::F32, {n, 3, S, S});
+  for (std::int64_t i = 0; i < n; ++i) {
+    const Tensor one = preprocess_image(decode_image(paths[i]), preprocess);
+    std::memcpy(batch.f32() + i * 3 * S * S, one.f32(), one.nbytes());
+  }
+  return batch;
+}
+
+}  // namespace vrwkv::cli

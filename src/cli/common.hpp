@@ -1,0 +1,41 @@
+// Pieces every vrwkv subcommand shares: the model options and how a model is
+// loaded from them, thread setup, class names.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+#include <vector>
+
+#include "vrwkv/model.hpp"
+
+namespace vrwkv::cli {
+
+struct ModelOptions {
+  std::string model;
+  int threads = 0;  // 0: all cores
+  std::string wkv, preprocess, head, pos_grid, out_indices;
+  int wkv_chunks = 0, shift_pixel = -1;
+  double channel_gamma = 0;
+  std::string post_norm, final_norm, key_norm, layer_scale;  // "true"/"false" or empty
+
+  // Adds --model (required unless `model_optional`), --threads and every config override.
+  void add_to(CLI::App& app, bool model_optional = false);
+  ConfigOverrides overrides() const;
+  // Loads the model (printing nothing) and applies --threads.
+  Model load(LoadReport* report = nullptr) const;
+};
+
+void set_threads(int threads);
+
+// Class names of a model: its own (metadata), ImageNet's for 1000 classes, indices otherwise.
+std::vector<std::string> class_names(const Config& config);
+
+// Parses "0,5,11" (negative allowed).
+std::vector<std::int64_t> parse_index_list(const std::string& text, const std::string& option);
+
+}  // namespace vrwkv::cli
+
+namespace vrwkv::cli {
+// Decodes and preprocesses images into one F32 [N,3,S,S] batch.
+Tensor load_images(const std::vector<std::string>& paths, Preprocess preprocess);
+}  // namespace vrwkv::cli

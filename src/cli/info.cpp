@@ -1,0 +1,53 @@
+// vrwkv info: the configuration, parameter count and FLOPs of a model.
+#include <cstdio>
+
+#include "cli/commands.hpp"
+#include "cli/common.hpp"
+#include "vrwkv/error.hpp"
+
+namespace vrwkv::cli {
+
+void add_info(CLI::App& app) {
+  struct Options {
+    ModelOptions model;
+    std::string res;
+  };
+  auto opt = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("info", "Show a model's configuration, parameter count and FLOPs");
+  opt->model.add_to(*cmd, /*model_optional=*/true);
+  cmd->add_option("file", opt->model.model, "Model file (.pth or .safetensors)")->required();
+  cmd->add_option("--res", opt->res, "Input resolution for FLOPs: N or HxW (default: the training grid)");
+  cmd->callback([opt] {
+    LoadReport report;
+    const Model model = opt->model.load(&report);
+    const Config& c = model.config();
+    long long h = c.pos_grid_h * c.patch_size, w = c.pos_grid_w * c.patch_size;
+    if (!opt->res.empty()) {
+      char x = 0, extra = 0;
+      const int n = std::sscanf(opt->res.c_str(), "%lld%c%lld%c", &h, &x, &w, &extra);
+      if (n == 1) w = h;
+      else if (n != 3 || (x != 'x' && x != 'X')) input_error("--res: expected N or HxW, got '", opt->res, "'");
+      if (h < 1 || w < 1) input_error("--res: expected a positive size, got '", opt->res, "'");
+    }
+    std::printf("file          %s (%s)\n", opt->model.model.c_str(), report.layout.c_str());
+    std::printf("embed_dims    %lld\ndepth         %lld\npatch_size    %lld\nhidden_dims   %lld\n",
+                (long long)c.embed_dims, (long long)c.depth, (long long)c.patch_size, (long long)c.hidden_dims);
+    std::printf("pos_grid      %lldx%lld\n", (long long)c.pos_grid_h, (long long)c.pos_grid_w);
+    std::printf("shift_pixel   %d\nchannel_gamma %g\n", c.shift_pixel, c.channel_gamma);
+    std::printf("key_norm      %s\npost_norm     %s\nlayer_scale   %s\nfinal_norm    %s\n", c.key_norm ? "true" : "false",
+                c.post_norm ? "true" : "false", c.layer_scale ? "true" : "false", c.final_norm ? "true" : "false");
+    std::printf("head          %s", to_string(c.head).c_str());
+    if (c.head != HeadKind::None) std::printf(" (%lld classes)", (long long)c.num_classes);
+    std::printf("\nout_indices  ");
+    for (auto i : c.out_indices) std::printf(" %lld", (long long)i);
+    std::printf("\nwkv           %s", to_string(c.wkv).c_str());
+    if (c.wkv == WkvSemantics::Official) std::printf(" (S = %d)", c.wkv_chunks);
+    std::printf("\npreprocess    %s\n", to_string(c.preprocess).c_str());
+    std::printf("parameters    %lld (%.1fM)\n", (long long)model.parameter_count(), model.parameter_count() / 1e6);
+    std::printf("FLOPs         %.3f G at %lldx%lld (multiply-adds + 29·T·C per block, as the paper counts)\n",
+                model.flops(h, w) / 1e9, h, w);
+    if (!report.ignored.empty()) std::printf("ignored       %zu entries not part of the model\n", report.ignored.size());
+  });
+}
+
+}  // namespace vrwkv::cli

@@ -1,0 +1,37 @@
+// vrwkv: the command-line program. It parses arguments and calls the library;
+// exit codes: 0 success, 2 bad input or usage, 1 failure at run time.
+#include <cstdio>
+#include <new>
+
+#include "cli/commands.hpp"
+#include "vrwkv/error.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"vrwkv: Vision-RWKV inference on the CPU, from official checkpoints"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "vrwkv 0.1.0");
+  vrwkv::cli::add_classify(app);
+  vrwkv::cli::add_run(app);
+  vrwkv::cli::add_convert(app);
+  vrwkv::cli::add_info(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "vrwkv: %s (see --help)\n", e.what());
+    return 2;
+  } catch (const vrwkv::Error& e) {
+    std::fprintf(stderr, "vrwkv: %s\n", e.what());
+    return e.kind() == vrwkv::Error::Kind::Input ? 2 : 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "vrwkv: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vrwkv: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
