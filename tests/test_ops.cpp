@@ -1,0 +1,129 @@
+// Every fast op against its plain reference on random, awkward shapes:
+// T not a multiple of the SIMD width, non-square grids, B > 1, C not a power of
+// two, T = 1 (ENGINEERING.md "Kernels").
+#include "common.hpp"
+#include "ops/layernorm.hpp"
+#include "ops/linear.hpp"
+#include "ops/patch_embed.hpp"
+#include "ops/pos_embed.hpp"
+#include "ops/qshift.hpp"
+
+namespace vrwkv {
+namespace {
+
+// Fast float32 results against float64-accumulated references: a K-term dot
+// product in float32 carries a relative error of about sqrt(K)·6e-8 of the
+// sum of |terms|; 2e-6 relative to max(1, max|ref|) covers K ≤ 4096.
+constexpr double kOpTol = 2e-6;
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  const double bound = kOpTol * std::max(1.0, test::max_abs(want.data(), want.size()));
+  EXPECT_LE(test::max_abs_diff(got.data(), want.data(), got.size()), bound) << what;
+}
+
+TEST(Ops, LinearMatchesReference) {
+  std::mt19937 rng(1);
+  const std::int64_t shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {196, 192, 192}, {33, 100, 768}, {2, 1000, 192}};
+  for (const auto& s : shapes) {
+    const std::int64_t M = s[0], N = s[1], K = s[2];
+    const auto x = test::random_vector(M * K, rng), W = test::random_vector(N * K, rng), b = test::random_vector(N, rng);
+    std::vector<float> y(M * N), yr(M * N);
+    for (const float* bias : {static_cast<const float*>(nullptr), b.data()}) {
+      ops::linear(x.data(), W.data(), bias, y.data(), M, N, K);
+      ops::linear_ref(x.data(), W.data(), bias, yr.data(), M, N, K);
+      expect_close(y, yr, "linear " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K));
+    }
+  }
+}
+
+TEST(Ops, LayerNormMatchesReference) {
+  std::mt19937 rng(2);
+  for (std::int64_t C : {1, 3, 64, 193, 4096})
+    for (std::int64_t N : {1, 17}) {
+      auto x = test::random_vector(N * C, rng, -3, 5);
+      const auto w = test::random_vector(C, rng), b = test::random_vector(C, rng);
+      std::vector<float> y(N * C), yr(N * C);
+      ops::layernorm(x.data(), w.data(), b.data(), y.data(), N, C);
+      ops::layernorm_ref(x.data(), w.data(), b.data(), yr.data(), N, C);
+      expect_close(y, yr, "layernorm C=" + std::to_string(C));
+      ops::layernorm(x.data(), w.data(), b.data(), x.data(), N, C);  // in place
+      expect_close(x, yr, "layernorm in place C=" + std::to_string(C));
+    }
+}
+
+TEST(Ops, QShiftMixMatchesReference) {
+  std::mt19937 rng(3);
+  struct Shape {
+    std::int64_t B, H, W, C;
+    int s;
+    double gamma;
+  };
+  const Shape shapes[] = {{1, 1, 1, 4, 1, 0.25}, {2, 3, 5, 13, 1, 0.25}, {1, 7, 4, 64, 2, 0.25},
+                          {3, 14, 14, 20, 1, 0.125}, {1, 2, 9, 7, 3, 0.25}, {1, 5, 5, 32, 1, 0.1}};
+  for (const Shape& s : shapes) {
+    const std::int64_t n = s.B * s.H * s.W * s.C;
+    const auto x = test::random_vector(n, rng);
+    const auto m0 = test::random_vector(s.C, rng, 0, 1), m1 = test::random_vector(s.C, rng, 0, 1),
+               m2 = test::random_vector(s.C, rng, 0, 1);
+    const float* mu[3] = {m0.data(), m1.data(), m2.data()};
+    std::vector<float> o[3], r[3];
+    float *op[3], *rp[3];
+    for (int i = 0; i < 3; ++i) o[i].resize(n), r[i].resize(n), op[i] = o[i].data(), rp[i] = r[i].data();
+    ops::q_shift_mix(x.data(), s.B, {s.H, s.W}, s.C, s.s, s.gamma, 3, mu, op);
+    ops::q_shift_mix_ref(x.data(), s.B, {s.H, s.W}, s.C, s.s, s.gamma, 3, mu, rp);
+    for (int i = 0; i < 3; ++i) expect_close(o[i], r[i], "q_shift_mix");
+  }
+}
+
+// The shift itself, by hand, on a 2×3 grid with C = 5 (q = 1: left, right,
+// up, down, copy).
+TEST(Ops, QShiftDirections) {
+  const std::int64_t H = 2, W = 3, C = 5, T = H * W;
+  std::vector<float> x(T * C), xx(T * C);
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t c = 0; c < C; ++c) x[t * C + c] = static_cast<float>(10 * t + c);
+  ops::q_shift_ref(x.data(), xx.data(), 1, {H, W}, C, 1, 0.25);
+  const auto at = [&](std::int64_t h, std::int64_t w, std::int64_t c) { return xx[(h * W + w) * C + c]; };
+  const auto src = [&](std::int64_t h, std::int64_t w, std::int64_t c) { return x[(h * W + w) * C + c]; };
+  EXPECT_EQ(at(0, 0, 0), 0.0f);               // left neighbour of column 0: zero
+  EXPECT_EQ(at(1, 2, 0), src(1, 1, 0));       // from the left
+  EXPECT_EQ(at(0, 1, 1), src(0, 2, 1));       // from the right
+  EXPECT_EQ(at(0, 2, 1), 0.0f);
+  EXPECT_EQ(at(1, 1, 2), src(0, 1, 2));       // from above
+  EXPECT_EQ(at(0, 1, 2), 0.0f);
+  EXPECT_EQ(at(0, 2, 3), src(1, 2, 3));       // from below
+  EXPECT_EQ(at(1, 2, 3), 0.0f);
+  EXPECT_EQ(at(1, 0, 4), src(1, 0, 4));       // remainder copied
+}
+
+TEST(Ops, PatchEmbedMatchesReference) {
+  std::mt19937 rng(4);
+  const std::int64_t shapes[][5] = {{1, 3, 16, 16, 16}, {2, 3, 37, 27, 4}, {1, 1, 5, 9, 3}, {1, 3, 40, 33, 16}};
+  for (const auto& s : shapes) {
+    const std::int64_t B = s[0], Cin = s[1], H = s[2], W = s[3], p = s[4], C = 24;
+    const ops::Grid g = ops::patch_grid(H, W, p);
+    const auto x = test::random_vector(B * Cin * H * W, rng), w = test::random_vector(C * Cin * p * p, rng),
+               b = test::random_vector(C, rng);
+    std::vector<float> y(B * g.tokens() * C), yr(y.size());
+    ops::patch_embed(x.data(), w.data(), b.data(), y.data(), B, Cin, H, W, C, p);
+    ops::patch_embed_ref(x.data(), w.data(), b.data(), yr.data(), B, Cin, H, W, C, p);
+    expect_close(y, yr, "patch_embed");
+  }
+}
+
+TEST(Ops, PosEmbedResizeMatchesReference) {
+  std::mt19937 rng(5);
+  const std::int64_t grids[][4] = {{8, 8, 10, 7}, {12, 12, 24, 24}, {14, 14, 7, 9}, {1, 1, 3, 2}, {14, 14, 14, 14}};
+  for (const auto& g : grids) {
+    const std::int64_t C = 11;
+    const auto src = test::random_vector(g[0] * g[1] * C, rng);
+    std::vector<float> y(g[2] * g[3] * C), yr(y.size());
+    ops::resize_pos_embed(src.data(), {g[0], g[1]}, y.data(), {g[2], g[3]}, C);
+    ops::resize_pos_embed_ref(src.data(), {g[0], g[1]}, yr.data(), {g[2], g[3]}, C);
+    expect_close(y, yr, "resize_pos_embed");
+    if (g[0] == g[2] && g[1] == g[3]) expect_close(y, src, "same-size resize is the identity");
+  }
+}
+
+}  // namespace
+}  // namespace vrwkv

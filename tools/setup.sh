@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages vrwkv needs to build and test, only those
+# that are missing. Run as root (or with sudo available).
+set -euo pipefail
+
+packages=(
+  g++ cmake make pkg-config           # toolchain
+  libdnnl-dev                         # GEMM (oneDNN)
+  libjpeg62-turbo-dev libpng-dev      # image decoding
+  libzip-dev                          # .pth archives
+  nlohmann-json3-dev                  # safetensors headers, configs
+  libcli11-dev                        # command line
+  libgtest-dev                        # tests
+)
+if [ "${VRWKV_FUZZ:-0}" = 1 ]; then
+  packages+=(clang libclang-rt-14-dev)  # libFuzzer targets
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#packages[@]} packages present"
+  exit 0
+fi
+echo "setup: installing ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup: done"
