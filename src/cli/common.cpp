@@ -40,10 +40,18 @@ void ModelOptions::add_to(CLI::App& app, bool model_optional) {
 
 ConfigOverrides ModelOptions::overrides() const {
   ConfigOverrides o;
-  if (!wkv.empty()) o.wkv = wkv_from_string(wkv);
+  // Errors name the option: "--wkv: unknown Bi-WKV semantics ...".
+  const auto named = [](const char* option, auto parse) {
+    try {
+      return parse();
+    } catch (const Error& e) {
+      input_error(option, ": ", e.what());
+    }
+  };
+  if (!wkv.empty()) o.wkv = named("--wkv", [&] { return wkv_from_string(wkv); });
   if (wkv_chunks) o.wkv_chunks = wkv_chunks;
-  if (!preprocess.empty()) o.preprocess = preprocess_from_string(preprocess);
-  if (!head.empty()) o.head = head_from_string(head);
+  if (!preprocess.empty()) o.preprocess = named("--preprocess", [&] { return preprocess_from_string(preprocess); });
+  if (!head.empty()) o.head = named("--head", [&] { return head_from_string(head); });
   if (!out_indices.empty()) o.out_indices = parse_index_list(out_indices, "--out-indices");
   o.post_norm = parse_bool(post_norm, "--post-norm");
   o.final_norm = parse_bool(final_norm, "--final-norm");

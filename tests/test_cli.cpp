@@ -1,0 +1,169 @@
+// The vrwkv program end to end: the run contract against the goldens, convert
+// round trips, and the error contract: a bad input gives one line on stderr
+// naming it, exit code 2, and no output file (an existing one is untouched).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "common.hpp"
+
+namespace vrwkv {
+namespace {
+
+struct CliResult {
+  int code;
+  std::string out, err;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "vrwkv_cli_" + std::to_string(getpid()) + "_" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    ASSERT_EQ(std::system(("rm -rf '" + dir_ + "' && mkdir -p '" + dir_ + "'").c_str()), 0);
+  }
+  void TearDown() override { std::system(("rm -rf '" + dir_ + "'").c_str()); }
+
+  std::string path(const std::string& name) const { return dir_ + "/" + name; }
+
+  CliResult run(const std::string& args) const {
+    const std::string cmd = std::string(VRWKV_CLI_PATH) + " " + args + " >'" + path("stdout") + "' 2>'" +
+                            path("stderr") + "'";
+    const int status = std::system(cmd.c_str());
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(path("stdout")), slurp(path("stderr"))};
+  }
+
+  void write(const std::string& name, const std::string& bytes) const {
+    std::ofstream(path(name), std::ios::binary) << bytes;
+  }
+
+  // Exit code 2, exactly one line on stderr that mentions `mention`.
+  void expect_input_error(const CliResult& r, const std::string& mention) const {
+    EXPECT_EQ(r.code, 2) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(mention), std::string::npos) << r.err;
+  }
+
+  std::string dir_;
+};
+
+TEST_F(Cli, RunReproducesGoldenThroughTheFileContract) {
+  const CliResult r = run("run --model " + test::golden("tiny_keynorm.pth") + " --wkv paper --input " +
+                          test::golden("tiny_keynorm.safetensors") + " --output " + path("out.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const TensorMap out = read_safetensors(path("out.safetensors"));
+  const TensorMap g = read_safetensors(test::golden("tiny_keynorm.safetensors"));
+  EXPECT_TRUE(test::close_to(out.at("features"), g.at("features"), test::kForwardTol));
+  EXPECT_TRUE(test::close_to(out.at("logits"), g.at("logits"), test::kForwardTol));
+}
+
+TEST_F(Cli, RunWritesEveryOutIndex) {
+  const CliResult r = run("run -m " + test::golden("tiny_outidx01_nofinalnorm.pth") +
+                          " --wkv paper --out-indices 0,1 -i " + test::golden("tiny_outidx01_nofinalnorm.safetensors") +
+                          " -o " + path("out.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const TensorMap out = read_safetensors(path("out.safetensors"));
+  const TensorMap g = read_safetensors(test::golden("tiny_outidx01_nofinalnorm.safetensors"));
+  for (const char* key : {"features", "features.0", "features.1", "logits"})
+    EXPECT_TRUE(test::close_to(out.at(key), g.at(key), test::kForwardTol)) << key;
+}
+
+// convert keeps the semantics chosen at conversion in the file's metadata, so
+// the converted model reproduces the golden with no flags.
+TEST_F(Cli, ConvertRoundTrip) {
+  CliResult r = run("convert " + test::golden("tiny_postnorm_ls0p5.pth") + " " + path("m.safetensors") + " --wkv paper");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run("run -m " + path("m.safetensors") + " -i " + test::golden("tiny_postnorm_ls0p5.safetensors") + " -o " +
+          path("out.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const TensorMap out = read_safetensors(path("out.safetensors"));
+  const TensorMap g = read_safetensors(test::golden("tiny_postnorm_ls0p5.safetensors"));
+  EXPECT_TRUE(test::close_to(out.at("logits"), g.at("logits"), test::kForwardTol));
+  r = run("info " + path("m.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("post_norm     true"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("wkv           paper"), std::string::npos) << r.out;
+}
+
+TEST_F(Cli, ClassifyPrintsOneLinePerImage) {
+  const CliResult r = run("classify -m " + test::golden("vrwkv_t_224_b2.pth") + " --topk 3 " +
+                          test::golden("preprocess/rocket.jpg") + " " + test::golden("preprocess/text.png"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 2) << r.out;
+  EXPECT_NE(r.out.find("rocket.jpg:"), std::string::npos) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), ','), 4) << r.out;  // 3 classes per line
+}
+
+TEST_F(Cli, InfoReportsOfficialCounts) {
+  const CliResult r = run("info " + test::golden("vrwkv_t_224_b2.pth"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  // VRWKV.md 4: VRWKV-T has 6,155,176 parameters and 1.171 GFLOPs at 224².
+  EXPECT_NE(r.out.find("6155176"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1.171 G"), std::string::npos) << r.out;
+}
+
+TEST_F(Cli, MissingModelFile) {
+  expect_input_error(run("classify -m " + path("nope.pth") + " " + test::golden("preprocess/rocket.jpg")),
+                     path("nope.pth"));
+}
+
+TEST_F(Cli, DamagedModelFiles) {
+  const std::string pth = slurp(test::golden("tiny_default.pth"));
+  write("truncated.pth", pth.substr(0, pth.size() / 2));
+  write("text.pth", "this is not a checkpoint\n");
+  write("empty.pth", "");
+  for (const char* name : {"truncated.pth", "text.pth", "empty.pth"}) {
+    const CliResult r = run("run -m " + path(name) + " -i " + test::golden("tiny_default.safetensors") + " -o " +
+                            path("out.safetensors"));
+    expect_input_error(r, path(name));
+    EXPECT_NE(access(path("out.safetensors").c_str(), F_OK), 0) << "output file left behind for " << name;
+  }
+}
+
+TEST_F(Cli, BadInputTensorLeavesExistingOutputUntouched) {
+  write("out.safetensors", "old contents");
+  // A safetensors file without 'input', then one with the wrong shape.
+  write_safetensors(path("noinput.safetensors"), {{"x", Tensor(DType::F32, {1})}});
+  write_safetensors(path("badshape.safetensors"), {{"input", Tensor(DType::F32, {1, 4, 8, 8})}});
+  for (const char* name : {"noinput.safetensors", "badshape.safetensors"}) {
+    const CliResult r = run("run -m " + test::golden("tiny_default.pth") + " -i " + path(name) + " -o " +
+                            path("out.safetensors"));
+    EXPECT_EQ(r.code, 2) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_EQ(slurp(path("out.safetensors")), "old contents");
+  }
+}
+
+TEST_F(Cli, NotAnImage) {
+  write("notes.jpg", "plain text, not a JPEG");
+  expect_input_error(run("classify -m " + test::golden("vrwkv_t_224_b2.pth") + " " + path("notes.jpg")),
+                     path("notes.jpg"));
+}
+
+TEST_F(Cli, ImpossibleOptions) {
+  const std::string m = "-m " + test::golden("tiny_default.pth") + " -i " + test::golden("tiny_default.safetensors") +
+                        " -o " + path("o.safetensors");
+  expect_input_error(run("run " + m + " --wkv fast"), "--wkv");
+  expect_input_error(run("run " + m + " --out-indices 5"), "--out-indices");
+  expect_input_error(run("run " + m + " --out-indices 1,x"), "--out-indices");
+  expect_input_error(run("run " + m + " --channel-gamma 0.5"), "--channel-gamma");
+  expect_input_error(run("run " + m + " --pos-grid 8"), "--pos-grid");
+  expect_input_error(run("run " + m + " --key-norm true"), "key_norm");
+  expect_input_error(run("run " + m + " --threads 0"), "--threads");
+  expect_input_error(run("frobnicate"), "frobnicate");
+  EXPECT_NE(access(path("o.safetensors").c_str(), F_OK), 0);
+  EXPECT_EQ(run("run --help").code, 0);
+}
+
+}  // namespace
+}  // namespace vrwkv
