@@ -146,3 +146,43 @@ TEST(Model, InferredConfigRoundTripsAndOverridesApply) {
 
 }  // namespace
 }  // namespace vrwkv
+
+namespace vrwkv {
+namespace {
+
+// The backbone of a detection/segmentation checkpoint (VRWKV.md 5.4): adapter
+// and head keys are ignored and listed; there is no final norm. Also the
+// DataParallel "module." prefix and a backbone saved without "backbone.".
+TEST(Model, LoadsBackbonePartOfDenseCheckpoints) {
+  std::mt19937 rng(15);
+  Config c = variants()[0].config;
+  c.final_norm = false;
+  c.head = HeadKind::None;
+  const TensorMap sd = random_state_dict(c, rng);
+  const std::string path = ::testing::TempDir() + "vrwkv_dense.safetensors";
+  TensorMap dense = sd;
+  for (const char* extra : {"backbone.level_embed", "backbone.spm.stem.0.weight", "neck.fpn_convs.0.conv.weight",
+                            "decode_head.conv_seg.weight"})
+    dense.emplace(extra, Tensor(DType::F32, {2}));
+  write_safetensors(path, dense);
+  LoadReport report;
+  const Model m = Model::load(path, {}, &report);
+  EXPECT_FALSE(m.config().final_norm);
+  EXPECT_EQ(m.config().head, HeadKind::None);
+  EXPECT_EQ(report.ignored.size(), 4u);
+
+  TensorMap prefixed, bare;
+  for (const auto& [k, t] : sd) {
+    prefixed.emplace("module." + k, t);
+    bare.emplace(k.substr(std::string("backbone.").size()), t);
+  }
+  for (const TensorMap* variant : {&prefixed, &bare}) {
+    write_safetensors(path, *variant);
+    const Model v = Model::load(path);
+    EXPECT_EQ(v.parameter_count(), m.parameter_count());
+  }
+  std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace vrwkv
