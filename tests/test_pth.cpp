@@ -8,13 +8,14 @@
 #include <unistd.h>
 #include <zip.h>
 
-#include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -566,11 +567,27 @@ TEST(PthHostile, ImpossibleViews) {
       {{"w", "0", 4, 0, {2, 2}, {1}}, "2 sizes but 1 strides"},
       {{"w", "0", 4, 0, std::vector<std::int64_t>(65, 1), std::vector<std::int64_t>(65, 1)}, "65 dimensions"},
       {{"w", "0", 4, 0, {4}, {1}, "SomethingStorage"}, "references torch.SomethingStorage"},
+      {{"w", "0\0x"s, 4, 0, {4}, {1}}, "storage key with a NUL byte"},
   };
   for (const Case& c : cases) {
     const std::string path = write_checkpoint("view.pth", state_dict_pickle({c.tensor}), {{"0", float_bytes(4)}});
     EXPECT_TRUE(refused(path, c.message));
   }
+}
+
+TEST(PthHostile, OverlappingViewsHaveACopyBudget) {
+  // 40 views of all but the first element of a 4 MB storage would copy 160 MB from a 4 MB file.
+  constexpr int kNumel = 1 << 20;
+  std::vector<TensorDesc> tensors;
+  for (int i = 0; i < 40; ++i) tensors.push_back({"v" + std::to_string(i), "0", kNumel, 1, {kNumel - 1}, {1}});
+  const std::string path = write_checkpoint("overlap.pth", state_dict_pickle(tensors), {{"0", float_bytes(kNumel)}});
+  EXPECT_TRUE(refused(path, "refusing to materialise"));
+  // Views of the whole storage share it and cost nothing.
+  for (TensorDesc& t : tensors) t = {t.name, "0", kNumel, 0, {kNumel / 2, 2}, {2, 1}};
+  const PthStateDict sd = read_pth(write_checkpoint("whole.pth", state_dict_pickle(tensors), {{"0", float_bytes(kNumel)}}));
+  ASSERT_EQ(sd.tensors.size(), 40u);
+  EXPECT_EQ(sd.tensors.at("v0").raw(), sd.tensors.at("v39").raw());
+  EXPECT_EQ(sd.tensors.at("v7").data<float>()[kNumel - 1], static_cast<float>(kNumel - 1));
 }
 
 TEST(PthHostile, StorageEntryMissing) {

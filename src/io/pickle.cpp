@@ -262,7 +262,9 @@ class Unpickler {
 
   // ---- values ----
   ValueId add(Value v) {
-    if (values_.size() >= limits_.max_values) fail("more than ", limits_.max_values, " values");
+    // Ids are 32-bit; kNoValue itself is reserved.
+    const std::size_t max_values = std::min<std::size_t>(limits_.max_values, kNoValue);
+    if (values_.size() >= max_values) fail("more than ", max_values, " values");
     if (v.depth > limits_.max_depth) fail("values nested deeper than ", limits_.max_depth, " levels");
     values_.push_back(std::move(v));
     return static_cast<ValueId>(values_.size() - 1);

@@ -43,6 +43,7 @@ constexpr std::uint64_t kMaxPickleBytes = std::uint64_t{1} << 30;
 constexpr std::uint64_t kMaxDeflateRatio = 1032;
 constexpr std::size_t kMaxDims = 64;
 constexpr std::size_t kReadChunk = std::size_t{1} << 24;
+constexpr std::uint64_t kCopySlack = std::uint64_t{64} << 20;
 constexpr const char* kExpectation = "expected a zip archive with data.pkl";
 
 template <class... Args>
@@ -449,9 +450,14 @@ class TensorReader {
   }
 
   // ---- storages ----
+  // Storages are cached by archive entry, not by key, so that keys which name the same entry
+  // (as libzip compares names) cannot make it load twice.
   Storage& find_storage(const TensorSpec& spec) {
     const std::string record = "data/" + spec.storage_key;
-    auto it = storages_.find(spec.storage_key);
+    if (spec.storage_key.find('\0') != std::string::npos) fail_tensor("has a storage key with a NUL byte");
+    const std::optional<Entry> entry = ar_.find(prefix_ + "/" + record);
+    if (!entry) fail_tensor("needs storage ", in_quotes(record), ", which is missing from the archive");
+    auto it = storages_.find(entry->index);
     if (it != storages_.end()) {
       Storage& s = it->second;
       if (s.dtype != spec.dtype || s.numel != spec.storage_numel)
@@ -459,8 +465,6 @@ class TensorReader {
                     " elements, but another tensor views it as ", s.numel, " ", dtype_name(s.dtype));
       return s;
     }
-    const std::optional<Entry> entry = ar_.find(prefix_ + "/" + record);
-    if (!entry) fail_tensor("needs storage ", in_quotes(record), ", which is missing from the archive");
     std::uint64_t bytes = 0;
     const std::size_t item = dtype_size(spec.dtype);
     const bool overflow = __builtin_mul_overflow(static_cast<std::uint64_t>(spec.storage_numel), item, &bytes);
@@ -469,7 +473,7 @@ class TensorReader {
                   overflow ? std::string("more than 2^64") : std::to_string(bytes),
                   " bytes), but the archive entry holds ", entry->size, " bytes");
     Storage s{*entry, spec.dtype, spec.storage_numel, Tensor(), false};
-    return storages_.emplace(spec.storage_key, std::move(s)).first->second;
+    return storages_.emplace(entry->index, std::move(s)).first->second;
   }
 
   const Tensor& load(Storage& s) {
@@ -513,9 +517,17 @@ class TensorReader {
                   " (expanded views are not supported)");
   }
 
+  // A view of a whole storage shares its buffer; other views are copied out, within a budget:
+  // overlapping views of one large storage could otherwise ask for far more memory than the file.
   Tensor materialise(const TensorSpec& spec, const Tensor& storage) {
     const std::int64_t numel = shape_numel(spec.shape);
     if (spec.offset == 0 && numel == storage.numel() && is_contiguous(spec)) return storage.reshape(spec.shape);
+    const std::uint64_t budget = 2 * ar_.bytes() + kCopySlack;
+    const std::uint64_t bytes = static_cast<std::uint64_t>(numel) * dtype_size(spec.dtype);
+    if (bytes > budget - copied_bytes_)
+      fail_tensor("brings the copies of overlapping tensor views to more than ", budget,
+                  " bytes (twice the file size plus ", kCopySlack, "); refusing to materialise them");
+    copied_bytes_ += bytes;
     Tensor out(spec.dtype, spec.shape);
     if (numel > 0) gather(spec, storage.raw(), out.raw());
     return out;
@@ -565,7 +577,8 @@ class TensorReader {
   const Archive& ar_;
   std::string prefix_;
   std::string tensor_;  // the tensor being read, quoted, for messages
-  std::map<std::string, Storage> storages_;
+  std::map<zip_uint64_t, Storage> storages_;
+  std::uint64_t copied_bytes_ = 0;
 };
 
 PthStateDict read_archive(const Archive& ar) {
