@@ -23,6 +23,7 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/image.hpp"
@@ -103,11 +104,16 @@ PngSpec png_spec(int width, int height, int bit_depth, int color_type) {
 
 int png_channels(int color_type) {
   switch (color_type) {
-    case PNG_COLOR_TYPE_GRAY: return 1;
-    case PNG_COLOR_TYPE_PALETTE: return 1;
-    case PNG_COLOR_TYPE_GRAY_ALPHA: return 2;
-    case PNG_COLOR_TYPE_RGB: return 3;
-    default: return 4;
+    case PNG_COLOR_TYPE_GRAY:
+      return 1;
+    case PNG_COLOR_TYPE_PALETTE:
+      return 1;
+    case PNG_COLOR_TYPE_GRAY_ALPHA:
+      return 2;
+    case PNG_COLOR_TYPE_RGB:
+      return 3;
+    default:
+      return 4;
   }
 }
 
@@ -175,11 +181,11 @@ struct JpegSpec {
   int width = 0, height = 0, components = 3;
   J_COLOR_SPACE color_space = JCS_RGB;  // of the samples
   Bytes samples;
-  Bytes app1;          // written as an APP1 segment when not empty
-  bool ycck = false;   // store CMYK samples as YCCK
+  Bytes app1;         // written as an APP1 segment when not empty
+  bool ycck = false;  // store CMYK samples as YCCK
   bool progressive = false;
   bool arithmetic = false;
-  int restart_rows = 0;  // restart markers every so many MCU rows
+  int restart_rows = 0;    // restart markers every so many MCU rows
   bool subsample = false;  // 4:2:0 chroma instead of 4:4:4
 };
 
@@ -208,7 +214,8 @@ Bytes encode_jpeg(const JpegSpec& s) {
   jpeg_set_quality(&cinfo, 100, TRUE);
   if (s.ycck) jpeg_set_colorspace(&cinfo, JCS_YCCK);
   if (!s.subsample)
-    for (int c = 0; c < cinfo.num_components; ++c) cinfo.comp_info[c].h_samp_factor = cinfo.comp_info[c].v_samp_factor = 1;
+    for (int c = 0; c < cinfo.num_components; ++c)
+      cinfo.comp_info[c].h_samp_factor = cinfo.comp_info[c].v_samp_factor = 1;
   if (s.progressive) jpeg_simple_progression(&cinfo);
   cinfo.arith_code = s.arithmetic;
   cinfo.restart_in_rows = s.restart_rows;
@@ -229,19 +236,34 @@ Bytes encode_jpeg(const JpegSpec& s) {
 Bytes exif_app1(int orientation, bool little_endian) {
   Bytes b = {'E', 'x', 'i', 'f', 0, 0};
   const auto put16 = [&](int v) {
-    if (little_endian) b.insert(b.end(), {std::uint8_t(v & 0xFF), std::uint8_t(v >> 8)});
-    else b.insert(b.end(), {std::uint8_t(v >> 8), std::uint8_t(v & 0xFF)});
+    if (little_endian)
+      b.insert(b.end(), {std::uint8_t(v & 0xFF), std::uint8_t(v >> 8)});
+    else
+      b.insert(b.end(), {std::uint8_t(v >> 8), std::uint8_t(v & 0xFF)});
   };
   const auto put32 = [&](std::uint32_t v) {
-    if (little_endian) { put16(v & 0xFFFF); put16(v >> 16); }
-    else { put16(v >> 16); put16(v & 0xFFFF); }
+    if (little_endian) {
+      put16(v & 0xFFFF);
+      put16(v >> 16);
+    } else {
+      put16(v >> 16);
+      put16(v & 0xFFFF);
+    }
   };
-  b.insert(b.end(), little_endian ? std::initializer_list<std::uint8_t>{'I', 'I'} : std::initializer_list<std::uint8_t>{'M', 'M'});
+  b.insert(b.end(), little_endian ? std::initializer_list<std::uint8_t>{'I', 'I'}
+                                  : std::initializer_list<std::uint8_t>{'M', 'M'});
   put16(42);
   put32(8);  // IFD0 right after the TIFF header
   put16(2);  // two entries
-  put16(0x010F); put16(2); put32(4); put32(0);              // Make, ASCII, 4 bytes inline (empty)
-  put16(0x0112); put16(3); put32(1); put16(orientation); put16(0);  // Orientation, SHORT
+  put16(0x010F);
+  put16(2);
+  put32(4);
+  put32(0);  // Make, ASCII, 4 bytes inline (empty)
+  put16(0x0112);
+  put16(3);
+  put32(1);
+  put16(orientation);
+  put16(0);  // Orientation, SHORT
   put32(0);  // no next IFD
   return b;
 }
@@ -252,7 +274,8 @@ JpegSpec quadrant_jpeg() {
   JpegSpec s;
   s.width = 16;
   s.height = 8;
-  const std::array<std::array<std::uint8_t, 3>, 4> colours = {{{220, 30, 30}, {30, 200, 40}, {20, 40, 210}, {230, 220, 40}}};
+  const std::array<std::array<std::uint8_t, 3>, 4> colours = {
+      {{220, 30, 30}, {30, 200, 40}, {20, 40, 210}, {230, 220, 40}}};
   for (int y = 0; y < s.height; ++y)
     for (int x = 0; x < s.width; ++x) {
       const auto& c = colours[(y >= 4) * 2 + (x >= 8)];
@@ -261,25 +284,31 @@ JpegSpec quadrant_jpeg() {
   return s;
 }
 
-// The EXIF orientations, from their definition as display transforms.
+// The source pixel shown at (x, y) of the displayed image, for each EXIF
+// orientation, from its definition as a display transform of a w x h image.
+std::pair<int, int> displayed_from(int orientation, int x, int y, int w, int h) {
+  // clang-format off
+  switch (orientation) {
+    case 2: return {w - 1 - x, y};
+    case 3: return {w - 1 - x, h - 1 - y};
+    case 4: return {x, h - 1 - y};
+    case 5: return {y, x};
+    case 6: return {y, h - 1 - x};          // stored rotated 90 degrees counter-clockwise
+    case 7: return {w - 1 - y, h - 1 - x};
+    case 8: return {w - 1 - y, x};          // stored rotated 90 degrees clockwise
+    default: return {x, y};
+  }
+  // clang-format on
+}
+
 Image reorient(const Image& in, int orientation) {
-  const int w = in.width, h = in.height;
   const bool swap = orientation >= 5;
-  Image out{swap ? h : w, swap ? w : h, Bytes(in.rgb.size())};
+  Image out{swap ? in.height : in.width, swap ? in.width : in.height, Bytes(in.rgb.size())};
   for (int y = 0; y < out.height; ++y)
     for (int x = 0; x < out.width; ++x) {
-      int sx = x, sy = y;  // source pixel of output pixel (x, y)
-      switch (orientation) {
-        case 2: sx = w - 1 - x; break;
-        case 3: sx = w - 1 - x; sy = h - 1 - y; break;
-        case 4: sy = h - 1 - y; break;
-        case 5: sx = y; sy = x; break;
-        case 6: sx = y; sy = h - 1 - x; break;          // rotated 90 degrees clockwise
-        case 7: sx = w - 1 - y; sy = h - 1 - x; break;
-        case 8: sx = w - 1 - y; sy = x; break;          // rotated 90 degrees counter-clockwise
-      }
+      const auto [sx, sy] = displayed_from(orientation, x, y, in.width, in.height);
       std::memcpy(&out.rgb[(static_cast<std::size_t>(y) * out.width + x) * 3],
-                  &in.rgb[(static_cast<std::size_t>(sy) * w + sx) * 3], 3);
+                  &in.rgb[(static_cast<std::size_t>(sy) * in.width + sx) * 3], 3);
     }
   return out;
 }
@@ -433,7 +462,8 @@ TEST(ImageDecode, PngGray8) {
   const Image im = decode_image(write_temp("gray8.png", encode_png(s)));
   ASSERT_EQ(im.width, 7);
   ASSERT_EQ(im.height, 5);
-  for (int i = 0; i < 35; ++i) ASSERT_EQ(pixel(im, i % 7, i / 7), (std::array<int, 3>{s.samples[i], s.samples[i], s.samples[i]}));
+  for (int i = 0; i < 35; ++i)
+    ASSERT_EQ(pixel(im, i % 7, i / 7), (std::array<int, 3>{s.samples[i], s.samples[i], s.samples[i]}));
 }
 
 TEST(ImageDecode, PngGraySubByte) {
@@ -468,7 +498,8 @@ TEST(ImageDecode, PngAlphaIsDroppedNotComposited) {
   s.samples = pattern(96, 255, 2);
   const Image im = decode_image(write_temp("rgba.png", encode_png(s)));
   for (int i = 0; i < 24; ++i)
-    ASSERT_EQ(pixel(im, i % 6, i / 6), (std::array<int, 3>{s.samples[4 * i], s.samples[4 * i + 1], s.samples[4 * i + 2]}));
+    ASSERT_EQ(pixel(im, i % 6, i / 6),
+              (std::array<int, 3>{s.samples[4 * i], s.samples[4 * i + 1], s.samples[4 * i + 2]}));
 
   PngSpec ga = png_spec(3, 3, 8, PNG_COLOR_TYPE_GRAY_ALPHA);
   ga.samples = pattern(18, 255, 4);
@@ -500,7 +531,8 @@ TEST(ImageDecode, PngInterlacedEqualsPlain) {
   const Image interlaced = decode_image(write_temp("rgb_interlaced.png", encode_png(s)));
   EXPECT_EQ(interlaced.rgb, plain.rgb);
   for (int i = 0; i < 19 * 11; ++i)
-    ASSERT_EQ(pixel(plain, i % 19, i / 19), (std::array<int, 3>{s.samples[3 * i], s.samples[3 * i + 1], s.samples[3 * i + 2]}));
+    ASSERT_EQ(pixel(plain, i % 19, i / 19),
+              (std::array<int, 3>{s.samples[3 * i], s.samples[3 * i + 1], s.samples[3 * i + 2]}));
 }
 
 // -------------------------------------------------------------- JPEG ----
@@ -623,7 +655,8 @@ void append_chunk(Bytes& png, const char* type, const Bytes& body) {
 
 TEST(ImageDecode, DamagedInputsAreInputErrors) {
   const Bytes rocket = read_bytes(golden("rocket.jpg"));
-  const std::string truncated_jpeg = write_temp("truncated.jpg", Bytes(rocket.begin(), rocket.begin() + rocket.size() / 2));
+  const std::string truncated_jpeg =
+      write_temp("truncated.jpg", Bytes(rocket.begin(), rocket.begin() + rocket.size() / 2));
   expect_input_error([&] { decode_image(truncated_jpeg); }, truncated_jpeg, "JPEG");
 
   const Bytes text = read_bytes(golden("text.png"));
@@ -674,6 +707,26 @@ TEST(ImageDecode, CorruptJpegScanIsAnError) {
   rocket[rocket.size() / 2] = 0xFF;
   rocket[rocket.size() / 2 + 1] = 0xD9;
   expect_input_error([&] { decode_image_memory(rocket.data(), rocket.size(), "cut.jpg"); }, "cut.jpg", "JPEG");
+}
+
+// Headers that promise more rows than the compressed data holds: complete
+// files otherwise, so only the decoders' own checks can notice.
+TEST(ImageDecode, MissingRowsAreAnError) {
+  PngSpec s = png_spec(9, 9, 8, PNG_COLOR_TYPE_RGB);
+  s.samples = pattern(243, 255, 9);
+  const Bytes png = encode_png(s);
+  Bytes taller(png.begin(), png.begin() + 8);
+  append_chunk(taller, "IHDR", {0, 0, 0, 9, 0, 0, 0, 10, 8, 2, 0, 0, 0});  // 9 x 10
+  taller.insert(taller.end(), png.begin() + 33, png.end());                // the rest unchanged
+  expect_input_error([&] { decode_image_memory(taller.data(), taller.size(), "taller.png"); }, "taller.png", "PNG");
+
+  Bytes jpeg = encode_jpeg(quadrant_jpeg());
+  for (std::size_t i = 2; i + 8 < jpeg.size(); ++i)
+    if (jpeg[i] == 0xFF && jpeg[i + 1] == 0xC0) {
+      jpeg[i + 6] = 16;  // height 8 -> 16
+      break;
+    }
+  expect_input_error([&] { decode_image_memory(jpeg.data(), jpeg.size(), "taller.jpg"); }, "taller.jpg", "JPEG");
 }
 
 TEST(ImageDecode, EveryTruncationIsAnInputError) {

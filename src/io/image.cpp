@@ -20,6 +20,7 @@
 #include <csetjmp>
 #include <cstring>
 #include <span>
+#include <utility>
 
 #include "io/file.hpp"
 #include "vrwkv/error.hpp"
@@ -41,29 +42,34 @@ void check_dimensions(const std::string& name, std::uint64_t width, std::uint64_
 
 // ---------------------------------------------------------------- EXIF ----
 
-// Orientation transforms, numbered as the EXIF tag 0x0112 values 1..8.
-// Applied like OpenCV's ExifTransform: 5-8 transpose first, then flip.
+// Where pixel (x, y) of a w x h image goes under EXIF orientation 2..8 (tag
+// 0x0112). As OpenCV's ExifTransform: 5-8 transpose first, then flip.
+std::pair<int, int> oriented_position(int orientation, int x, int y, int w, int h) {
+  // clang-format off
+  switch (orientation) {
+    case 2: return {w - 1 - x, y};          // mirrored left-right
+    case 3: return {w - 1 - x, h - 1 - y};  // rotated 180
+    case 4: return {x, h - 1 - y};          // mirrored top-bottom
+    case 5: return {y, x};                  // transposed
+    case 6: return {h - 1 - y, x};          // rotated 90 clockwise
+    case 7: return {h - 1 - y, w - 1 - x};  // transverse
+    case 8: return {y, w - 1 - x};          // rotated 90 counter-clockwise
+    default: return {x, y};
+  }
+  // clang-format on
+}
+
 Image apply_orientation(Image in, int orientation) {
   if (orientation < 2 || orientation > 8) return in;
-  const int w = in.width, h = in.height;
   const bool transpose = orientation >= 5;
   Image out;
-  out.width = transpose ? h : w;
-  out.height = transpose ? w : h;
+  out.width = transpose ? in.height : in.width;
+  out.height = transpose ? in.width : in.height;
   out.rgb.resize(in.rgb.size());
-  for (int y = 0; y < h; ++y) {
-    for (int x = 0; x < w; ++x) {
-      int dx = x, dy = y;
-      switch (orientation) {
-        case 2: dx = w - 1 - x; break;                     // mirror left-right
-        case 3: dx = w - 1 - x; dy = h - 1 - y; break;     // rotate 180
-        case 4: dy = h - 1 - y; break;                     // mirror top-bottom
-        case 5: dx = y; dy = x; break;                     // transpose
-        case 6: dx = h - 1 - y; dy = x; break;             // rotate 90 clockwise
-        case 7: dx = h - 1 - y; dy = w - 1 - x; break;     // transverse
-        case 8: dx = y; dy = w - 1 - x; break;             // rotate 90 counter-clockwise
-      }
-      const std::size_t src = (static_cast<std::size_t>(y) * w + x) * 3;
+  for (int y = 0; y < in.height; ++y) {
+    for (int x = 0; x < in.width; ++x) {
+      const auto [dx, dy] = oriented_position(orientation, x, y, in.width, in.height);
+      const std::size_t src = (static_cast<std::size_t>(y) * in.width + x) * 3;
       const std::size_t dst = (static_cast<std::size_t>(dy) * out.width + dx) * 3;
       std::memcpy(&out.rgb[dst], &in.rgb[src], 3);
     }
@@ -364,8 +370,8 @@ class PngDecoder {
 // Deflate cannot compress better than 1032:1, so a file that declares more
 // raw data than that bound (with a factor 2 to spare) is surely truncated.
 // Checking it first keeps a forged header from costing a huge allocation.
-void check_png_data_fits(const std::string& name, std::size_t file_size, std::uint64_t width,
-                         std::uint64_t height, int bits_per_pixel) {
+void check_png_data_fits(const std::string& name, std::size_t file_size, std::uint64_t width, std::uint64_t height,
+                         int bits_per_pixel) {
   const std::uint64_t raw_bytes = height * ((width * static_cast<std::uint64_t>(bits_per_pixel) + 7) / 8);
   if (raw_bytes / 2064 > file_size)
     input_error(name, ": invalid PNG data (a ", width, "x", height, " image cannot fit in ", file_size,
@@ -380,8 +386,9 @@ Image decode_png(const std::uint8_t* data, std::size_t size, const std::string& 
   const std::uint32_t width = png_get_image_width(decoder.png(), decoder.info());
   const std::uint32_t height = png_get_image_height(decoder.png(), decoder.info());
   check_dimensions(name, width, height);
-  check_png_data_fits(name, size, width, height,
-                      png_get_bit_depth(decoder.png(), decoder.info()) * png_get_channels(decoder.png(), decoder.info()));
+  check_png_data_fits(
+      name, size, width, height,
+      png_get_bit_depth(decoder.png(), decoder.info()) * png_get_channels(decoder.png(), decoder.info()));
   int passes = 1;
   if (!decoder.request_rgb8(&passes)) fail();
   const std::size_t row_bytes = png_get_rowbytes(decoder.png(), decoder.info());
