@@ -104,8 +104,8 @@ TEST(Ops, PatchEmbedMatchesReference) {
     const ops::Grid g = ops::patch_grid(H, W, p);
     const auto x = test::random_vector(B * Cin * H * W, rng), w = test::random_vector(C * Cin * p * p, rng),
                b = test::random_vector(C, rng);
-    std::vector<float> y(B * g.tokens() * C), yr(y.size());
-    ops::patch_embed(x.data(), w.data(), b.data(), y.data(), B, Cin, H, W, C, p);
+    std::vector<float> y(B * g.tokens() * C), yr(y.size()), scratch(B * g.tokens() * Cin * p * p, 1e9f);
+    ops::patch_embed(x.data(), w.data(), b.data(), y.data(), B, Cin, H, W, C, p, scratch.data());
     ops::patch_embed_ref(x.data(), w.data(), b.data(), yr.data(), B, Cin, H, W, C, p);
     expect_close(y, yr, "patch_embed");
   }

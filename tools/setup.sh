@@ -10,6 +10,7 @@ packages=(
   libzip-dev                          # .pth archives
   nlohmann-json3-dev                  # safetensors headers, configs
   libcli11-dev                        # command line
+  libcairo2-dev                       # benchmark plots (PNG, SVG)
   libgtest-dev                        # tests
 )
 if [ "${VRWKV_FUZZ:-0}" = 1 ]; then

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@ namespace vrwkv {
 struct ForwardOptions {
   bool keep_blocks = false;  // fill Outputs::embed and Outputs::blocks (for parity checks)
   bool reference = false;    // use the plain reference ops instead of the fast ones
+  bool bf16 = false;         // linear layers in bfloat16 with float32 accumulation (AVX-512 BF16)
 };
 
 struct Outputs {
@@ -33,6 +35,8 @@ struct LoadReport {
   std::string layout;                // e.g. "mmcls (meta, state_dict)"
   std::vector<std::string> ignored;  // keys not used by the model
 };
+
+struct Workspace;
 
 class Model {
  public:
@@ -56,12 +60,18 @@ class Model {
   // pooling numel, plus 29·T·C per block) for an H×W input.
   double flops(std::int64_t height, std::int64_t width) const;
 
+  // Runs the model. Activation memory is planned for the input's shape and
+  // kept for the next call of the same shape; calls on one Model are
+  // serialised.
   Outputs forward(const Tensor& input, const ForwardOptions& options = {}) const;
 
  private:
+  struct Cache;
+  static std::shared_ptr<Cache> new_cache();
   Config config_;
   Tensor storage_;
   TensorMap params_;
+  std::shared_ptr<Cache> cache_;
 };
 
 // The official name and shape of every parameter of a configuration.

@@ -9,5 +9,6 @@ void add_classify(CLI::App& app);
 void add_run(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_info(CLI::App& app);
+void add_bench(CLI::App& app);
 
 }  // namespace vrwkv::cli

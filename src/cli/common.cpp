@@ -79,6 +79,8 @@ void set_threads(int threads) {
   if (threads > 0) omp_set_num_threads(threads);
 }
 
+int omp_threads() { return omp_get_max_threads(); }
+
 std::vector<std::string> class_names(const Config& config) {
   if (!config.class_names.empty()) return config.class_names;
   std::vector<std::string> names;

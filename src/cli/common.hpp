@@ -26,6 +26,8 @@ struct ModelOptions {
 };
 
 void set_threads(int threads);
+// The thread count OpenMP will use.
+int omp_threads();
 
 // Class names of a model: its own (metadata), ImageNet's for 1000 classes, indices otherwise.
 std::vector<std::string> class_names(const Config& config);

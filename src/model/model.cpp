@@ -4,8 +4,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <mutex>
 
 #include "ops/biwkv.hpp"
+#include "ops/fast_math.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
 #include "ops/patch_embed.hpp"
@@ -34,20 +37,32 @@ constexpr OpSet kFast = {ops::linear, ops::layernorm, ops::q_shift_mix, ops::biw
 constexpr OpSet kReference = {ops::linear_ref, ops::layernorm_ref, ops::q_shift_mix_ref, ops::biwkv_ref_all,
                               ops::patch_embed_ref, ops::resize_pos_embed_ref};
 
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+}  // namespace
 
-// Working buffers of one forward pass, sized for N = B·T tokens.
-struct Work {
-  std::vector<float> h, xk, xv, xr, k, v, r, y, hidden;
-  explicit Work(std::int64_t N, std::int64_t C, std::int64_t Hd)
-      : h(N * C), xk(N * C), xv(N * C), xr(N * C), k(N * C), v(N * C), r(N * C), y(N * C), hidden(N * Hd) {}
+// The activations of one forward pass for one input shape, allocated once and
+// reused while the shape stays the same (ENGINEERING.md "Memory"): weights +
+// O(T·C), nothing O(T²). Buffers whose lives do not overlap share memory.
+struct Workspace {
+  std::int64_t B = 0, H = 0, W = 0;
+  std::vector<float> x, h, xk, xv, xr, k, v, r, hidden, pos, wu;
+  // im2col patches (only before block 0) live in `hidden`; the WKV output y
+  // lives in xk, which is dead once k is computed; branch outputs live in h.
+  Workspace(std::int64_t B_, std::int64_t H_, std::int64_t W_, const Config& c, std::int64_t T)
+      : B(B_), H(H_), W(W_) {
+    const std::int64_t N = B * T, C = c.embed_dims;
+    for (auto* buf : {&x, &h, &xk, &xv, &xr, &k, &v, &r}) buf->resize(N * C);
+    hidden.resize(N * std::max(c.hidden_dims, c.in_channels * c.patch_size * c.patch_size));
+    pos.resize(T * C);
+    wu.resize(2 * C);
+  }
 };
+
+namespace {
 
 class Forward {
  public:
-  Forward(const Config& c, const TensorMap& p, const OpSet& ops, std::int64_t B, Grid grid)
-      : c_(c), p_(p), ops_(ops), B_(B), grid_(grid), N_(B * grid.tokens()), C_(c.embed_dims),
-        work_(N_, C_, c.hidden_dims) {}
+  Forward(const Config& c, const TensorMap& p, const OpSet& ops, std::int64_t B, Grid grid, Workspace& work)
+      : c_(c), p_(p), ops_(ops), B_(B), grid_(grid), N_(B * grid.tokens()), C_(c.embed_dims), work_(work) {}
 
   const float* P(const std::string& name) const { return p_.at(name).f32(); }
 
@@ -77,17 +92,17 @@ class Forward {
     ops_.linear(in[0], P(l + "att.key.weight"), nullptr, work_.k.data(), N_, C_, C_);
     ops_.linear(in[1], P(l + "att.value.weight"), nullptr, work_.v.data(), N_, C_, C_);
     ops_.linear(in[2], P(l + "att.receptance.weight"), nullptr, work_.r.data(), N_, C_, C_);
+    // w = spatial_decay / T, u = spatial_first / T for this input's T (VRWKV.md 1.6).
     const float T = static_cast<float>(grid_.tokens());
-    std::vector<float> w(C_), u(C_);
+    float *w = work_.wu.data(), *u = w + C_;
     const float *decay = P(l + "att.spatial_decay"), *first = P(l + "att.spatial_first");
     for (std::int64_t c = 0; c < C_; ++c) w[c] = decay[c] / T, u[c] = first[c] / T;
-    ops_.biwkv(w.data(), u.data(), work_.k.data(), work_.v.data(), work_.y.data(), B_, grid_.tokens(), C_,
-               {c_.wkv, c_.wkv_chunks});
-    if (c_.key_norm) norm(l + "att.key_norm", work_.y.data(), work_.y.data(), C_);
-    float* y = work_.y.data();
+    float* y = work_.xk.data();
+    ops_.biwkv(w, u, work_.k.data(), work_.v.data(), y, B_, grid_.tokens(), C_, {c_.wkv, c_.wkv_chunks});
+    if (c_.key_norm) norm(l + "att.key_norm", y, y, C_);
     const float* r = work_.r.data();
 #pragma omp parallel for schedule(static)
-    for (std::int64_t i = 0; i < N_ * C_; ++i) y[i] *= sigmoid(r[i]);
+    for (std::int64_t i = 0; i < N_ * C_; ++i) y[i] *= ops::sigmoid_fast(r[i]);
     ops_.linear(y, P(l + "att.output.weight"), nullptr, out, N_, C_, C_);
   }
 
@@ -97,6 +112,9 @@ class Forward {
     const float* in[2];
     shift_mix(x, l + "ffn.", names, 2, in);
     const std::int64_t Hd = c_.hidden_dims;
+    // r first: with shift_pixel 0, in[1] is the block input, which `out` may overwrite.
+    float* r = work_.r.data();
+    ops_.linear(in[1], P(l + "ffn.receptance.weight"), nullptr, r, N_, C_, C_);
     float* hidden = work_.hidden.data();
     ops_.linear(in[0], P(l + "ffn.key.weight"), nullptr, hidden, N_, Hd, C_);
 #pragma omp parallel for schedule(static)
@@ -107,10 +125,8 @@ class Forward {
     if (c_.key_norm) ops_.layernorm(hidden, P(l + "ffn.key_norm.weight"), P(l + "ffn.key_norm.bias"), hidden, N_, Hd,
                                     ops::kLayerNormEps);
     ops_.linear(hidden, P(l + "ffn.value.weight"), nullptr, out, N_, C_, Hd);
-    float* r = work_.r.data();
-    ops_.linear(in[1], P(l + "ffn.receptance.weight"), nullptr, r, N_, C_, C_);
 #pragma omp parallel for schedule(static)
-    for (std::int64_t i = 0; i < N_ * C_; ++i) out[i] *= sigmoid(r[i]);
+    for (std::int64_t i = 0; i < N_ * C_; ++i) out[i] *= ops::sigmoid_fast(r[i]);
   }
 
   // x ← x + g ⊙ branch (g absent without layer scale).
@@ -125,22 +141,23 @@ class Forward {
   void block(std::int64_t i, float* x) {
     const std::string l = "backbone.layers." + std::to_string(i) + ".";
     if (i == 0) norm(l + "ln0", x, x, C_);
-    std::vector<float> branch(N_ * C_);
+    // The branch output overwrites h, which the mixers have finished reading
+    // by the time they write it (pre-norm) or never read (post-norm).
     float* h = work_.h.data();
     if (!c_.post_norm) {
       norm(l + "ln1", x, h, C_);
-      spatial_mix(l, h, branch.data());
-      residual(x, branch.data(), l + "gamma1");
+      spatial_mix(l, h, h);
+      residual(x, h, l + "gamma1");
       norm(l + "ln2", x, h, C_);
-      channel_mix(l, h, branch.data());
-      residual(x, branch.data(), l + "gamma2");
+      channel_mix(l, h, h);
+      residual(x, h, l + "gamma2");
     } else {
-      spatial_mix(l, x, branch.data());
-      norm(l + "ln1", branch.data(), branch.data(), C_);
-      residual(x, branch.data(), l + "gamma1");
-      channel_mix(l, x, branch.data());
-      norm(l + "ln2", branch.data(), branch.data(), C_);
-      residual(x, branch.data(), l + "gamma2");
+      spatial_mix(l, x, h);
+      norm(l + "ln1", h, h, C_);
+      residual(x, h, l + "gamma1");
+      channel_mix(l, x, h);
+      norm(l + "ln2", h, h, C_);
+      residual(x, h, l + "gamma2");
     }
   }
 
@@ -151,7 +168,7 @@ class Forward {
   std::int64_t B_;
   Grid grid_;
   std::int64_t N_, C_;
-  Work work_;
+  Workspace& work_;
 };
 
 // [B,T,C] tokens to a [B,C,H,W] feature map.
@@ -166,6 +183,13 @@ Tensor to_feature_map(const float* x, std::int64_t B, Grid g, std::int64_t C) {
 
 }  // namespace
 
+struct Model::Cache {
+  std::mutex mutex;
+  std::unique_ptr<Workspace> workspace;
+};
+
+std::shared_ptr<Model::Cache> Model::new_cache() { return std::make_shared<Cache>(); }
+
 Outputs Model::forward(const Tensor& input, const ForwardOptions& options) const {
   const Config& c = config_;
   if (input.dtype() != DType::F32 || input.ndim() != 4 || input.dim(1) != c.in_channels)
@@ -173,32 +197,43 @@ Outputs Model::forward(const Tensor& input, const ForwardOptions& options) const
                 c.in_channels, ",H,W]");
   const std::int64_t B = input.dim(0), H = input.dim(2), W = input.dim(3), C = c.embed_dims;
   if (B < 1 || H < 1 || W < 1) input_error("input has shape ", shape_str(input.shape()), ", expected B, H, W >= 1");
+  if (options.bf16) input_error("--dtype bf16 is not available yet");
   const OpSet& ops = options.reference ? kReference : kFast;
   const Grid grid = ops::patch_grid(H, W, c.patch_size), train_grid{c.pos_grid_h, c.pos_grid_w};
   const std::int64_t T = grid.tokens();
   Outputs out;
 
-  // Patch embedding + position embedding (resized when the grid differs).
-  Tensor x(DType::F32, {B, T, C});
-  ops.patch_embed(input.f32(), params_.at("backbone.patch_embed.projection.weight").f32(),
-                  params_.at("backbone.patch_embed.projection.bias").f32(), x.f32(), B, c.in_channels, H, W, C,
-                  c.patch_size);
-  const float* pos = params_.at("backbone.pos_embed").f32();
-  std::vector<float> resized;
-  if (grid.H != train_grid.H || grid.W != train_grid.W) {
-    resized.resize(T * C);
-    ops.resize_pos_embed(pos, train_grid, resized.data(), grid, C);
-    pos = resized.data();
+  std::lock_guard<std::mutex> lock(cache_->mutex);
+  std::unique_ptr<Workspace>& work = cache_->workspace;
+  if (!work || work->B != B || work->H != H || work->W != W) {
+    work.reset();  // free the old shape's buffers before allocating the new ones
+    work = std::make_unique<Workspace>(B, H, W, c, T);
   }
-  float* xs = x.f32();
-  for (std::int64_t b = 0; b < B; ++b)
-    for (std::int64_t i = 0; i < T * C; ++i) xs[b * T * C + i] += pos[i];
-  if (options.keep_blocks) out.embed = x.clone();
 
-  Forward fwd(c, params_, ops, B, grid);
+  // Patch embedding + position embedding (resized when the grid differs).
+  float* xs = work->x.data();
+  ops.patch_embed(input.f32(), params_.at("backbone.patch_embed.projection.weight").f32(),
+                  params_.at("backbone.patch_embed.projection.bias").f32(), xs, B, c.in_channels, H, W, C,
+                  c.patch_size, work->hidden.data());
+  const float* pos = params_.at("backbone.pos_embed").f32();
+  if (grid.H != train_grid.H || grid.W != train_grid.W) {
+    ops.resize_pos_embed(pos, train_grid, work->pos.data(), grid, C);
+    pos = work->pos.data();
+  }
+#pragma omp parallel for schedule(static)
+  for (std::int64_t bt = 0; bt < B * T; ++bt)
+    for (std::int64_t ch = 0; ch < C; ++ch) xs[bt * C + ch] += pos[(bt % T) * C + ch];
+  const auto snapshot = [&] {
+    Tensor t(DType::F32, {B, T, C});
+    std::copy(xs, xs + B * T * C, t.f32());
+    return t;
+  };
+  if (options.keep_blocks) out.embed = snapshot();
+
+  Forward fwd(c, params_, ops, B, grid, *work);
   for (std::int64_t i = 0; i < c.depth; ++i) {
     fwd.block(i, xs);
-    if (options.keep_blocks) out.blocks.push_back(x.clone());
+    if (options.keep_blocks) out.blocks.push_back(snapshot());
     if (i == c.depth - 1 && c.final_norm) fwd.norm("backbone.ln1", xs, xs, C);
     if (std::find(c.out_indices.begin(), c.out_indices.end(), i) != c.out_indices.end())
       out.features.push_back(to_feature_map(xs, B, grid, C));

@@ -157,6 +157,7 @@ void apply_overrides(Config& c, const ConfigOverrides& o, const std::string& sou
 Model Model::from_state_dict(const TensorMap& sd, const Config& config, const std::string& source) {
   Model m;
   m.config_ = config;
+  m.cache_ = new_cache();
   const auto shapes = parameter_shapes(config);
   std::int64_t total = 0;
   for (const auto& [name, shape] : shapes) total += shape_numel(shape);

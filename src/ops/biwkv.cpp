@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "ops/fast_math.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::ops {
@@ -62,83 +63,91 @@ void biwkv_ref_all(const float* w, const float* u, const float* k, const float* 
 
 namespace {
 
-// Channels processed together: one AVX-512 register of doubles.
-constexpr int kBlock = 8;
+// Channels processed together: the inner loops run over a block of channels
+// with contiguous state arrays, which the compiler vectorises.
+constexpr int kBlock = 32;
 
 // One (batch, channel block) problem. All sums are kept relative to
 // e^{kmax_c}, the largest key of the channel, so no term exceeds e^{|decay|}:
-// |w|·|t−j| ≤ |spatial_decay| for every pair.
+// |w|·|t−j| ≤ |spatial_decay| for every pair. Terms are summed in float64.
 struct Scan {
-  std::int64_t T, C, nc;  // nc ≤ kBlock channels starting at c0
-  const float *k, *v;     // offset to (b, t=0, c0)
+  std::int64_t T, C;
+  int nc;              // channels in this block (≤ kBlock), starting at c0
+  const float *k, *v;  // offset to (b, t=0, c0); row stride C
   float* y;
   double w[kBlock], u[kBlock];
-  std::vector<double>* scratch;
+  double kmax[kBlock], eu[kBlock], decay[kBlock];
+  // Future sums per token: numerator, denominator, largest exponent.
+  double *Fn, *Fd, *Fm;
 
-  double K(std::int64_t t, int c) const { return k[t * C + c]; }
-  double V(std::int64_t t, int c) const { return v[t * C + c]; }
+  // E_t = e^{k_t − kmax}, to double precision: the official semantics can
+  // cancel terms, which would magnify a float exp's error.
+  void load(std::int64_t t, double* E, double* EV, double* K) const {
+    const float* kt = k + t * C;
+    const float* vt = v + t * C;
+    for (int c = 0; c < nc; ++c) {
+      K[c] = kt[c] - kmax[c];
+      E[c] = exp_fast(K[c]);
+      EV[c] = E[c] * vt[c];
+    }
+  }
 
   void run(Wkv wkv) {
-    double kmax[kBlock], eu[kBlock], decay[kBlock];
-    for (int c = 0; c < nc; ++c) {
-      kmax[c] = kNegInf;
-      for (std::int64_t t = 0; t < T; ++t) kmax[c] = std::max(kmax[c], K(t, c));
-      eu[c] = std::exp(u[c]);
-      decay[c] = std::exp(-w[c]);
-    }
-    // E = e^{k−kmax}, E·v, and the future sums (backward pass) per token.
-    scratch->resize(static_cast<std::size_t>(T) * kBlock * 5);
-    double* E = scratch->data();
-    double* EV = E + T * kBlock;
-    double* Fn = EV + T * kBlock;
-    double* Fd = Fn + T * kBlock;
-    double* Fm = Fd + T * kBlock;
+    for (int c = 0; c < nc; ++c) kmax[c] = -std::numeric_limits<double>::infinity();
     for (std::int64_t t = 0; t < T; ++t)
-      for (int c = 0; c < nc; ++c) {
-        E[t * kBlock + c] = std::exp(K(t, c) - kmax[c]);
-        EV[t * kBlock + c] = E[t * kBlock + c] * V(t, c);
-      }
+      for (int c = 0; c < nc; ++c) kmax[c] = std::max<double>(kmax[c], k[t * C + c]);
+    for (int c = 0; c < nc; ++c) eu[c] = std::exp(u[c]), decay[c] = std::exp(-w[c]);
     const bool paper = wkv.semantics == WkvSemantics::Paper;
-    // Future: paper F_t = Σ_{j>t} e^{−(j−t−1)w}E_j v_j; official uses e^{−(j−t)w}.
-    // Fm_t: the largest future exponent, relative to kmax.
-    for (int c = 0; c < nc; ++c) {
-      Fn[(T - 1) * kBlock + c] = Fd[(T - 1) * kBlock + c] = 0;
-      Fm[(T - 1) * kBlock + c] = kNegInf;
-    }
-    for (std::int64_t t = T - 2; t >= 0; --t)
-      for (int c = 0; c < nc; ++c) {
-        const std::int64_t i = t * kBlock + c, n = i + kBlock;
-        if (paper) {
-          Fn[i] = decay[c] * Fn[n] + EV[n];
-          Fd[i] = decay[c] * Fd[n] + E[n];
-          Fm[i] = std::max(Fm[n] - w[c], K(t + 1, c) - kmax[c]);
-        } else {
-          Fn[i] = decay[c] * (Fn[n] + EV[n]);
-          Fd[i] = decay[c] * (Fd[n] + E[n]);
-          Fm[i] = std::max(Fm[n], K(t + 1, c) - kmax[c]) - w[c];
+    // Backward pass. paper: F_t = Σ_{j>t} e^{−(j−t−1)w}E_j v_j, F_t = e^{−w}F_{t+1} + E_{t+1}v_{t+1};
+    // official: F_t = Σ_{j>t} e^{−(j−t)w}E_j v_j, F_t = e^{−w}(F_{t+1} + E_{t+1}v_{t+1}).
+    double E[kBlock], EV[kBlock], K[kBlock];
+    double* last = Fn + (T - 1) * kBlock;
+    for (int c = 0; c < nc; ++c) last[c] = Fd[(T - 1) * kBlock + c] = 0, Fm[(T - 1) * kBlock + c] = kNegInf;
+    for (std::int64_t t = T - 2; t >= 0; --t) {
+      load(t + 1, E, EV, K);
+      double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fm = Fm + t * kBlock;
+      const double *fn1 = fn + kBlock, *fd1 = fd + kBlock, *fm1 = fm + kBlock;
+      if (paper)
+        for (int c = 0; c < nc; ++c) {
+          fn[c] = decay[c] * fn1[c] + EV[c];
+          fd[c] = decay[c] * fd1[c] + E[c];
+          fm[c] = std::max(fm1[c] - w[c], K[c]);
         }
-      }
-    if (paper) forward_paper(E, EV, Fn, Fd, Fm, eu, decay, kmax);
-    else forward_official(E, EV, Fn, Fd, Fm, eu, decay, kmax, wkv.chunks);
+      else
+        for (int c = 0; c < nc; ++c) {
+          fn[c] = decay[c] * (fn1[c] + EV[c]);
+          fd[c] = decay[c] * (fd1[c] + E[c]);
+          fm[c] = std::max(fm1[c], K[c]) - w[c];
+        }
+    }
+    if (paper) forward_paper();
+    else forward_official(wkv.chunks);
+  }
+
+  void write(std::int64_t t, const double* num, const double* den, const double* m) const {
+    float* yt = y + t * C;
+    for (int c = 0; c < nc; ++c)
+      yt[c] = static_cast<float>(num[c] / (den[c] + kWkvEps * exp_fast(static_cast<float>(m[c]))));
   }
 
   // Past P_t = Σ_{j<t} e^{−(t−j−1)w}E_j v_j, by P_t = e^{−w}P_{t−1} + E_{t−1}v_{t−1}.
-  void forward_paper(const double* E, const double* EV, const double* Fn, const double* Fd, const double* Fm,
-                     const double* eu, const double* decay, const double* kmax) {
-    double Pn[kBlock], Pd[kBlock], Pm[kBlock];
-    for (int c = 0; c < nc; ++c) Pn[c] = Pd[c] = 0, Pm[c] = kNegInf;
-    for (std::int64_t t = 0; t < T; ++t)
+  void forward_paper() {
+    double Pn[kBlock] = {}, Pd[kBlock] = {}, Pm[kBlock], E[kBlock], EV[kBlock], K[kBlock];
+    double num[kBlock], den[kBlock], m[kBlock];
+    for (int c = 0; c < nc; ++c) Pm[c] = kNegInf;
+    for (std::int64_t t = 0; t < T; ++t) {
+      load(t, E, EV, K);
+      const double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fm = Fm + t * kBlock;
       for (int c = 0; c < nc; ++c) {
-        const std::int64_t i = t * kBlock + c;
-        const double self = u[c] + K(t, c) - kmax[c];
-        const double m = std::max({Pm[c], Fm[i], self});
-        const double num = Pn[c] + Fn[i] + eu[c] * EV[i];
-        const double den = Pd[c] + Fd[i] + eu[c] * E[i] + kWkvEps * std::exp(m);
-        y[t * C + c] = static_cast<float>(num / den);
-        Pn[c] = decay[c] * Pn[c] + EV[i];
-        Pd[c] = decay[c] * Pd[c] + E[i];
-        Pm[c] = std::max(Pm[c] - w[c], K(t, c) - kmax[c]);
+        m[c] = std::max(std::max(Pm[c], fm[c]), u[c] + K[c]);
+        num[c] = Pn[c] + fn[c] + eu[c] * EV[c];
+        den[c] = Pd[c] + fd[c] + eu[c] * E[c];
+        Pn[c] = decay[c] * Pn[c] + EV[c];
+        Pd[c] = decay[c] * Pd[c] + E[c];
+        Pm[c] = std::max(Pm[c] - w[c], K[c]);
       }
+      write(t, num, den, m);
+    }
   }
 
   // Official (VRWKV.md 2.3), with s the start of t's chunk:
@@ -147,39 +156,34 @@ struct Scan {
   // P_t = Σ_{s≤j<t} e^{−(t−j−1)w}E_j v_j        (in-chunk past, restarted at s)
   // R_t = Σ_{s<j≤t} e^{(t−j)w}E_j v_j           (the kernel's in-chunk correction)
   // F_t = Σ_{j>t} e^{−(j−t)w}E_j v_j            (all later tokens)
-  void forward_official(const double* E, const double* EV, const double* Fn, const double* Fd, const double* Fm,
-                        const double* eu, const double* decay, const double* kmax, int chunks) {
+  void forward_official(int chunks) {
     const std::int64_t L = chunk_length(T, chunks);
-    double Qn[kBlock], Qd[kBlock], Gn[kBlock], Gd[kBlock], Pn[kBlock], Pd[kBlock], Rn[kBlock], Rd[kBlock];
-    double Qm[kBlock], growth[kBlock], corr[kBlock];
-    for (int c = 0; c < nc; ++c) {
-      Qn[c] = Qd[c] = 0, Qm[c] = kNegInf;
-      growth[c] = std::exp(w[c]);
-      corr[c] = -std::expm1(w[c]);
-    }
+    double Qn[kBlock] = {}, Qd[kBlock] = {}, Gn[kBlock] = {}, Gd[kBlock] = {}, Pn[kBlock] = {}, Pd[kBlock] = {};
+    double Rn[kBlock] = {}, Rd[kBlock] = {}, Qm[kBlock], growth[kBlock], corr[kBlock];
+    double E[kBlock], EV[kBlock], K[kBlock], num[kBlock], den[kBlock], m[kBlock];
+    for (int c = 0; c < nc; ++c) Qm[c] = kNegInf, growth[c] = std::exp(w[c]), corr[c] = -std::expm1(w[c]);
     for (std::int64_t t = 0; t < T; ++t) {
-      const bool chunk_start = t % L == 0;
-      for (int c = 0; c < nc; ++c) {
-        const std::int64_t i = t * kBlock + c;
-        if (chunk_start) {
-          Gn[c] = Qn[c], Gd[c] = Qd[c];
-          Pn[c] = Pd[c] = Rn[c] = Rd[c] = 0;
-        } else {
+      load(t, E, EV, K);
+      if (t % L == 0)
+        for (int c = 0; c < nc; ++c) Gn[c] = Qn[c], Gd[c] = Qd[c], Pn[c] = Pd[c] = Rn[c] = Rd[c] = 0;
+      else
+        for (int c = 0; c < nc; ++c) {
           Gn[c] *= decay[c], Gd[c] *= decay[c];
-          Rn[c] = growth[c] * Rn[c] + EV[i];
-          Rd[c] = growth[c] * Rd[c] + E[i];
+          Rn[c] = growth[c] * Rn[c] + EV[c];
+          Rd[c] = growth[c] * Rd[c] + E[c];
         }
-        const double self = u[c] + K(t, c) - kmax[c];
-        const double m = std::max({Qm[c], Fm[i], self});
-        const double num = Gn[c] + Pn[c] + corr[c] * Rn[c] + eu[c] * EV[i] + Fn[i];
-        const double den = Gd[c] + Pd[c] + corr[c] * Rd[c] + eu[c] * E[i] + Fd[i] + kWkvEps * std::exp(m);
-        y[t * C + c] = static_cast<float>(num / den);
-        Pn[c] = decay[c] * Pn[c] + EV[i];
-        Pd[c] = decay[c] * Pd[c] + E[i];
-        Qn[c] = decay[c] * (Qn[c] + EV[i]);
-        Qd[c] = decay[c] * (Qd[c] + E[i]);
-        Qm[c] = std::max(Qm[c], K(t, c) - kmax[c]) - w[c];
+      const double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fm = Fm + t * kBlock;
+      for (int c = 0; c < nc; ++c) {
+        m[c] = std::max(std::max(Qm[c], fm[c]), u[c] + K[c]);
+        num[c] = Gn[c] + Pn[c] + corr[c] * Rn[c] + eu[c] * EV[c] + fn[c];
+        den[c] = Gd[c] + Pd[c] + corr[c] * Rd[c] + eu[c] * E[c] + fd[c];
+        Pn[c] = decay[c] * Pn[c] + EV[c];
+        Pd[c] = decay[c] * Pd[c] + E[c];
+        Qn[c] = decay[c] * (Qn[c] + EV[c]);
+        Qd[c] = decay[c] * (Qd[c] + E[c]);
+        Qm[c] = std::max(Qm[c], K[c]) - w[c];
       }
+      write(t, num, den, m);
     }
   }
 };
@@ -194,7 +198,9 @@ void biwkv(const float* w, const float* u, const float* k, const float* v, float
   const std::int64_t blocks = (C + kBlock - 1) / kBlock;
 #pragma omp parallel
   {
-    std::vector<double> scratch;
+    // The future sums of one block: 3·T·kBlock doubles, reused across calls.
+    thread_local std::vector<double> scratch;
+    scratch.resize(static_cast<std::size_t>(3 * T * kBlock));
 #pragma omp for schedule(static)
     for (std::int64_t job = 0; job < B * blocks; ++job) {
       const std::int64_t b = job / blocks, c0 = (job % blocks) * kBlock;
@@ -202,7 +208,7 @@ void biwkv(const float* w, const float* u, const float* k, const float* v, float
       scan.T = T, scan.C = C, scan.nc = static_cast<int>(std::min<std::int64_t>(kBlock, C - c0));
       scan.k = k + b * T * C + c0, scan.v = v + b * T * C + c0, scan.y = y + b * T * C + c0;
       for (int c = 0; c < scan.nc; ++c) scan.w[c] = w[c0 + c], scan.u[c] = u[c0 + c];
-      scan.scratch = &scratch;
+      scan.Fn = scratch.data(), scan.Fd = scan.Fn + T * kBlock, scan.Fm = scan.Fd + T * kBlock;
       scan.run(wkv);
     }
   }

@@ -1,6 +1,6 @@
 #include "ops/patch_embed.hpp"
 
-#include <vector>
+#include <algorithm>
 
 #include "ops/linear.hpp"
 
@@ -9,7 +9,7 @@ namespace vrwkv::ops {
 Grid patch_grid(std::int64_t H, std::int64_t W, std::int64_t p) { return {(H + p - 1) / p, (W + p - 1) / p}; }
 
 void patch_embed_ref(const float* x, const float* weight, const float* bias, float* y, std::int64_t B,
-                     std::int64_t Cin, std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p) {
+                     std::int64_t Cin, std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p, float*) {
   const Grid g = patch_grid(H, W, p);
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t gh = 0; gh < g.H; ++gh)
@@ -29,15 +29,15 @@ void patch_embed_ref(const float* x, const float* weight, const float* bias, flo
 }
 
 void patch_embed(const float* x, const float* weight, const float* bias, float* y, std::int64_t B, std::int64_t Cin,
-                 std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p) {
+                 std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p, float* scratch) {
   // im2col into [B·T, Cin·p·p] (zeros where the padding is), then one GEMM.
   const Grid g = patch_grid(H, W, p);
   const std::int64_t rows = B * g.tokens(), cols = Cin * p * p;
-  std::vector<float> patches(static_cast<std::size_t>(rows * cols), 0.0f);
 #pragma omp parallel for schedule(static)
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::int64_t b = r / g.tokens(), gh = (r % g.tokens()) / g.W, gw = r % g.W;
-    float* dst = patches.data() + r * cols;
+    float* dst = scratch + r * cols;
+    std::fill(dst, dst + cols, 0.0f);
     for (std::int64_t ci = 0; ci < Cin; ++ci)
       for (std::int64_t kh = 0; kh < p; ++kh) {
         const std::int64_t ih = gh * p + kh;
@@ -47,7 +47,7 @@ void patch_embed(const float* x, const float* weight, const float* bias, float* 
         for (std::int64_t kw = 0; kw < n; ++kw) dst[(ci * p + kh) * p + kw] = src[kw];
       }
   }
-  linear(patches.data(), weight, bias, y, rows, C, cols);
+  linear(scratch, weight, bias, y, rows, C, cols);
 }
 
 }  // namespace vrwkv::ops

@@ -2,7 +2,8 @@
 // multiple of the patch size p ("corner" AdaptivePadding), then a p×p stride-p
 // convolution with bias, flattened row-major to tokens.
 // x: [B,Cin,H,W]; weight: [C,Cin,p,p]; bias: [C]; y: [B,T,C] with
-// T = ceil(H/p)·ceil(W/p).
+// T = ceil(H/p)·ceil(W/p). `scratch` holds B·T·Cin·p² floats (the fast
+// version's im2col patches; the reference ignores it).
 #pragma once
 
 #include <cstdint>
@@ -14,8 +15,9 @@ namespace vrwkv::ops {
 Grid patch_grid(std::int64_t H, std::int64_t W, std::int64_t p);
 
 void patch_embed_ref(const float* x, const float* weight, const float* bias, float* y, std::int64_t B,
-                     std::int64_t Cin, std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p);
+                     std::int64_t Cin, std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p,
+                     float* scratch = nullptr);
 void patch_embed(const float* x, const float* weight, const float* bias, float* y, std::int64_t B, std::int64_t Cin,
-                 std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p);
+                 std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p, float* scratch);
 
 }  // namespace vrwkv::ops

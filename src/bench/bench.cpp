@@ -1,0 +1,148 @@
+#include "bench/bench.hpp"
+
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "vrwkv/error.hpp"
+#include "vrwkv/model.hpp"
+#include "vrwkv/presets.hpp"
+#include "vrwkv/vit.hpp"
+
+namespace vrwkv::bench {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+typedef float Vec16 __attribute__((vector_size(64)));
+
+// Twelve independent FMA chains per thread hide the FMA latency.
+double fma_loop(std::int64_t iterations) {
+  Vec16 acc[12];
+  const Vec16 a = {} , b = {};
+  for (int i = 0; i < 12; ++i) acc[i] = Vec16{} + static_cast<float>(i);
+  Vec16 m = a + 0.999999f, k = b + 1e-7f;
+  for (std::int64_t it = 0; it < iterations; ++it)
+    for (int i = 0; i < 12; ++i) acc[i] = acc[i] * m + k;
+  float s = 0;
+  for (int i = 0; i < 12; ++i) s += acc[i][0];
+  return s;
+}
+
+double percentile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  const double pos = q * (v.size() - 1);
+  const std::size_t lo = static_cast<std::size_t>(pos);
+  const std::size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - lo);
+}
+}  // namespace
+
+double measure_fma_peak(int threads, double seconds) {
+  const std::int64_t iterations = 2000000;
+  double best = 0;
+  const auto end = Clock::now() + std::chrono::duration<double>(seconds);
+  volatile double sink = 0;
+  while (Clock::now() < end) {
+    const auto t0 = Clock::now();
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    sink += fma_loop(iterations);
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::max(best, threads * iterations * 12.0 * 16 * 2 / s / 1e9);
+  }
+  return best;
+}
+
+Record run(const Spec& spec) {
+  omp_set_num_threads(spec.threads);
+  Record rec;
+  rec.spec = spec;
+  Tensor input(DType::F32, {spec.batch, 3, spec.height, spec.width});
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  for (std::int64_t i = 0; i < input.numel(); ++i) input.f32()[i] = normal(rng);
+  std::function<void()> step;
+  Model model;
+  Vit vit;
+  ForwardOptions options;
+  if (spec.dtype != "fp32" && spec.dtype != "bf16") input_error("--dtype: expected fp32 or bf16, got '", spec.dtype, "'");
+  options.bf16 = spec.dtype == "bf16";
+  if (spec.model.starts_with("vit_")) {
+    if (options.bf16) input_error("--dtype bf16 is not available for the ViT baseline");
+    vit = Vit::preset(spec.model, 0);
+    rec.flops_per_image = vit.flops(spec.height, spec.width);
+    rec.parameters = vit.parameter_count();
+    step = [&] { vit.forward(input); };
+  } else {
+    const auto presets = preset_names();
+    if (std::find(presets.begin(), presets.end(), spec.model) != presets.end()) {
+      const Config c = preset_config(spec.model);
+      model = Model::from_state_dict(initial_parameters(c, 0), c, spec.model);
+    } else {
+      model = Model::load(spec.model);
+    }
+    rec.flops_per_image = 2 * model.flops(spec.height, spec.width);
+    rec.parameters = model.parameter_count();
+    step = [&] { model.forward(input, options); };
+  }
+  for (int i = 0; i < spec.warmup; ++i) step();
+  std::vector<double> ms;
+  for (int i = 0; i < spec.reps; ++i) {
+    const auto t0 = Clock::now();
+    step();
+    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  rec.latency_ms_median = percentile(ms, 0.5);
+  rec.latency_ms_p90 = percentile(ms, 0.9);
+  rec.images_per_second = spec.batch * 1000.0 / rec.latency_ms_median;
+  rec.gflops_per_second = rec.flops_per_image * rec.images_per_second / 1e9;
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  rec.peak_rss_mib = usage.ru_maxrss / 1024.0;
+  return rec;
+}
+
+std::string to_json(const Record& r) {
+  return nlohmann::json{{"model", r.spec.model},
+                        {"batch", r.spec.batch},
+                        {"height", r.spec.height},
+                        {"width", r.spec.width},
+                        {"threads", r.spec.threads},
+                        {"dtype", r.spec.dtype},
+                        {"reps", r.spec.reps},
+                        {"parameters", r.parameters},
+                        {"flops_per_image", r.flops_per_image},
+                        {"images_per_second", r.images_per_second},
+                        {"latency_ms_median", r.latency_ms_median},
+                        {"latency_ms_p90", r.latency_ms_p90},
+                        {"gflops_per_second", r.gflops_per_second},
+                        {"peak_rss_mib", r.peak_rss_mib}}
+      .dump();
+}
+
+Record from_json(const std::string& line) {
+  const auto j = nlohmann::json::parse(line);
+  Record r;
+  r.spec.model = j.at("model");
+  r.spec.batch = j.at("batch");
+  r.spec.height = j.at("height");
+  r.spec.width = j.at("width");
+  r.spec.threads = j.at("threads");
+  r.spec.dtype = j.at("dtype");
+  r.spec.reps = j.at("reps");
+  r.parameters = j.at("parameters");
+  r.flops_per_image = j.at("flops_per_image");
+  r.images_per_second = j.at("images_per_second");
+  r.latency_ms_median = j.at("latency_ms_median");
+  r.latency_ms_p90 = j.at("latency_ms_p90");
+  r.gflops_per_second = j.at("gflops_per_second");
+  r.peak_rss_mib = j.at("peak_rss_mib");
+  return r;
+}
+
+}  // namespace vrwkv::bench

@@ -1,0 +1,41 @@
+// Throughput, latency and memory measurements behind `vrwkv bench`
+// (ENGINEERING.md "Tests and measurements").
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace vrwkv::bench {
+
+struct Spec {
+  std::string model;  // a model file, a VRWKV preset (vrwkv_t...) or a ViT preset (vit_t, vit_s)
+  std::int64_t batch = 1, height = 224, width = 224;
+  int threads = 1;
+  std::string dtype = "fp32";
+  int warmup = 1, reps = 5;
+};
+
+struct Record {
+  Spec spec;
+  double flops_per_image = 0;  // 2 × multiply-adds
+  double images_per_second = 0, latency_ms_median = 0, latency_ms_p90 = 0, gflops_per_second = 0;
+  double peak_rss_mib = 0;
+  std::int64_t parameters = 0;
+};
+
+// fp32 FMA throughput of `threads` threads, GFLOP/s (2 FLOPs per FMA lane).
+double measure_fma_peak(int threads, double seconds = 0.3);
+
+// Builds the model and measures it in this process (peak RSS is the
+// process's, so run one spec per process).
+Record run(const Spec& spec);
+
+std::string to_json(const Record& r);
+Record from_json(const std::string& line);
+
+// Throughput and memory against resolution, one line per model and batch;
+// PNG or SVG by the file's extension.
+void plot(const std::vector<Record>& records, double peak_gflops, const std::string& path);
+
+}  // namespace vrwkv::bench

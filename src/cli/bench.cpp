@@ -1,0 +1,159 @@
+// vrwkv bench: images/s, latency, GFLOP/s, share of the measured FMA peak and
+// peak memory per model, batch and resolution. Each configuration runs in a
+// fresh worker process (this program with --worker), so peak memory is its own.
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <sstream>
+
+#include "bench/bench.hpp"
+#include "cli/commands.hpp"
+#include "cli/common.hpp"
+#include "io/atomic_file.hpp"
+#include "vrwkv/error.hpp"
+
+extern char** environ;
+
+namespace vrwkv::cli {
+
+namespace {
+
+std::vector<std::string> split(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::pair<std::int64_t, std::int64_t> parse_res(const std::string& r) {
+  long long h = 0, w = 0;
+  char x = 0, extra = 0;
+  const int n = std::sscanf(r.c_str(), "%lld%c%lld%c", &h, &x, &w, &extra);
+  if (n == 1) w = h;
+  else if (n != 3 || (x != 'x' && x != 'X')) input_error("--res: expected N or HxW, got '", r, "'");
+  if (h < 1 || w < 1 || h > 16384 || w > 16384) input_error("--res: expected sizes in 1..16384, got '", r, "'");
+  return {h, w};
+}
+
+// Runs this program as a worker for one spec and returns its JSON line.
+std::string run_worker(const bench::Spec& s) {
+  std::vector<std::string> args = {"/proc/self/exe", "bench", "--worker", "--model", s.model,
+                                   "--batch", std::to_string(s.batch), "--res",
+                                   std::to_string(s.height) + "x" + std::to_string(s.width), "--threads",
+                                   std::to_string(s.threads), "--dtype", s.dtype, "--warmup", std::to_string(s.warmup),
+                                   "--reps", std::to_string(s.reps)};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int fds[2];
+  if (pipe(fds) != 0) runtime_error("bench: cannot create a pipe");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+  posix_spawn_file_actions_addclose(&actions, fds[0]);
+  pid_t pid;
+  const int rc = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  close(fds[1]);
+  if (rc != 0) {
+    close(fds[0]);
+    runtime_error("bench: cannot start a worker process");
+  }
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) out.append(buf, n);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw Error(WIFEXITED(status) && WEXITSTATUS(status) == 2 ? Error::Kind::Input : Error::Kind::Runtime,
+                "bench: the measurement of " + s.model + " failed (see the message above)");
+  return out;
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+  struct Options {
+    std::string models = "vrwkv_t", batches = "1", resolutions = "224", dtype = "fp32", json, plot;
+    int threads = 0, warmup = 1, reps = 5;
+    bool worker = false;
+  };
+  auto opt = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand(
+      "bench",
+      "Measure throughput, latency and memory.\n"
+      "FLOPs = 2 × multiply-adds of every linear layer, convolution and (ViT) attention product, plus the\n"
+      "paper's 29·T·C per VRWKV block for Bi-WKV and element-wise work; LayerNorm 2·numel, pooling numel.\n"
+      "Peak = the fp32 FMA throughput of the same threads, measured at the start of the run.");
+  cmd->add_option("--model,-m", opt->models,
+                  "Comma-separated model files or presets: vrwkv_t, vrwkv_s, vrwkv_b, vrwkv_l, vit_t, vit_s "
+                  "(presets: official initialisation, seed 0)");
+  cmd->add_option("--batch,-b", opt->batches, "Comma-separated batch sizes, e.g. 1,8");
+  cmd->add_option("--res,-r", opt->resolutions, "Comma-separated resolutions: N (square) or HxW, e.g. 224,1024");
+  cmd->add_option("--threads,-t", opt->threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
+  cmd->add_option("--dtype", opt->dtype, "fp32 or bf16 (linear layers in bfloat16, float32 accumulation)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--warmup", opt->warmup, "Untimed runs before measuring")->check(CLI::Range(0, 1000));
+  cmd->add_option("--reps", opt->reps, "Timed runs (median and p90 are reported)")->check(CLI::Range(1, 100000));
+  cmd->add_option("--json", opt->json, "Write the records as a JSON list");
+  cmd->add_option("--plot", opt->plot, "Draw throughput and memory against resolution (.png or .svg)");
+  cmd->add_flag("--worker", opt->worker, "(internal) measure one configuration and print it as JSON")
+      ->group("");
+  cmd->callback([opt] {
+    const int threads = opt->threads > 0 ? opt->threads : omp_threads();
+    if (!opt->plot.empty() && !opt->plot.ends_with(".png") && !opt->plot.ends_with(".svg"))
+      input_error("--plot: expected a .png or .svg file name, got '", opt->plot, "'");
+    std::vector<bench::Spec> specs;
+    for (const std::string& m : split(opt->models))
+      for (const std::string& b : split(opt->batches))
+        for (const std::string& r : split(opt->resolutions)) {
+          bench::Spec s;
+          s.model = m;
+          s.batch = parse_index_list(b, "--batch").at(0);
+          if (s.batch < 1) input_error("--batch: expected sizes of 1 or more, got '", b, "'");
+          std::tie(s.height, s.width) = parse_res(r);
+          s.threads = threads, s.dtype = opt->dtype, s.warmup = opt->warmup, s.reps = opt->reps;
+          specs.push_back(s);
+        }
+    if (specs.empty()) input_error("bench: nothing to measure");
+    if (opt->worker) {
+      std::printf("%s\n", bench::to_json(bench::run(specs.at(0))).c_str());
+      return;
+    }
+    const double peak = bench::measure_fma_peak(threads);
+    std::printf("fp32 FMA peak, %d thread%s: %.1f GFLOP/s (measured now)\n\n", threads, threads > 1 ? "s" : "", peak);
+    std::printf("%-10s %5s %11s %4s %4s %10s %10s %9s %9s %6s %9s\n", "model", "batch", "resolution", "thr", "type",
+                "images/s", "lat ms", "p90 ms", "GFLOP/s", "%peak", "RSS MiB");
+    std::vector<bench::Record> records;
+    for (const bench::Spec& s : specs) {
+      const bench::Record r = bench::from_json(run_worker(s));
+      std::printf("%-10s %5lld %5lldx%-5lld %4d %4s %10.2f %10.2f %9.2f %9.1f %5.1f%% %9.1f\n",
+                  s.model.substr(s.model.rfind('/') + 1).substr(0, 10).c_str(), (long long)s.batch,
+                  (long long)s.height, (long long)s.width, s.threads, s.dtype.c_str(), r.images_per_second,
+                  r.latency_ms_median, r.latency_ms_p90, r.gflops_per_second, 100 * r.gflops_per_second / peak,
+                  r.peak_rss_mib);
+      std::fflush(stdout);
+      records.push_back(r);
+    }
+    if (!opt->json.empty()) {
+      std::string text = "[\n";
+      for (std::size_t i = 0; i < records.size(); ++i) {
+        std::string line = bench::to_json(records[i]);
+        line.insert(line.size() - 1, ",\"peak_gflops\":" + std::to_string(peak));
+        text += "  " + line + (i + 1 < records.size() ? ",\n" : "\n");
+      }
+      text += "]\n";
+      AtomicFile out(opt->json);
+      out.write(text.data(), text.size());
+      out.commit();
+    }
+    if (!opt->plot.empty()) bench::plot(records, peak, opt->plot);
+  });
+}
+
+}  // namespace vrwkv::cli
