@@ -32,7 +32,7 @@ void add_classify(CLI::App& app) {
     for (std::size_t start = 0; start < opt->images.size(); start += opt->batch) {
       const std::size_t end = std::min(opt->images.size(), start + opt->batch);
       const std::vector<std::string> paths(opt->images.begin() + start, opt->images.begin() + end);
-      const Outputs out = model.forward(load_images(paths, cfg.preprocess));
+      const Outputs out = model.forward(load_images(paths, cfg.preprocess), opt->model.forward_options());
       for (std::size_t i = 0; i < paths.size(); ++i) {
         const float* logits = out.logits.f32() + i * cfg.num_classes;
         const double top = *std::max_element(logits, logits + cfg.num_classes);

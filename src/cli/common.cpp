@@ -35,6 +35,8 @@ void ModelOptions::add_to(CLI::App& app, bool model_optional) {
   app.add_option("--shift-pixel", shift_pixel, "Q-Shift distance (default: 1 if spatial_mix tensors exist, else 0)");
   app.add_option("--channel-gamma", channel_gamma, "Q-Shift channel fraction per direction (default 0.25)");
   app.add_option("--pos-grid", pos_grid, "Training grid of pos_embed, HxW (default: square root of its length)");
+  app.add_option("--dtype", dtype, "fp32 | bf16 (block linears in bfloat16, float32 accumulation)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--head", head, "Head: none | linear | mlp (default: inferred; none drops the head)");
 }
 
@@ -67,6 +69,12 @@ ConfigOverrides ModelOptions::overrides() const {
       input_error("--pos-grid: expected HxW such as 14x14, got '", pos_grid, "'");
     o.pos_grid_h = h, o.pos_grid_w = w;
   }
+  return o;
+}
+
+ForwardOptions ModelOptions::forward_options() const {
+  ForwardOptions o;
+  o.bf16 = dtype == "bf16";
   return o;
 }
 

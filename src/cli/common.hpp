@@ -17,10 +17,12 @@ struct ModelOptions {
   int wkv_chunks = 0, shift_pixel = -1;
   double channel_gamma = 0;
   std::string post_norm, final_norm, key_norm, layer_scale;  // "true"/"false" or empty
+  std::string dtype = "fp32";
 
   // Adds --model (required unless `model_optional`), --threads and every config override.
   void add_to(CLI::App& app, bool model_optional = false);
   ConfigOverrides overrides() const;
+  ForwardOptions forward_options() const;
   // Loads the model (printing nothing) and applies --threads.
   Model load(LoadReport* report = nullptr) const;
 };

@@ -37,7 +37,7 @@ void add_run(CLI::App& app) {
       input = load_images(opt->images, model.config().preprocess);
       result["input"] = input;
     }
-    const Outputs out = model.forward(input);
+    const Outputs out = model.forward(input, opt->model.forward_options());
     const auto& idx = model.config().out_indices;
     result["features"] = out.features.back();
     if (idx.size() > 1)

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 
@@ -11,6 +12,7 @@
 #include "ops/fast_math.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
+#include "ops/linear_bf16.hpp"
 #include "ops/patch_embed.hpp"
 #include "ops/pos_embed.hpp"
 #include "ops/qshift.hpp"
@@ -61,10 +63,21 @@ namespace {
 
 class Forward {
  public:
-  Forward(const Config& c, const TensorMap& p, const OpSet& ops, std::int64_t B, Grid grid, Workspace& work)
-      : c_(c), p_(p), ops_(ops), B_(B), grid_(grid), N_(B * grid.tokens()), C_(c.embed_dims), work_(work) {}
+  // bf16: the block linears in bfloat16 (their converted weights live in `bf16`); else float32.
+  Forward(const Config& c, const TensorMap& p, const OpSet& ops, std::int64_t B, Grid grid, Workspace& work,
+          std::map<std::string, ops::LinearBf16>* bf16)
+      : c_(c), p_(p), ops_(ops), B_(B), grid_(grid), N_(B * grid.tokens()), C_(c.embed_dims), work_(work),
+        bf16_(bf16) {}
 
   const float* P(const std::string& name) const { return p_.at(name).f32(); }
+
+  // out[N_, n] = in[N_, k]·Wᵀ for the bias-free block linear `weight` ([n, k]).
+  void linear(const std::string& weight, const float* in, float* out, std::int64_t n, std::int64_t k) {
+    if (!bf16_) return ops_.linear(in, P(weight), nullptr, out, N_, n, k);
+    auto it = bf16_->find(weight);
+    if (it == bf16_->end()) it = bf16_->try_emplace(weight, P(weight), n, k).first;
+    it->second(in, out, N_);
+  }
 
   // x ← LayerNorm(x) (or y ← LayerNorm(x)); rows of width `width`.
   void norm(const std::string& prefix, const float* x, float* y, std::int64_t width) const {
@@ -89,9 +102,9 @@ class Forward {
     static const char* const names[] = {"spatial_mix_k", "spatial_mix_v", "spatial_mix_r"};
     const float* in[3];
     shift_mix(x, l + "att.", names, 3, in);
-    ops_.linear(in[0], P(l + "att.key.weight"), nullptr, work_.k.data(), N_, C_, C_);
-    ops_.linear(in[1], P(l + "att.value.weight"), nullptr, work_.v.data(), N_, C_, C_);
-    ops_.linear(in[2], P(l + "att.receptance.weight"), nullptr, work_.r.data(), N_, C_, C_);
+    linear(l + "att.key.weight", in[0], work_.k.data(), C_, C_);
+    linear(l + "att.value.weight", in[1], work_.v.data(), C_, C_);
+    linear(l + "att.receptance.weight", in[2], work_.r.data(), C_, C_);
     // w = spatial_decay / T, u = spatial_first / T for this input's T (VRWKV.md 1.6).
     const float T = static_cast<float>(grid_.tokens());
     float *w = work_.wu.data(), *u = w + C_;
@@ -103,7 +116,7 @@ class Forward {
     const float* r = work_.r.data();
 #pragma omp parallel for schedule(static)
     for (std::int64_t i = 0; i < N_ * C_; ++i) y[i] *= ops::sigmoid_fast(r[i]);
-    ops_.linear(y, P(l + "att.output.weight"), nullptr, out, N_, C_, C_);
+    linear(l + "att.output.weight", y, out, C_, C_);
   }
 
   // Channel Mix (VRWKV.md 1.7): out = σ(receptance(xr)) ⊙ value([LN](relu(key(xk))²)).
@@ -114,9 +127,9 @@ class Forward {
     const std::int64_t Hd = c_.hidden_dims;
     // r first: with shift_pixel 0, in[1] is the block input, which `out` may overwrite.
     float* r = work_.r.data();
-    ops_.linear(in[1], P(l + "ffn.receptance.weight"), nullptr, r, N_, C_, C_);
+    linear(l + "ffn.receptance.weight", in[1], r, C_, C_);
     float* hidden = work_.hidden.data();
-    ops_.linear(in[0], P(l + "ffn.key.weight"), nullptr, hidden, N_, Hd, C_);
+    linear(l + "ffn.key.weight", in[0], hidden, Hd, C_);
 #pragma omp parallel for schedule(static)
     for (std::int64_t i = 0; i < N_ * Hd; ++i) {
       const float a = std::max(hidden[i], 0.0f);
@@ -124,7 +137,7 @@ class Forward {
     }
     if (c_.key_norm) ops_.layernorm(hidden, P(l + "ffn.key_norm.weight"), P(l + "ffn.key_norm.bias"), hidden, N_, Hd,
                                     ops::kLayerNormEps);
-    ops_.linear(hidden, P(l + "ffn.value.weight"), nullptr, out, N_, C_, Hd);
+    linear(l + "ffn.value.weight", hidden, out, C_, Hd);
 #pragma omp parallel for schedule(static)
     for (std::int64_t i = 0; i < N_ * C_; ++i) out[i] *= ops::sigmoid_fast(r[i]);
   }
@@ -169,6 +182,7 @@ class Forward {
   Grid grid_;
   std::int64_t N_, C_;
   Workspace& work_;
+  std::map<std::string, ops::LinearBf16>* bf16_;
 };
 
 // [B,T,C] tokens to a [B,C,H,W] feature map.
@@ -186,6 +200,7 @@ Tensor to_feature_map(const float* x, std::int64_t B, Grid g, std::int64_t C) {
 struct Model::Cache {
   std::mutex mutex;
   std::unique_ptr<Workspace> workspace;
+  std::map<std::string, ops::LinearBf16> bf16;  // converted weights, made on first bf16 use
 };
 
 std::shared_ptr<Model::Cache> Model::new_cache() { return std::make_shared<Cache>(); }
@@ -197,7 +212,7 @@ Outputs Model::forward(const Tensor& input, const ForwardOptions& options) const
                 c.in_channels, ",H,W]");
   const std::int64_t B = input.dim(0), H = input.dim(2), W = input.dim(3), C = c.embed_dims;
   if (B < 1 || H < 1 || W < 1) input_error("input has shape ", shape_str(input.shape()), ", expected B, H, W >= 1");
-  if (options.bf16) input_error("--dtype bf16 is not available yet");
+  if (options.bf16 && options.reference) input_error("bf16 runs on the fast path only, not the reference path");
   const OpSet& ops = options.reference ? kReference : kFast;
   const Grid grid = ops::patch_grid(H, W, c.patch_size), train_grid{c.pos_grid_h, c.pos_grid_w};
   const std::int64_t T = grid.tokens();
@@ -230,7 +245,7 @@ Outputs Model::forward(const Tensor& input, const ForwardOptions& options) const
   };
   if (options.keep_blocks) out.embed = snapshot();
 
-  Forward fwd(c, params_, ops, B, grid, *work);
+  Forward fwd(c, params_, ops, B, grid, *work, options.bf16 ? &cache_->bf16 : nullptr);
   for (std::int64_t i = 0; i < c.depth; ++i) {
     fwd.block(i, xs);
     if (options.keep_blocks) out.blocks.push_back(snapshot());

@@ -70,6 +70,9 @@ constexpr int kBlock = 32;
 // One (batch, channel block) problem. All sums are kept relative to
 // e^{kmax_c}, the largest key of the channel, so no term exceeds e^{|decay|}:
 // |w|·|t−j| ≤ |spatial_decay| for every pair. Terms are summed in float64.
+// The EPS term needs e^{m_t} for the largest exponent m_t; since
+// e^{max(a,b)} = max(e^a, e^b), it is tracked multiplicatively (X = e^{m}),
+// with no exponential per token.
 struct Scan {
   std::int64_t T, C;
   int nc;              // channels in this block (≤ kBlock), starting at c0
@@ -77,76 +80,63 @@ struct Scan {
   float* y;
   double w[kBlock], u[kBlock];
   double kmax[kBlock], eu[kBlock], decay[kBlock];
-  // Future sums per token: numerator, denominator, largest exponent.
-  double *Fn, *Fd, *Fm;
-
-  // E_t = e^{k_t − kmax}, to double precision: the official semantics can
-  // cancel terms, which would magnify a float exp's error.
-  void load(std::int64_t t, double* E, double* EV, double* K) const {
-    const float* kt = k + t * C;
-    const float* vt = v + t * C;
-    for (int c = 0; c < nc; ++c) {
-      K[c] = kt[c] - kmax[c];
-      E[c] = exp_fast(K[c]);
-      EV[c] = E[c] * vt[c];
-    }
-  }
+  // Per token: E = e^{k−kmax}, and the future sums: numerator, denominator, e^{largest exponent}.
+  double *E, *Fn, *Fd, *Fx;
 
   void run(Wkv wkv) {
     for (int c = 0; c < nc; ++c) kmax[c] = -std::numeric_limits<double>::infinity();
     for (std::int64_t t = 0; t < T; ++t)
-      for (int c = 0; c < nc; ++c) kmax[c] = std::max<double>(kmax[c], k[t * C + c]);
+      for (int c = 0; c < nc; ++c) kmax[c] = k[t * C + c] > kmax[c] ? k[t * C + c] : kmax[c];
     for (int c = 0; c < nc; ++c) eu[c] = std::exp(u[c]), decay[c] = std::exp(-w[c]);
+    // E to double precision: the official semantics can cancel terms, which
+    // would magnify a float exp's error.
+    for (std::int64_t t = 0; t < T; ++t)
+      for (int c = 0; c < nc; ++c) E[t * kBlock + c] = exp_fast(static_cast<double>(k[t * C + c]) - kmax[c]);
     const bool paper = wkv.semantics == WkvSemantics::Paper;
     // Backward pass. paper: F_t = Σ_{j>t} e^{−(j−t−1)w}E_j v_j, F_t = e^{−w}F_{t+1} + E_{t+1}v_{t+1};
     // official: F_t = Σ_{j>t} e^{−(j−t)w}E_j v_j, F_t = e^{−w}(F_{t+1} + E_{t+1}v_{t+1}).
-    double E[kBlock], EV[kBlock], K[kBlock];
-    double* last = Fn + (T - 1) * kBlock;
-    for (int c = 0; c < nc; ++c) last[c] = Fd[(T - 1) * kBlock + c] = 0, Fm[(T - 1) * kBlock + c] = kNegInf;
+    for (int c = 0; c < nc; ++c) {
+      const std::int64_t i = (T - 1) * kBlock + c;
+      Fn[i] = Fd[i] = Fx[i] = 0;
+    }
     for (std::int64_t t = T - 2; t >= 0; --t) {
-      load(t + 1, E, EV, K);
-      double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fm = Fm + t * kBlock;
-      const double *fn1 = fn + kBlock, *fd1 = fd + kBlock, *fm1 = fm + kBlock;
+      const float* vt = v + (t + 1) * C;
+      const double* e = E + (t + 1) * kBlock;
+      double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fx = Fx + t * kBlock;
+      const double *fn1 = fn + kBlock, *fd1 = fd + kBlock, *fx1 = fx + kBlock;
       if (paper)
         for (int c = 0; c < nc; ++c) {
-          fn[c] = decay[c] * fn1[c] + EV[c];
-          fd[c] = decay[c] * fd1[c] + E[c];
-          fm[c] = std::max(fm1[c] - w[c], K[c]);
+          fn[c] = decay[c] * fn1[c] + e[c] * vt[c];
+          fd[c] = decay[c] * fd1[c] + e[c];
+          fx[c] = std::max(fx1[c] * decay[c], e[c]);
         }
       else
         for (int c = 0; c < nc; ++c) {
-          fn[c] = decay[c] * (fn1[c] + EV[c]);
-          fd[c] = decay[c] * (fd1[c] + E[c]);
-          fm[c] = std::max(fm1[c], K[c]) - w[c];
+          fn[c] = decay[c] * (fn1[c] + e[c] * vt[c]);
+          fd[c] = decay[c] * (fd1[c] + e[c]);
+          fx[c] = std::max(fx1[c], e[c]) * decay[c];
         }
     }
     if (paper) forward_paper();
     else forward_official(wkv.chunks);
   }
 
-  void write(std::int64_t t, const double* num, const double* den, const double* m) const {
-    float* yt = y + t * C;
-    for (int c = 0; c < nc; ++c)
-      yt[c] = static_cast<float>(num[c] / (den[c] + kWkvEps * exp_fast(static_cast<float>(m[c]))));
-  }
-
   // Past P_t = Σ_{j<t} e^{−(t−j−1)w}E_j v_j, by P_t = e^{−w}P_{t−1} + E_{t−1}v_{t−1}.
   void forward_paper() {
-    double Pn[kBlock] = {}, Pd[kBlock] = {}, Pm[kBlock], E[kBlock], EV[kBlock], K[kBlock];
-    double num[kBlock], den[kBlock], m[kBlock];
-    for (int c = 0; c < nc; ++c) Pm[c] = kNegInf;
+    double Pn[kBlock] = {}, Pd[kBlock] = {}, Px[kBlock] = {};
     for (std::int64_t t = 0; t < T; ++t) {
-      load(t, E, EV, K);
-      const double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fm = Fm + t * kBlock;
+      const float* vt = v + t * C;
+      float* yt = y + t * C;
+      const double* e = E + t * kBlock;
+      const double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fx = Fx + t * kBlock;
       for (int c = 0; c < nc; ++c) {
-        m[c] = std::max(std::max(Pm[c], fm[c]), u[c] + K[c]);
-        num[c] = Pn[c] + fn[c] + eu[c] * EV[c];
-        den[c] = Pd[c] + fd[c] + eu[c] * E[c];
-        Pn[c] = decay[c] * Pn[c] + EV[c];
-        Pd[c] = decay[c] * Pd[c] + E[c];
-        Pm[c] = std::max(Pm[c] - w[c], K[c]);
+        const double ev = e[c] * vt[c], self = eu[c] * e[c];
+        const double x = std::max(std::max(Px[c], fx[c]), self);
+        yt[c] = static_cast<float>((Pn[c] + fn[c] + eu[c] * ev) / (Pd[c] + fd[c] + self + kWkvEps * x));
+        Pn[c] = decay[c] * Pn[c] + ev;
+        Pd[c] = decay[c] * Pd[c] + e[c];
+        Px[c] = std::max(Px[c] * decay[c], e[c]);
       }
-      write(t, num, den, m);
     }
   }
 
@@ -159,31 +149,33 @@ struct Scan {
   void forward_official(int chunks) {
     const std::int64_t L = chunk_length(T, chunks);
     double Qn[kBlock] = {}, Qd[kBlock] = {}, Gn[kBlock] = {}, Gd[kBlock] = {}, Pn[kBlock] = {}, Pd[kBlock] = {};
-    double Rn[kBlock] = {}, Rd[kBlock] = {}, Qm[kBlock], growth[kBlock], corr[kBlock];
-    double E[kBlock], EV[kBlock], K[kBlock], num[kBlock], den[kBlock], m[kBlock];
-    for (int c = 0; c < nc; ++c) Qm[c] = kNegInf, growth[c] = std::exp(w[c]), corr[c] = -std::expm1(w[c]);
+    double Rn[kBlock] = {}, Rd[kBlock] = {}, Qx[kBlock] = {}, growth[kBlock], corr[kBlock];
+    for (int c = 0; c < nc; ++c) growth[c] = std::exp(w[c]), corr[c] = -std::expm1(w[c]);
     for (std::int64_t t = 0; t < T; ++t) {
-      load(t, E, EV, K);
+      const float* vt = v + t * C;
+      float* yt = y + t * C;
+      const double* e = E + t * kBlock;
       if (t % L == 0)
         for (int c = 0; c < nc; ++c) Gn[c] = Qn[c], Gd[c] = Qd[c], Pn[c] = Pd[c] = Rn[c] = Rd[c] = 0;
       else
         for (int c = 0; c < nc; ++c) {
           Gn[c] *= decay[c], Gd[c] *= decay[c];
-          Rn[c] = growth[c] * Rn[c] + EV[c];
-          Rd[c] = growth[c] * Rd[c] + E[c];
+          Rn[c] = growth[c] * Rn[c] + e[c] * vt[c];
+          Rd[c] = growth[c] * Rd[c] + e[c];
         }
-      const double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fm = Fm + t * kBlock;
+      const double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fx = Fx + t * kBlock;
       for (int c = 0; c < nc; ++c) {
-        m[c] = std::max(std::max(Qm[c], fm[c]), u[c] + K[c]);
-        num[c] = Gn[c] + Pn[c] + corr[c] * Rn[c] + eu[c] * EV[c] + fn[c];
-        den[c] = Gd[c] + Pd[c] + corr[c] * Rd[c] + eu[c] * E[c] + fd[c];
-        Pn[c] = decay[c] * Pn[c] + EV[c];
-        Pd[c] = decay[c] * Pd[c] + E[c];
-        Qn[c] = decay[c] * (Qn[c] + EV[c]);
-        Qd[c] = decay[c] * (Qd[c] + E[c]);
-        Qm[c] = std::max(Qm[c], K[c]) - w[c];
+        const double ev = e[c] * vt[c], self = eu[c] * e[c];
+        const double x = std::max(std::max(Qx[c], fx[c]), self);
+        const double num = Gn[c] + Pn[c] + corr[c] * Rn[c] + eu[c] * ev + fn[c];
+        const double den = Gd[c] + Pd[c] + corr[c] * Rd[c] + self + fd[c];
+        yt[c] = static_cast<float>(num / (den + kWkvEps * x));
+        Pn[c] = decay[c] * Pn[c] + ev;
+        Pd[c] = decay[c] * Pd[c] + e[c];
+        Qn[c] = decay[c] * (Qn[c] + ev);
+        Qd[c] = decay[c] * (Qd[c] + e[c]);
+        Qx[c] = std::max(Qx[c], e[c]) * decay[c];
       }
-      write(t, num, den, m);
     }
   }
 };
@@ -198,9 +190,9 @@ void biwkv(const float* w, const float* u, const float* k, const float* v, float
   const std::int64_t blocks = (C + kBlock - 1) / kBlock;
 #pragma omp parallel
   {
-    // The future sums of one block: 3·T·kBlock doubles, reused across calls.
+    // E and the future sums of one block: 4·T·kBlock doubles, reused across calls.
     thread_local std::vector<double> scratch;
-    scratch.resize(static_cast<std::size_t>(3 * T * kBlock));
+    scratch.resize(static_cast<std::size_t>(4 * T * kBlock));
 #pragma omp for schedule(static)
     for (std::int64_t job = 0; job < B * blocks; ++job) {
       const std::int64_t b = job / blocks, c0 = (job % blocks) * kBlock;
@@ -208,7 +200,8 @@ void biwkv(const float* w, const float* u, const float* k, const float* v, float
       scan.T = T, scan.C = C, scan.nc = static_cast<int>(std::min<std::int64_t>(kBlock, C - c0));
       scan.k = k + b * T * C + c0, scan.v = v + b * T * C + c0, scan.y = y + b * T * C + c0;
       for (int c = 0; c < scan.nc; ++c) scan.w[c] = w[c0 + c], scan.u[c] = u[c0 + c];
-      scan.Fn = scratch.data(), scan.Fd = scan.Fn + T * kBlock, scan.Fm = scan.Fd + T * kBlock;
+      scan.E = scratch.data(), scan.Fn = scan.E + T * kBlock, scan.Fd = scan.Fn + T * kBlock;
+      scan.Fx = scan.Fd + T * kBlock;
       scan.run(wkv);
     }
   }

@@ -12,7 +12,8 @@ namespace vrwkv::ops {
 // reduction x = n·ln2 + r, |r| ≤ ln2/2, then a degree-7 Taylor polynomial.
 inline float exp_fast(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = __builtin_roundf(x * 1.44269504088896341f);
+  // Round to nearest by adding and removing 1.5·2^23 (vectorises, unlike round()).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
   float p = 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
@@ -32,7 +33,7 @@ inline float exp_fast(float x) {
 // outside). Same reduction, degree-13 Taylor polynomial.
 inline double exp_fast(double x) {
   x = x < -708.0 ? -708.0 : (x > 709.0 ? 709.0 : x);
-  const double n = __builtin_round(x * 1.4426950408889634);
+  const double n = (x * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;  // 1.5·2^52
   const double r = (x - n * 0.6931471803691238) - n * 1.9082149292705877e-10;
   double p = 1.0 / 6227020800.0;
   p = p * r + 1.0 / 479001600.0;
