@@ -12,11 +12,19 @@ form PyTorch offers on a CPU; weights are random (speed does not depend on them)
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+# PyTorch's best setting measured on this machine (Debian's torch calls the
+# system BLAS; with OpenBLAS's pthread build, 2 BLAS threads inside 2 OpenMP
+# threads ran VRWKV-T at 1.9 images/s, 1 BLAS thread with the Haswell kernels
+# at 5.5). Set before torch loads the library; the environment can override.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_CORETYPE", "HASWELL")
 
 import torch
 import torch.nn as nn
@@ -199,7 +207,11 @@ def main():
                         str(a.threads), "--warmup", str(a.warmup), "--reps", str(a.reps), "--json", f.name],
                        check=True, stdout=sys.stderr)
         records = json.load(open(f.name))
-    print(f"PyTorch {torch.__version__}, {a.threads} threads, float32\n")
+    blas = subprocess.run(["update-alternatives", "--query", "libblas.so.3-x86_64-linux-gnu"], capture_output=True,
+                          text=True).stdout
+    blas = next((l.split(": ", 1)[1] for l in blas.splitlines() if l.startswith("Value:")), "unknown")
+    print(f"PyTorch {torch.__version__}, {a.threads} threads, float32, BLAS {blas}, "
+          f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}\n")
     print(f"{'model':10} {'batch':>5} {'resolution':>11} {'vrwkv img/s':>12} {'PyTorch img/s':>14} {'ratio':>7}")
     for r in records:
         ips, ms = time_pytorch(r["model"], r["batch"], r["height"], r["width"], a.warmup, a.reps)

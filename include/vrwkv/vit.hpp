@@ -24,6 +24,7 @@ class Vit {
   static Vit preset(const std::string& name, std::uint64_t seed);
   const VitConfig& config() const { return config_; }
   std::int64_t parameter_count() const { return storage_.numel(); }
+  const TensorMap& parameters() const { return params_; }  // timm names: blocks.N.qkv.weight, ...
   // FLOPs as 2 × multiply-adds of the linears, the convolution and attention.
   double flops(std::int64_t height, std::int64_t width) const;
   // input: F32 [B,3,H,W] with H, W multiples of 16; returns logits [B,K].

@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "ops/fast_math.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
 #include "ops/patch_embed.hpp"
@@ -119,7 +120,8 @@ Tensor Vit::forward(const Tensor& input) const {
           float* row = s.data() + r * T;
           const float mx = *std::max_element(row, row + T);
           float sum = 0;
-          for (std::int64_t t = 0; t < T; ++t) sum += (row[t] = std::exp(row[t] - mx));
+#pragma omp simd reduction(+ : sum)
+          for (std::int64_t t = 0; t < T; ++t) sum += (row[t] = ops::exp_fast(row[t] - mx));
           const float inv = 1.0f / sum;
           for (std::int64_t t = 0; t < T; ++t) row[t] *= inv;
         }
@@ -133,6 +135,7 @@ Tensor Vit::forward(const Tensor& input) const {
     ops::linear(h.data(), P(b + "fc1.weight"), P(b + "fc1.bias"), mlp.data(), N, M, C);
 #pragma omp parallel for schedule(static)
     for (std::int64_t j = 0; j < N * M; ++j) mlp[j] = 0.5f * mlp[j] * (1.0f + std::erf(mlp[j] * 0.70710678f));
+    // (erf as in timm's exact GELU; a libm call per element, small beside the T² attention.)
     ops::linear(mlp.data(), P(b + "fc2.weight"), P(b + "fc2.bias"), h.data(), N, C, M);
     for (std::int64_t j = 0; j < N * C; ++j) x[j] += h[j];
   }
