@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "common.hpp"
 
 namespace vrwkv {
@@ -110,6 +112,25 @@ TEST_F(Cli, InfoReportsOfficialCounts) {
   // VRWKV.md 4: VRWKV-T has 6,155,176 parameters and 1.171 GFLOPs at 224².
   EXPECT_NE(r.out.find("6155176"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("1.171 G"), std::string::npos) << r.out;
+}
+
+TEST_F(Cli, BenchWritesRecordsAndPlot) {
+  const CliResult r = run("bench --model " + test::golden("tiny_default.pth") + ",vit_t --batch 1,2 --res 32,48x64 " +
+                          "--threads 1 --warmup 0 --reps 2 --json " + path("b.json") + " --plot " + path("b.svg"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto records = nlohmann::json::parse(slurp(path("b.json")));
+  ASSERT_EQ(records.size(), 8u);
+  for (const auto& rec : records)
+    for (const char* key : {"model", "batch", "height", "width", "threads", "images_per_second", "latency_ms_median",
+                            "gflops_per_second", "peak_rss_mib"})
+      EXPECT_TRUE(rec.contains(key)) << key;
+  EXPECT_EQ(records[1]["height"], 48);
+  EXPECT_EQ(records[1]["width"], 64);
+  EXPECT_GT(records[0]["images_per_second"].get<double>(), 0);
+  EXPECT_NE(slurp(path("b.svg")).find("<svg"), std::string::npos);
+  expect_input_error(run("bench --model vrwkv_t --res 224 --plot " + path("b.gif")), "--plot");
+  expect_input_error(run("bench --model vrwkv_x --res 32 --reps 1"), "vrwkv_x");
+  EXPECT_NE(access(path("b.gif").c_str(), F_OK), 0);
 }
 
 TEST_F(Cli, MissingModelFile) {

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 
@@ -13,6 +14,7 @@
 #include "cli/common.hpp"
 #include "io/atomic_file.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/presets.hpp"
 
 extern char** environ;
 
@@ -28,16 +30,6 @@ std::vector<std::string> split(const std::string& text) {
   return out;
 }
 
-std::pair<std::int64_t, std::int64_t> parse_res(const std::string& r) {
-  long long h = 0, w = 0;
-  char x = 0, extra = 0;
-  const int n = std::sscanf(r.c_str(), "%lld%c%lld%c", &h, &x, &w, &extra);
-  if (n == 1) w = h;
-  else if (n != 3 || (x != 'x' && x != 'X')) input_error("--res: expected N or HxW, got '", r, "'");
-  if (h < 1 || w < 1 || h > 16384 || w > 16384) input_error("--res: expected sizes in 1..16384, got '", r, "'");
-  return {h, w};
-}
-
 // Runs this program as a worker for one spec and returns its JSON line.
 std::string run_worker(const bench::Spec& s) {
   std::vector<std::string> args = {"/proc/self/exe", "bench", "--worker", "--model", s.model,
@@ -48,30 +40,43 @@ std::string run_worker(const bench::Spec& s) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  int fds[2];
-  if (pipe(fds) != 0) runtime_error("bench: cannot create a pipe");
+  int fds[2], errs[2];
+  if (pipe(fds) != 0 || pipe(errs) != 0) runtime_error("bench: cannot create a pipe");
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, errs[1], 2);
   posix_spawn_file_actions_addclose(&actions, fds[0]);
+  posix_spawn_file_actions_addclose(&actions, errs[0]);
   pid_t pid;
   const int rc = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   close(fds[1]);
+  close(errs[1]);
+  const auto drain = [](int fd) {
+    std::string text;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) text.append(buf, n);
+    close(fd);
+    return text;
+  };
   if (rc != 0) {
     close(fds[0]);
+    close(errs[0]);
     runtime_error("bench: cannot start a worker process");
   }
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fds[0], buf, sizeof buf)) > 0) out.append(buf, n);
-  close(fds[0]);
+  const std::string out = drain(fds[0]);  // one JSON line; the worker writes stderr only when it fails
+  std::string err = drain(errs[0]);
   int status = 0;
   waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    // Pass the worker's own one-line message on ("vrwkv: " is added again by main).
+    if (err.starts_with("vrwkv: ")) err.erase(0, 7);
+    while (!err.empty() && err.back() == '\n') err.pop_back();
     throw Error(WIFEXITED(status) && WEXITSTATUS(status) == 2 ? Error::Kind::Input : Error::Kind::Runtime,
-                "bench: the measurement of " + s.model + " failed (see the message above)");
+                err.empty() ? "bench: the measurement of " + s.model + " failed" : err);
+  }
   return out;
 }
 
@@ -116,11 +121,18 @@ void add_bench(CLI::App& app) {
           s.model = m;
           s.batch = parse_index_list(b, "--batch").at(0);
           if (s.batch < 1) input_error("--batch: expected sizes of 1 or more, got '", b, "'");
-          std::tie(s.height, s.width) = parse_res(r);
+          std::tie(s.height, s.width) = parse_resolution(r, "--res");
           s.threads = threads, s.dtype = opt->dtype, s.warmup = opt->warmup, s.reps = opt->reps;
           specs.push_back(s);
         }
     if (specs.empty()) input_error("bench: nothing to measure");
+    for (const std::string& m : split(opt->models)) {
+      const auto presets = preset_names();
+      const bool preset = m == "vit_t" || m == "vit_s" || std::find(presets.begin(), presets.end(), m) != presets.end();
+      if (!preset && access(m.c_str(), R_OK) != 0)
+        input_error("--model: '", m, "' is neither a preset (vrwkv_t, vrwkv_s, vrwkv_b, vrwkv_l, vit_t, vit_s) nor a "
+                    "readable file");
+    }
     if (opt->worker) {
       std::printf("%s\n", bench::to_json(bench::run(specs.at(0))).c_str());
       return;

@@ -103,6 +103,16 @@ std::vector<std::string> class_names(const Config& config) {
   return names;
 }
 
+std::pair<std::int64_t, std::int64_t> parse_resolution(const std::string& text, const std::string& option) {
+  long long h = 0, w = 0;
+  char x = 0, extra = 0;
+  const int n = std::sscanf(text.c_str(), "%lld%c%lld%c", &h, &x, &w, &extra);
+  if (n == 1) w = h;
+  else if (n != 3 || (x != 'x' && x != 'X')) input_error(option, ": expected N or HxW, got '", text, "'");
+  if (h < 1 || w < 1 || h > 16384 || w > 16384) input_error(option, ": expected sizes in 1..16384, got '", text, "'");
+  return {h, w};
+}
+
 std::vector<std::int64_t> parse_index_list(const std::string& text, const std::string& option) {
   std::vector<std::int64_t> out;
   std::istringstream in(text);

@@ -34,6 +34,9 @@ int omp_threads();
 // Class names of a model: its own (metadata), ImageNet's for 1000 classes, indices otherwise.
 std::vector<std::string> class_names(const Config& config);
 
+// Parses "N" (square) or "HxW" into {H, W}, each in 1..16384.
+std::pair<std::int64_t, std::int64_t> parse_resolution(const std::string& text, const std::string& option);
+
 // Parses "0,5,11" (negative allowed).
 std::vector<std::int64_t> parse_index_list(const std::string& text, const std::string& option);
 

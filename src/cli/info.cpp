@@ -22,13 +22,7 @@ void add_info(CLI::App& app) {
     const Model model = opt->model.load(&report);
     const Config& c = model.config();
     long long h = c.pos_grid_h * c.patch_size, w = c.pos_grid_w * c.patch_size;
-    if (!opt->res.empty()) {
-      char x = 0, extra = 0;
-      const int n = std::sscanf(opt->res.c_str(), "%lld%c%lld%c", &h, &x, &w, &extra);
-      if (n == 1) w = h;
-      else if (n != 3 || (x != 'x' && x != 'X')) input_error("--res: expected N or HxW, got '", opt->res, "'");
-      if (h < 1 || w < 1) input_error("--res: expected a positive size, got '", opt->res, "'");
-    }
+    if (!opt->res.empty()) std::tie(h, w) = parse_resolution(opt->res, "--res");
     std::printf("file          %s (%s)\n", opt->model.model.c_str(), report.layout.c_str());
     std::printf("embed_dims    %lld\ndepth         %lld\npatch_size    %lld\nhidden_dims   %lld\n",
                 (long long)c.embed_dims, (long long)c.depth, (long long)c.patch_size, (long long)c.hidden_dims);
