@@ -36,8 +36,6 @@ struct LoadReport {
   std::vector<std::string> ignored;  // keys not used by the model
 };
 
-struct Workspace;
-
 class Model {
  public:
   // Reads a .pth checkpoint (any layout of VRWKV.md 5) or a vrwkv .safetensors
