@@ -35,7 +35,9 @@ TensorMap initial_parameters(const Config& c, std::uint64_t seed, double init_va
   std::normal_distribution<float> normal(0.0f, 0.02f);
   TensorMap p;
   const std::int64_t C = c.embed_dims, L = c.depth;
-  for (const auto& [name, shape] : parameter_shapes(c)) {
+  for (const auto& entry : parameter_shapes(c)) {
+    const std::string& name = entry.first;  // named, not a structured binding: lambdas below capture it
+    const Shape& shape = entry.second;
     Tensor t(DType::F32, shape);
     float* d = t.f32();
     const std::int64_t n = t.numel();

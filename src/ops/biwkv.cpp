@@ -12,7 +12,6 @@ namespace vrwkv::ops {
 
 namespace {
 
-constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 std::int64_t chunk_length(std::int64_t T, int chunks) { return (T + chunks - 1) / chunks; }
 
