@@ -1,0 +1,77 @@
+#!/usr/bin/python3
+"""Runs every golden model case through `vrwkv run` and reports the largest error per output tensor,
+max |vrwkv - golden| / max(1, max |golden|), the measure the tests bound by 2e-5.
+
+  tools/golden_report.py --vrwkv build/vrwkv            # fp32, each case in its own Bi-WKV semantics
+  tools/golden_report.py --vrwkv build/vrwkv --bf16     # bf16 against fp32: logit error and top-1 agreement
+
+Needs python3-numpy; reads ../shared/golden.
+"""
+import argparse
+import json
+import os
+import struct
+import subprocess
+import tempfile
+
+import numpy as np
+
+CASES = ["tiny_default", "tiny_postnorm_ls0p5", "tiny_keynorm", "tiny_shift0", "tiny_in37x27_pad",
+         "tiny_outidx01_nofinalnorm", "tiny_default_kernelwkv", "vrwkv_t_224_b2", "vrwkv_t_224_b2_kernel32"]
+DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "U8": np.uint8}
+
+
+def read_safetensors(path):
+    data = open(path, "rb").read()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        out[key] = np.frombuffer(data[8 + n + begin:8 + n + end], dtype=DTYPES[entry["dtype"]]).reshape(entry["shape"])
+    return out
+
+
+def run_case(vrwkv, golden, case, dtype, out):
+    j = json.load(open(f"{golden}/{case}.json"))
+    impl = j["wkv_impl"]
+    args = [vrwkv, "run", "-m", f"{golden}/{j.get('checkpoint', case + '.pth')}",
+            "--wkv", "paper" if impl == "sum" else "official", "--wkv-chunks", "16" if impl == "kernel16" else "32",
+            "--dtype", dtype, "-i", f"{golden}/{j['safetensors']}", "-o", out]
+    if isinstance(j["backbone"]["out_indices"], list):
+        args += ["--out-indices", ",".join(map(str, j["backbone"]["out_indices"]))]
+    subprocess.run(args, check=True)
+    return j, read_safetensors(out), read_safetensors(f"{golden}/{j['safetensors']}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vrwkv", default="build/vrwkv")
+    p.add_argument("--golden", default=os.path.join(os.path.dirname(__file__), "../../shared/golden"))
+    p.add_argument("--bf16", action="store_true")
+    a = p.parse_args()
+    agree = total = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in CASES:
+            j, out, gold = run_case(a.vrwkv, a.golden, case, "fp32", f"{tmp}/fp32.safetensors")
+            if not a.bf16:
+                errs = [f"{k} {np.abs(out[k].astype(np.float64) - gold[k]).max() / max(1, np.abs(gold[k]).max()):.1e}"
+                        for k in sorted(out)]
+                print(f"{case:28} ({j['wkv_impl']}): " + ", ".join(errs))
+                continue
+            _, low, _ = run_case(a.vrwkv, a.golden, case, "bf16", f"{tmp}/bf16.safetensors")
+            g = gold["logits"]
+            same = low["logits"].argmax(1) == g.argmax(1)
+            agree, total = agree + same.sum(), total + len(same)
+            margins = ", ".join(f"{float(np.sort(r)[-1] - np.sort(r)[-2]):.1e}" for r in g)
+            print(f"{case:28} max|logit err| bf16 {np.abs(low['logits'] - g).max():.2e} "
+                  f"(fp32 {np.abs(out['logits'] - g).max():.1e}), max|logit| {np.abs(g).max():.2f}, "
+                  f"top-1 agree {same.sum()}/{len(same)}, top-2 margins {margins}")
+    if a.bf16:
+        print(f"top-1 agreement with the goldens: {agree}/{total}")
+
+
+if __name__ == "__main__":
+    main()
