@@ -49,7 +49,6 @@ class Model {
                                const std::string& source = "state dict");
 
   const Config& config() const { return config_; }
-  Config& mutable_config() { return config_; }
   // Every parameter under its official name, as views into one allocation.
   const TensorMap& parameters() const { return params_; }
   std::int64_t parameter_count() const;
