@@ -39,7 +39,6 @@ class Tensor {
   std::int64_t dim(int i) const { return shape_.at(i < 0 ? shape_.size() + i : i); }
   std::int64_t numel() const { return numel_; }
   std::size_t nbytes() const { return static_cast<std::size_t>(numel_) * dtype_size(dtype_); }
-  bool defined() const { return buffer_ != nullptr || numel_ == 0; }
 
   std::byte* raw() { return buffer_.get(); }
   const std::byte* raw() const { return buffer_.get(); }

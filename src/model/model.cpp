@@ -144,10 +144,16 @@ class Forward {
 
   // x ← x + g ⊙ branch (g absent without layer scale).
   void residual(float* x, const float* branch, const std::string& gamma) const {
-    const float* g = c_.layer_scale ? P(gamma) : nullptr;
     const std::int64_t C = C_;
+    if (!c_.layer_scale) {
 #pragma omp parallel for schedule(static)
-    for (std::int64_t i = 0; i < N_ * C; ++i) x[i] += g ? g[i % C] * branch[i] : branch[i];
+      for (std::int64_t i = 0; i < N_ * C; ++i) x[i] += branch[i];
+      return;
+    }
+    const float* g = P(gamma);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t n = 0; n < N_; ++n)
+      for (std::int64_t c = 0; c < C; ++c) x[n * C + c] += g[c] * branch[n * C + c];
   }
 
   // Block (VRWKV.md 1.4), pre-norm or post-norm.
