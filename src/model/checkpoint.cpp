@@ -34,6 +34,8 @@ TensorMap normalise_keys(TensorMap sd) {
 
 enum class Format { Pth, Safetensors };
 
+// From the first bytes: a zip archive (or a legacy pickle) is a .pth; an
+// 8-byte length followed by '{' is safetensors.
 Format detect_format(const std::vector<std::uint8_t>& bytes, const std::string& path) {
   if (bytes.size() >= 4 && std::memcmp(bytes.data(), "PK\x03\x04", 4) == 0) return Format::Pth;
   if (bytes.size() >= 2 && bytes[0] == 0x80) return Format::Pth;  // a legacy pickle: the reader explains
@@ -44,20 +46,21 @@ Format detect_format(const std::vector<std::uint8_t>& bytes, const std::string& 
 }  // namespace
 
 Model Model::load(const std::string& path, const ConfigOverrides& overrides, LoadReport* report) {
-  const std::vector<std::uint8_t> bytes = read_file(path);
+  // The readers take the file themselves: only its first bytes are read here.
+  const std::vector<std::uint8_t> head = read_file_head(path, 16);
   LoadReport rep;
   TensorMap sd;
   Config config;
   bool have_config = false;
-  if (detect_format(bytes, path) == Format::Pth) {
-    PthStateDict pth = read_pth_memory(bytes.data(), bytes.size(), path);
+  if (detect_format(head, path) == Format::Pth) {
+    PthStateDict pth = read_pth(path);
     rep.format = "pth";
     rep.layout = pth.layout;
     rep.ignored = pth.ignored;
     sd = normalise_keys(std::move(pth.tensors));
   } else {
     Metadata meta;
-    sd = normalise_keys(read_safetensors_memory(bytes.data(), bytes.size(), path, &meta));
+    sd = normalise_keys(read_safetensors(path, &meta));
     rep.format = "safetensors";
     rep.layout = "safetensors";
     if (meta.count("vrwkv.config")) {
