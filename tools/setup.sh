@@ -8,6 +8,7 @@ packages=(
   libdnnl-dev                         # GEMM (oneDNN)
   libjpeg62-turbo-dev libpng-dev      # image decoding
   libzip-dev                          # .pth archives
+  zlib1g-dev                          # gzip datasets (Fashion-MNIST)
   nlohmann-json3-dev                  # safetensors headers, configs
   libcli11-dev                        # command line
   libcairo2-dev                       # benchmark plots (PNG, SVG)

@@ -52,6 +52,11 @@ class Model {
   // Every parameter under its official name, as views into one allocation.
   const TensorMap& parameters() const { return params_; }
   std::int64_t parameter_count() const;
+  // All parameters as one F32 [parameter_count] tensor in parameter_shapes()
+  // order, sharing the model's buffer: training updates the weights through
+  // it. Drops cached bf16 copies of the weights, so take it after each update
+  // if the model also runs in bf16.
+  Tensor parameter_storage();
   // FLOPs by the convention of the official get_flops_backbone.py
   // (multiply-accumulates of convolutions and linears, LayerNorm 2·numel,
   // pooling numel, plus 29·T·C per block) for an H×W input.

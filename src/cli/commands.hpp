@@ -10,5 +10,6 @@ void add_run(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_info(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_grad(CLI::App& app);
 
 }  // namespace vrwkv::cli

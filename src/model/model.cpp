@@ -211,6 +211,12 @@ struct Model::Cache {
 
 std::shared_ptr<Model::Cache> Model::new_cache() { return std::make_shared<Cache>(); }
 
+Tensor Model::parameter_storage() {
+  std::lock_guard<std::mutex> lock(cache_->mutex);
+  cache_->bf16.clear();
+  return storage_;
+}
+
 Outputs Model::forward(const Tensor& input, const ForwardOptions& options) const {
   const Config& c = config_;
   if (input.dtype() != DType::F32 || input.ndim() != 4 || input.dim(1) != c.in_channels)

@@ -206,4 +206,197 @@ void biwkv(const float* w, const float* u, const float* k, const float* v, float
   }
 }
 
+// ---------------------------------------------------------------------------
+// Backward
+
+namespace {
+
+// ∂α(t,j)/∂w for the α of alpha() (∂α/∂u is e^{u} at j = t, 0 elsewhere).
+double alpha_dw(std::int64_t t, std::int64_t j, double w, std::int64_t L, WkvSemantics sem) {
+  if (sem == WkvSemantics::Paper) return j == t ? 0.0 : -(std::abs(t - j) - 1) * std::exp(-(std::abs(t - j) - 1) * w);
+  const std::int64_t s = L * (t / L);
+  if (j > t) return -(j - t) * std::exp(-(j - t) * w);
+  if (j == t) return t > s ? -std::exp(w) : 0.0;
+  if (j < s) return -(t - j) * std::exp(-(t - j) * w);
+  if (j == s) return -(t - j - 1) * std::exp(-(t - j - 1) * w);
+  // e^{−(t−j−1)w} − (e^{w} − 1)·e^{(t−j)w}
+  return -(t - j - 1) * std::exp(-(t - j - 1) * w) - std::exp(w) * std::exp((t - j) * w) -
+         std::expm1(w) * (t - j) * std::exp((t - j) * w);
+}
+
+}  // namespace
+
+void biwkv_backward_ref(const float* w, const float* u, const float* k, const float* v, const float* gy, float* gw,
+                        float* gu, float* gk, float* gv, std::int64_t B, std::int64_t T, std::int64_t C, Wkv wkv) {
+  const std::int64_t L = chunk_length(T, wkv.chunks);
+  std::vector<double> dk(T), dv(T);
+  for (std::int64_t c = 0; c < C; ++c) {
+    double dw = 0, du = 0;
+    for (std::int64_t b = 0; b < B; ++b) {
+      const auto K = [&](std::int64_t t) -> double { return k[(b * T + t) * C + c]; };
+      const auto V = [&](std::int64_t t) -> double { return v[(b * T + t) * C + c]; };
+      const double wc = w[c], uc = u[c];
+      std::fill(dk.begin(), dk.end(), 0.0);
+      std::fill(dv.begin(), dv.end(), 0.0);
+      for (std::int64_t t = 0; t < T; ++t) {
+        // The forward of biwkv_ref, in units of e^{m_t}.
+        double m = uc + K(t);
+        for (std::int64_t j = 0; j < T; ++j)
+          if (j != t)
+            m = std::max(m, K(j) - (std::abs(t - j) - (wkv.semantics == WkvSemantics::Paper ? 1 : 0)) * wc);
+        double num = 0, den = 0;
+        for (std::int64_t j = 0; j < T; ++j) {
+          const double a = alpha(t, j, wc, uc, L, wkv.semantics) * std::exp(K(j) - m);
+          num += a * V(j);
+          den += a;
+        }
+        den += kWkvEps;
+        const double y = num / den, G = gy[(b * T + t) * C + c] / den;
+        for (std::int64_t j = 0; j < T; ++j) {
+          const double e = std::exp(K(j) - m);
+          const double a = alpha(t, j, wc, uc, L, wkv.semantics) * e;
+          dv[j] += G * a;
+          dk[j] += G * a * (V(j) - y);
+          dw += G * alpha_dw(t, j, wc, L, wkv.semantics) * e * (V(j) - y);
+        }
+        du += G * std::exp(uc + K(t) - m) * (V(t) - y);
+      }
+      for (std::int64_t t = 0; t < T; ++t) {
+        gk[(b * T + t) * C + c] += static_cast<float>(dk[t]);
+        gv[(b * T + t) * C + c] += static_cast<float>(dv[t]);
+      }
+    }
+    gw[c] += static_cast<float>(dw);
+    gu[c] += static_cast<float>(du);
+  }
+}
+
+namespace {
+
+// One (batch, channel block) problem of the paper-semantics backward, in
+// float64 and relative to e^{kmax_c} like Scan. With d = e^{−w}:
+//   a_t  = Σ_{j<t} d^{t−j−1}·E_j          (and a·v: the same with E_j v_j)
+//   s_t  = Σ_{j<t} (t−j−1)·d^{t−j−1}·E_j  = d·(s_{t−1} + a_{t−1})
+// and the mirrored future sums f, fs. Then D_t = a_t + f_t + e^{u}E_t + ε_t,
+// y_t = (av_t + fv_t + e^{u}E_t v_t)/D_t, G_t = gy_t/D_t, and
+//   ∂L/∂w = −Σ_t G_t·[(sv_t + fsv_t) − y_t·(s_t + fs_t)].
+// P_j = Σ_t α(t,j)·G_t and Q_j = Σ_t α(t,j)·G_t·y_t are the same kind of
+// two-sided sums over G and G·y.
+struct BackScan {
+  std::int64_t T, C;
+  int nc;
+  const float *k, *v, *gy;  // offset to (b, t=0, c0); row stride C
+  float *gk, *gv;
+  double w[kBlock], u[kBlock];
+  double kmax[kBlock], eu[kBlock], decay[kBlock];
+  double *E, *F, *Fv, *Fs, *Fsv, *Fx;  // T·kBlock each
+  double dw[kBlock], du[kBlock];
+
+  void run() {
+    for (int c = 0; c < nc; ++c) kmax[c] = -std::numeric_limits<double>::infinity(), dw[c] = du[c] = 0;
+    for (std::int64_t t = 0; t < T; ++t)
+      for (int c = 0; c < nc; ++c) kmax[c] = std::max<double>(kmax[c], k[t * C + c]);
+    for (int c = 0; c < nc; ++c) eu[c] = std::exp(u[c]), decay[c] = std::exp(-w[c]);
+    for (std::int64_t t = 0; t < T; ++t)
+      for (int c = 0; c < nc; ++c) E[t * kBlock + c] = exp_fast(static_cast<double>(k[t * C + c]) - kmax[c]);
+
+    // Future sums, t descending.
+    for (int c = 0; c < nc; ++c) {
+      const std::int64_t i = (T - 1) * kBlock + c;
+      F[i] = Fv[i] = Fs[i] = Fsv[i] = Fx[i] = 0;
+    }
+    for (std::int64_t t = T - 2; t >= 0; --t) {
+      const std::int64_t i = t * kBlock, n = i + kBlock;
+      const float* v1 = v + (t + 1) * C;
+      for (int c = 0; c < nc; ++c) {
+        const double e = E[n + c];
+        Fs[i + c] = decay[c] * (Fs[n + c] + F[n + c]);
+        Fsv[i + c] = decay[c] * (Fsv[n + c] + Fv[n + c]);
+        F[i + c] = decay[c] * F[n + c] + e;
+        Fv[i + c] = decay[c] * Fv[n + c] + e * v1[c];
+        Fx[i + c] = std::max(Fx[n + c] * decay[c], e);
+      }
+    }
+
+    // t ascending: D_t, y_t, G_t, the w and u gradients, and the past halves
+    // of P and Q. The future arrays, once read, hold G, G·y, P and Q.
+    double a[kBlock] = {}, av[kBlock] = {}, s[kBlock] = {}, sv[kBlock] = {}, ax[kBlock] = {};
+    double pg[kBlock] = {}, pgy[kBlock] = {};
+    double *G = F, *Gy = Fv, *P = Fs, *Q = Fsv;
+    for (std::int64_t t = 0; t < T; ++t) {
+      const std::int64_t i = t * kBlock;
+      const float *vt = v + t * C, *gt = gy + t * C;
+      for (int c = 0; c < nc; ++c) {
+        const double e = E[i + c], self = eu[c] * e;
+        const double x = std::max(std::max(ax[c], Fx[i + c]), self);
+        const double D = a[c] + F[i + c] + self + kWkvEps * x;
+        const double y = (av[c] + Fv[i + c] + self * vt[c]) / D;
+        const double g = gt[c] / D;
+        du[c] += g * self * (vt[c] - y);
+        dw[c] -= g * ((sv[c] + Fsv[i + c]) - y * (s[c] + Fs[i + c]));
+        G[i + c] = g, Gy[i + c] = g * y;
+        P[i + c] = pg[c] + eu[c] * g;
+        Q[i + c] = pgy[c] + eu[c] * g * y;
+        s[c] = decay[c] * (s[c] + a[c]);
+        sv[c] = decay[c] * (sv[c] + av[c]);
+        a[c] = decay[c] * a[c] + e;
+        av[c] = decay[c] * av[c] + e * vt[c];
+        ax[c] = std::max(ax[c] * decay[c], e);
+        pg[c] = decay[c] * pg[c] + g;
+        pgy[c] = decay[c] * pgy[c] + g * y;
+      }
+    }
+
+    // t descending: the future halves of P and Q, then gk and gv.
+    double fg[kBlock] = {}, fgy[kBlock] = {};
+    for (std::int64_t t = T - 1; t >= 0; --t) {
+      const std::int64_t i = t * kBlock;
+      const float* vt = v + t * C;
+      float *gkt = gk + t * C, *gvt = gv + t * C;
+      for (int c = 0; c < nc; ++c) {
+        const double p = P[i + c] + fg[c], q = Q[i + c] + fgy[c], e = E[i + c];
+        gvt[c] += static_cast<float>(e * p);
+        gkt[c] += static_cast<float>(e * (vt[c] * p - q));
+        fg[c] = decay[c] * fg[c] + G[i + c];
+        fgy[c] = decay[c] * fgy[c] + Gy[i + c];
+      }
+    }
+  }
+};
+
+}  // namespace
+
+void biwkv_backward(const float* w, const float* u, const float* k, const float* v, const float* gy, float* gw,
+                    float* gu, float* gk, float* gv, std::int64_t B, std::int64_t T, std::int64_t C) {
+  if (T == 0) return;
+  const std::int64_t blocks = (C + kBlock - 1) / kBlock;
+  // Per-image w and u gradients, summed over the batch in a fixed order
+  // afterwards so the result does not depend on the thread count.
+  std::vector<double> dw(B * C), du(B * C);
+#pragma omp parallel
+  {
+    thread_local std::vector<double> scratch;
+    scratch.resize(static_cast<std::size_t>(6 * T * kBlock));
+#pragma omp for schedule(static)
+    for (std::int64_t job = 0; job < B * blocks; ++job) {
+      const std::int64_t b = job / blocks, c0 = (job % blocks) * kBlock;
+      BackScan scan;
+      scan.T = T, scan.C = C, scan.nc = static_cast<int>(std::min<std::int64_t>(kBlock, C - c0));
+      const std::int64_t off = b * T * C + c0;
+      scan.k = k + off, scan.v = v + off, scan.gy = gy + off, scan.gk = gk + off, scan.gv = gv + off;
+      for (int c = 0; c < scan.nc; ++c) scan.w[c] = w[c0 + c], scan.u[c] = u[c0 + c];
+      double* p = scratch.data();
+      for (double** a : {&scan.E, &scan.F, &scan.Fv, &scan.Fs, &scan.Fsv, &scan.Fx}) *a = p, p += T * kBlock;
+      scan.run();
+      for (int c = 0; c < scan.nc; ++c) dw[b * C + c0 + c] = scan.dw[c], du[b * C + c0 + c] = scan.du[c];
+    }
+  }
+  for (std::int64_t c = 0; c < C; ++c) {
+    double sw = 0, su = 0;
+    for (std::int64_t b = 0; b < B; ++b) sw += dw[b * C + c], su += du[b * C + c];
+    gw[c] += static_cast<float>(sw);
+    gu[c] += static_cast<float>(su);
+  }
+}
+
 }  // namespace vrwkv::ops

@@ -1,6 +1,8 @@
 #include "ops/layernorm.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace vrwkv::ops {
 
@@ -31,6 +33,69 @@ void layernorm(const float* x, const float* weight, const float* bias, float* y,
     for (std::int64_t c = 0; c < C; ++c) sq += (row[c] - mean) * (row[c] - mean);
     const float inv = 1.0f / std::sqrt(sq / C + eps);
     for (std::int64_t c = 0; c < C; ++c) out[c] = (row[c] - mean) * inv * weight[c] + bias[c];
+  }
+}
+
+void layernorm_backward_ref(const float* x, const float* weight, const float* dy, float* dx, float* dweight,
+                            float* dbias, std::int64_t N, std::int64_t C, float eps) {
+  std::vector<double> xhat(C), g(C);
+  for (std::int64_t n = 0; n < N; ++n) {
+    const float *row = x + n * C, *d = dy + n * C;
+    double mean = 0, var = 0;
+    for (std::int64_t c = 0; c < C; ++c) mean += row[c];
+    mean /= C;
+    for (std::int64_t c = 0; c < C; ++c) var += (row[c] - mean) * (row[c] - mean);
+    const double rstd = 1.0 / std::sqrt(var / C + eps);
+    double mg = 0, mgx = 0;
+    for (std::int64_t c = 0; c < C; ++c) {
+      xhat[c] = (row[c] - mean) * rstd, g[c] = static_cast<double>(d[c]) * weight[c];
+      mg += g[c], mgx += g[c] * xhat[c];
+    }
+    mg /= C, mgx /= C;
+    for (std::int64_t c = 0; c < C; ++c) {
+      dx[n * C + c] += static_cast<float>(rstd * (g[c] - mg - xhat[c] * mgx));
+      dweight[c] += static_cast<float>(d[c] * xhat[c]);
+      dbias[c] += d[c];
+    }
+  }
+}
+
+void layernorm_backward(const float* x, const float* weight, const float* dy, float* dx, float* dweight, float* dbias,
+                        std::int64_t N, std::int64_t C, float eps) {
+  std::vector<float> mean(N), rstd(N);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t n = 0; n < N; ++n) {
+    const float *row = x + n * C, *d = dy + n * C;
+    float sum = 0;
+    for (std::int64_t c = 0; c < C; ++c) sum += row[c];
+    const float mu = sum / C;
+    float sq = 0;
+    for (std::int64_t c = 0; c < C; ++c) sq += (row[c] - mu) * (row[c] - mu);
+    const float r = 1.0f / std::sqrt(sq / C + eps);
+    float mg = 0, mgx = 0;
+    for (std::int64_t c = 0; c < C; ++c) {
+      const float g = d[c] * weight[c];
+      mg += g, mgx += g * (row[c] - mu) * r;
+    }
+    mg /= C, mgx /= C;
+    for (std::int64_t c = 0; c < C; ++c) dx[n * C + c] += r * (d[c] * weight[c] - mg - (row[c] - mu) * r * mgx);
+    mean[n] = mu, rstd[n] = r;
+  }
+  // Parameter gradients by channel ranges: every sum runs over the rows in
+  // order, so the result does not depend on the thread count.
+  constexpr std::int64_t kRange = 64;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t c0 = 0; c0 < C; c0 += kRange) {
+    const std::int64_t c1 = std::min(C, c0 + kRange);
+    float gw[kRange] = {}, gb[kRange] = {};
+    for (std::int64_t n = 0; n < N; ++n) {
+      const float *row = x + n * C, *d = dy + n * C;
+      for (std::int64_t c = c0; c < c1; ++c) {
+        gw[c - c0] += d[c] * (row[c] - mean[n]) * rstd[n];
+        gb[c - c0] += d[c];
+      }
+    }
+    for (std::int64_t c = c0; c < c1; ++c) dweight[c] += gw[c - c0], dbias[c] += gb[c - c0];
   }
 }
 

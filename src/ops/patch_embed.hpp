@@ -20,4 +20,13 @@ void patch_embed_ref(const float* x, const float* weight, const float* bias, flo
 void patch_embed(const float* x, const float* weight, const float* bias, float* y, std::int64_t B, std::int64_t Cin,
                  std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p, float* scratch);
 
+// Backward (the input needs no gradient): dweight += Σ dy ⊗ patches,
+// dbias += Σ dy. dy: [B,T,C]; `scratch` as for patch_embed.
+void patch_embed_backward_ref(const float* x, const float* dy, float* dweight, float* dbias, std::int64_t B,
+                              std::int64_t Cin, std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p,
+                              float* scratch = nullptr);
+void patch_embed_backward(const float* x, const float* dy, float* dweight, float* dbias, std::int64_t B,
+                          std::int64_t Cin, std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p,
+                          float* scratch);
+
 }  // namespace vrwkv::ops

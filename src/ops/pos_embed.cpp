@@ -75,4 +75,22 @@ void resize_pos_embed(const float* src, Grid from, float* dst, Grid to, std::int
   }
 }
 
+void resize_pos_embed_backward(const float* ddst, Grid to, float* dsrc, Grid from, std::int64_t C) {
+  std::vector<double> acc(static_cast<std::size_t>(from.tokens() * C), 0.0);
+  for (std::int64_t oy = 0; oy < to.H; ++oy) {
+    const Taps ty = cubic_taps(oy, from.H, to.H);
+    for (std::int64_t ox = 0; ox < to.W; ++ox) {
+      const Taps tx = cubic_taps(ox, from.W, to.W);
+      const float* g = ddst + (oy * to.W + ox) * C;
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) {
+          double* a = acc.data() + (ty.index[i] * from.W + tx.index[j]) * C;
+          const double wt = ty.weight[i] * tx.weight[j];
+          for (std::int64_t c = 0; c < C; ++c) a[c] += wt * g[c];
+        }
+    }
+  }
+  for (std::int64_t i = 0; i < from.tokens() * C; ++i) dsrc[i] += static_cast<float>(acc[i]);
+}
+
 }  // namespace vrwkv::ops

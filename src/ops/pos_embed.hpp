@@ -14,4 +14,7 @@ namespace vrwkv::ops {
 void resize_pos_embed_ref(const float* src, Grid from, float* dst, Grid to, std::int64_t C);
 void resize_pos_embed(const float* src, Grid from, float* dst, Grid to, std::int64_t C);
 
+// Backward of the resize (a fixed linear map): dsrc += Mᵀ·ddst, float64 sums.
+void resize_pos_embed_backward(const float* ddst, Grid to, float* dsrc, Grid from, std::int64_t C);
+
 }  // namespace vrwkv::ops

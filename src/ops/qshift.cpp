@@ -74,4 +74,99 @@ void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int 
   }
 }
 
+void q_shift_mix_backward_ref(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma,
+                              int count, const float* const* mu, const float* const* dout, float* dx,
+                              float* const* dmu) {
+  const std::int64_t H = grid.H, W = grid.W, T = grid.tokens(), n = B * T * C, q = q_shift_group(C, channel_gamma);
+  if (s == 0) {
+    for (int i = 0; i < count; ++i)
+      for (std::int64_t j = 0; j < n; ++j) dx[j] += dout[i][j];
+    return;
+  }
+  std::vector<float> xx(n);
+  q_shift_ref(x, xx.data(), B, grid, C, s, channel_gamma);
+  std::vector<double> dxx(n, 0.0);
+  for (int i = 0; i < count; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double m = mu[i][j % C];
+      dx[j] += static_cast<float>(dout[i][j] * m);
+      dxx[j] += dout[i][j] * (1.0 - m);
+    }
+  for (int i = 0; i < count; ++i)
+    for (std::int64_t c = 0; c < C; ++c) {
+      double acc = 0;
+      for (std::int64_t bt = 0; bt < B * T; ++bt) acc += static_cast<double>(dout[i][bt * C + c]) * (x[bt * C + c] - xx[bt * C + c]);
+      dmu[i][c] += static_cast<float>(acc);
+    }
+  // Transposed shift: scatter each shifted value's gradient to its source pixel.
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t h = 0; h < H; ++h)
+      for (std::int64_t w = 0; w < W; ++w)
+        for (std::int64_t c = 0; c < C; ++c) {
+          std::int64_t sh = h, sw = w;
+          if (c < q) sw = w - s;
+          else if (c < 2 * q) sw = w + s;
+          else if (c < 3 * q) sh = h - s;
+          else if (c < 4 * q) sh = h + s;
+          if (sh < 0 || sh >= H || sw < 0 || sw >= W) continue;
+          dx[(b * T + sh * W + sw) * C + c] += static_cast<float>(dxx[(b * T + h * W + w) * C + c]);
+        }
+}
+
+void q_shift_mix_backward(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma,
+                          int count, const float* const* mu, const float* const* dout, float* dx, float* const* dmu) {
+  const std::int64_t H = grid.H, W = grid.W, T = grid.tokens();
+  if (s == 0) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t j = 0; j < B * T * C; ++j)
+      for (int i = 0; i < count; ++i) dx[j] += dout[i][j];
+    return;
+  }
+  const std::int64_t q = q_shift_group(C, channel_gamma);
+  // Token (b, h, w) shifted by (dh, dw), or −1 outside the grid.
+  const auto at = [&](std::int64_t bt, std::int64_t dh, std::int64_t dw) -> std::int64_t {
+    const std::int64_t h = (bt % T) / W + dh, w = bt % W + dw;
+    return h < 0 || h >= H || w < 0 || w >= W ? -1 : bt + dh * W + dw;
+  };
+  // Group g of a pixel took its value from the neighbour at offset src[g];
+  // so the gradient of pixel p's group g comes from the pixel at −src[g].
+  const std::int64_t src[4][2] = {{0, -s}, {0, s}, {-s, 0}, {s, 0}};
+#pragma omp parallel for schedule(static)
+  for (std::int64_t bt = 0; bt < B * T; ++bt) {
+    float* d = dx + bt * C;
+    for (int i = 0; i < count; ++i) {
+      const float *m = mu[i], *g = dout[i] + bt * C;
+      for (std::int64_t c = 0; c < C; ++c) d[c] += g[c] * m[c];
+      for (int grp = 0; grp < 4; ++grp) {
+        const std::int64_t from = at(bt, -src[grp][0], -src[grp][1]);
+        if (from < 0) continue;
+        const float* gf = dout[i] + from * C;
+        for (std::int64_t c = grp * q; c < (grp + 1) * q; ++c) d[c] += gf[c] * (1.0f - m[c]);
+      }
+      for (std::int64_t c = 4 * q; c < C; ++c) d[c] += g[c] * (1.0f - m[c]);
+    }
+  }
+  // dmu by channel ranges, each summing over the tokens in order (independent of the thread count).
+  constexpr std::int64_t kRange = 64;
+  const std::int64_t ranges = (C + kRange - 1) / kRange;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t job = 0; job < count * ranges; ++job) {
+    const int i = static_cast<int>(job / ranges);
+    const std::int64_t c0 = (job % ranges) * kRange, c1 = std::min(C, c0 + kRange);
+    float acc[kRange] = {};
+    for (std::int64_t bt = 0; bt < B * T; ++bt) {
+      const float *xr = x + bt * C, *g = dout[i] + bt * C;
+      for (int grp = 0; grp < 4; ++grp) {
+        const std::int64_t lo = std::max(c0, grp * q), hi = std::min(c1, (grp + 1) * q);
+        if (lo >= hi) continue;
+        const std::int64_t from = at(bt, src[grp][0], src[grp][1]);
+        const float* xs = from < 0 ? nullptr : x + from * C;
+        for (std::int64_t c = lo; c < hi; ++c) acc[c - c0] += g[c] * (xr[c] - (xs ? xs[c] : 0.0f));
+      }
+      // Channels [4q, C) are copied: x − xx = 0.
+    }
+    for (std::int64_t c = c0; c < c1; ++c) dmu[i][c] += acc[c - c0];
+  }
+}
+
 }  // namespace vrwkv::ops

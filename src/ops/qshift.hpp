@@ -26,6 +26,16 @@ void q_shift_mix_ref(const float* x, std::int64_t B, Grid grid, std::int64_t C, 
 void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma,
                  int count, const float* const* mu, float* const* out);
 
+// Backward of q_shift_mix, adding to the gradients: with dxx = Σ_i dout_i·(1−μ_i),
+//   dx += Σ_i dout_i·μ_i + shiftᵀ(dxx)   (each group's value goes back to the neighbour it came from),
+//   dmu_i += Σ_{b,t} dout_i·(x − xx).
+// shift_pixel 0: dx += Σ_i dout_i and dmu is not touched (there is no μ).
+void q_shift_mix_backward_ref(const float* x, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel,
+                              double channel_gamma, int count, const float* const* mu, const float* const* dout,
+                              float* dx, float* const* dmu);
+void q_shift_mix_backward(const float* x, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel,
+                          double channel_gamma, int count, const float* const* mu, const float* const* dout, float* dx,
+                          float* const* dmu);
 // q = int(C·gamma), as Python computes it.
 std::int64_t q_shift_group(std::int64_t C, double channel_gamma);
 
