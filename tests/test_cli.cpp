@@ -69,6 +69,39 @@ TEST_F(Cli, RunReproducesGoldenThroughTheFileContract) {
   EXPECT_TRUE(test::close_to(out.at("logits"), g.at("logits"), test::kForwardTol));
 }
 
+// The gradient contract: loss and every grad.<parameter> of a golden case
+// within 5e-5·max(1, max|golden|); grad uses the paper semantics by default.
+TEST_F(Cli, GradReproducesGoldenThroughTheFileContract) {
+  const CliResult r = run("grad --model " + test::golden("tiny_in37x27_pad.pth") + " --input " +
+                          test::golden("tiny_in37x27_pad.safetensors") + " --output " + path("g.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const TensorMap out = read_safetensors(path("g.safetensors"));
+  const TensorMap g = read_safetensors(test::golden("tiny_in37x27_pad.safetensors"));
+  int grads = 0;
+  for (const auto& [name, t] : g)
+    if (name == "loss" || name.starts_with("grad.")) {
+      ASSERT_TRUE(out.count(name)) << name;
+      EXPECT_TRUE(test::close_to(out.at(name), t, test::kGradTol)) << name;
+      grads += name != "loss";
+    }
+  EXPECT_EQ(grads, 45);
+}
+
+TEST_F(Cli, GradErrors) {
+  const std::string m = "grad -m " + test::golden("tiny_default.pth") + " -o " + path("g.safetensors");
+  // Input without labels; labels outside the classes.
+  TensorMap in = read_safetensors(test::golden("tiny_default.safetensors"));
+  write_safetensors(path("unlabelled.safetensors"), {{"input", in.at("input")}});
+  expect_input_error(run(m + " -i " + path("unlabelled.safetensors")), "labels");
+  Tensor labels = in.at("labels").clone();
+  labels.data<std::int64_t>()[0] = 10;
+  write_safetensors(path("bad_label.safetensors"), {{"input", in.at("input")}, {"labels", labels}});
+  expect_input_error(run(m + " -i " + path("bad_label.safetensors")), "label 10");
+  expect_input_error(run(m + " -i " + test::golden("tiny_default.safetensors") + " --wkv official"), "paper");
+  expect_input_error(run(m + " -i " + path("missing.safetensors")), path("missing.safetensors"));
+  EXPECT_NE(access(path("g.safetensors").c_str(), F_OK), 0);
+}
+
 TEST_F(Cli, RunWritesEveryOutIndex) {
   const CliResult r = run("run -m " + test::golden("tiny_outidx01_nofinalnorm.pth") +
                           " --wkv paper --out-indices 0,1 -i " + test::golden("tiny_outidx01_nofinalnorm.safetensors") +
