@@ -1,6 +1,7 @@
 // The configuration of a VRWKV backbone and head (VRWKV.md 1.10, 4).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -10,7 +11,11 @@ namespace vrwkv {
 
 enum class HeadKind { None, Linear, Mlp };  // none / head.fc / head.0-tanh-head.2 (VRWKV-L)
 enum class WkvSemantics { Paper, Official };
-enum class Preprocess { Mmcls, InternImage };
+// mmcls: short side 256, centre crop 224 (VRWKV-T/S/B); internimage: short
+// side 384, centre crop 384 (VRWKV-L); resize: models trained here — the
+// image in the model's channels, resized to the training grid × patch size,
+// normalised with Config::mean/std.
+enum class Preprocess { Mmcls, InternImage, Resize };
 
 struct Config {
   std::int64_t embed_dims = 192;
@@ -32,6 +37,7 @@ struct Config {
   WkvSemantics wkv = WkvSemantics::Official;
   int wkv_chunks = 32;
   Preprocess preprocess = Preprocess::Mmcls;
+  std::array<float, 3> mean{123.675f, 116.28f, 103.53f}, std{58.395f, 57.12f, 57.375f};  // 0..255, resize only
   std::vector<std::string> class_names;  // empty: ImageNet names for 1000 classes, indices otherwise
 };
 
@@ -50,7 +56,7 @@ struct ConfigOverrides {
 
 std::string to_string(HeadKind h);        // "none", "linear", "mlp"
 std::string to_string(WkvSemantics s);    // "paper", "official"
-std::string to_string(Preprocess p);      // "mmcls", "internimage"
+std::string to_string(Preprocess p);      // "mmcls", "internimage", "resize"
 HeadKind head_from_string(const std::string& s);          // these throw Error(Input)
 WkvSemantics wkv_from_string(const std::string& s);
 Preprocess preprocess_from_string(const std::string& s);

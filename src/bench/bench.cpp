@@ -6,9 +6,12 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "train/optimizer.hpp"
+#include "vrwkv/backward.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/model.hpp"
 #include "vrwkv/presets.hpp"
@@ -70,6 +73,10 @@ Record run(const Spec& spec) {
   for (std::int64_t i = 0; i < input.numel(); ++i) input.f32()[i] = normal(rng);
   std::function<void()> step;
   Model model;
+  std::unique_ptr<Gradients> grads;
+  std::unique_ptr<Backprop> backprop;
+  std::unique_ptr<train::AdamW> adamw;
+  Tensor params, targets;
   Vit vit;
   ForwardOptions options;
   if (spec.dtype != "fp32" && spec.dtype != "bf16") input_error("--dtype: expected fp32 or bf16, got '", spec.dtype, "'");
@@ -79,18 +86,42 @@ Record run(const Spec& spec) {
     vit = Vit::preset(spec.model, 0);
     rec.flops_per_image = vit.flops(spec.height, spec.width);
     rec.parameters = vit.parameter_count();
+    if (spec.train) input_error("--train is available for VRWKV models only");
     step = [&] { vit.forward(input); };
   } else {
     const auto presets = preset_names();
+    ConfigOverrides o;
+    if (spec.train) o.wkv = WkvSemantics::Paper;  // the semantics with a gradient
     if (std::find(presets.begin(), presets.end(), spec.model) != presets.end()) {
-      const Config c = preset_config(spec.model);
+      Config c = preset_config(spec.model);
+      apply_overrides(c, o, spec.model);
       model = Model::from_state_dict(initial_parameters(c, 0), c, spec.model);
     } else {
-      model = Model::load(spec.model);
+      model = Model::load(spec.model, o);
     }
     rec.flops_per_image = 2 * model.flops(spec.height, spec.width);
     rec.parameters = model.parameter_count();
-    step = [&] { model.forward(input, options); };
+    if (spec.train) {
+      if (options.bf16) input_error("--train runs in fp32 only");
+      // One optimisation step: forward, loss, backward, clipping, AdamW. FLOPs
+      // counted as 3× the forward's (the backward computes two products per forward one).
+      rec.flops_per_image *= 3;
+      grads = std::make_unique<Gradients>(model);
+      backprop = std::make_unique<Backprop>(model);
+      adamw = std::make_unique<train::AdamW>(model.config(), train::AdamWOptions{});
+      params = model.parameter_storage();
+      Tensor labels(DType::I64, {spec.batch});
+      for (std::int64_t b = 0; b < spec.batch; ++b) labels.data<std::int64_t>()[b] = b % model.config().num_classes;
+      targets = one_hot(labels, model.config().num_classes);
+      step = [&] {
+        grads->zero();
+        backprop->run(input, targets, *grads);
+        train::clip_grad_norm(grads->storage.f32(), grads->storage.numel(), 5.0);
+        adamw->step(params.f32(), grads->storage.f32(), 1e-4);
+      };
+    } else {
+      step = [&] { model.forward(input, options); };
+    }
   }
   for (int i = 0; i < spec.warmup; ++i) step();
   std::vector<double> ms;
@@ -106,6 +137,7 @@ Record run(const Spec& spec) {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   rec.peak_rss_mib = usage.ru_maxrss / 1024.0;
+  if (backprop) rec.activation_mib = backprop->activation_bytes() / 1048576.0;
   return rec;
 }
 
@@ -116,6 +148,7 @@ std::string to_json(const Record& r) {
                         {"width", r.spec.width},
                         {"threads", r.spec.threads},
                         {"dtype", r.spec.dtype},
+                        {"train", r.spec.train},
                         {"reps", r.spec.reps},
                         {"parameters", r.parameters},
                         {"flops_per_image", r.flops_per_image},
@@ -123,7 +156,8 @@ std::string to_json(const Record& r) {
                         {"latency_ms_median", r.latency_ms_median},
                         {"latency_ms_p90", r.latency_ms_p90},
                         {"gflops_per_second", r.gflops_per_second},
-                        {"peak_rss_mib", r.peak_rss_mib}}
+                        {"peak_rss_mib", r.peak_rss_mib},
+                        {"activation_mib", r.activation_mib}}
       .dump();
 }
 
@@ -136,6 +170,8 @@ Record from_json(const std::string& line) {
   r.spec.width = j.at("width");
   r.spec.threads = j.at("threads");
   r.spec.dtype = j.at("dtype");
+  r.spec.train = j.value("train", false);
+  r.activation_mib = j.value("activation_mib", 0.0);
   r.spec.reps = j.at("reps");
   r.parameters = j.at("parameters");
   r.flops_per_image = j.at("flops_per_image");

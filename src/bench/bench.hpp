@@ -14,6 +14,7 @@ struct Spec {
   int threads = 1;
   std::string dtype = "fp32";
   int warmup = 1, reps = 5;
+  bool train = false;  // time a training step (forward, backward, AdamW) instead of a forward
 };
 
 struct Record {
@@ -22,6 +23,7 @@ struct Record {
   double images_per_second = 0, latency_ms_median = 0, latency_ms_p90 = 0, gflops_per_second = 0;
   double peak_rss_mib = 0;
   std::int64_t parameters = 0;
+  double activation_mib = 0;  // train: activations kept for the backward
 };
 
 // fp32 FMA throughput of `threads` threads, GFLOP/s (2 FLOPs per FMA lane).

@@ -37,6 +37,7 @@ std::string run_worker(const bench::Spec& s) {
                                    std::to_string(s.height) + "x" + std::to_string(s.width), "--threads",
                                    std::to_string(s.threads), "--dtype", s.dtype, "--warmup", std::to_string(s.warmup),
                                    "--reps", std::to_string(s.reps)};
+  if (s.train) args.push_back("--train");
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -86,7 +87,7 @@ void add_bench(CLI::App& app) {
   struct Options {
     std::string models = "vrwkv_t", batches = "1", resolutions = "224", dtype = "fp32", json, plot;
     int threads = 0, warmup = 1, reps = 5;
-    bool worker = false;
+    bool worker = false, train = false;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -105,6 +106,9 @@ void add_bench(CLI::App& app) {
       ->check(CLI::IsMember({"fp32", "bf16"}));
   cmd->add_option("--warmup", opt->warmup, "Untimed runs before measuring")->check(CLI::Range(0, 1000));
   cmd->add_option("--reps", opt->reps, "Timed runs (median and p90 are reported)")->check(CLI::Range(1, 100000));
+  cmd->add_flag("--train", opt->train,
+                "Time one training step (forward, label-smoothed loss, backward, clipping, AdamW; paper Bi-WKV) "
+                "instead of a forward; FLOPs = 3× the forward's; reports the activation memory kept");
   cmd->add_option("--json", opt->json, "Write the records as a JSON list");
   cmd->add_option("--plot", opt->plot, "Draw throughput and memory against resolution (.png or .svg)");
   cmd->add_flag("--worker", opt->worker, "(internal) measure one configuration and print it as JSON")
@@ -123,6 +127,7 @@ void add_bench(CLI::App& app) {
           if (s.batch < 1) input_error("--batch: expected sizes of 1 or more, got '", b, "'");
           std::tie(s.height, s.width) = parse_resolution(r, "--res");
           s.threads = threads, s.dtype = opt->dtype, s.warmup = opt->warmup, s.reps = opt->reps;
+          s.train = opt->train;
           specs.push_back(s);
         }
     if (specs.empty()) input_error("bench: nothing to measure");
@@ -139,16 +144,18 @@ void add_bench(CLI::App& app) {
     }
     const double peak = bench::measure_fma_peak(threads);
     std::printf("fp32 FMA peak, %d thread%s: %.1f GFLOP/s (measured now)\n\n", threads, threads > 1 ? "s" : "", peak);
-    std::printf("%-10s %5s %11s %4s %4s %10s %10s %9s %9s %6s %9s\n", "model", "batch", "resolution", "thr", "type",
-                "images/s", "lat ms", "p90 ms", "GFLOP/s", "%peak", "RSS MiB");
+    std::printf("%-10s %5s %11s %4s %4s %10s %10s %9s %9s %6s %9s%s\n", "model", "batch", "resolution", "thr", "type",
+                "images/s", "lat ms", "p90 ms", "GFLOP/s", "%peak", "RSS MiB", opt->train ? "  act MiB" : "");
     std::vector<bench::Record> records;
     for (const bench::Spec& s : specs) {
       const bench::Record r = bench::from_json(run_worker(s));
-      std::printf("%-10s %5lld %5lldx%-5lld %4d %4s %10.2f %10.2f %9.2f %9.1f %5.1f%% %9.1f\n",
+      std::printf("%-10s %5lld %5lldx%-5lld %4d %4s %10.2f %10.2f %9.2f %9.1f %5.1f%% %9.1f",
                   s.model.substr(s.model.rfind('/') + 1).substr(0, 10).c_str(), (long long)s.batch,
                   (long long)s.height, (long long)s.width, s.threads, s.dtype.c_str(), r.images_per_second,
                   r.latency_ms_median, r.latency_ms_p90, r.gflops_per_second, 100 * r.gflops_per_second / peak,
                   r.peak_rss_mib);
+      if (s.train) std::printf(" %9.1f", r.activation_mib);
+      std::printf("\n");
       std::fflush(stdout);
       records.push_back(r);
     }

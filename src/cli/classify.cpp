@@ -19,20 +19,20 @@ void add_classify(CLI::App& app) {
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("classify", "Classify images: top-K classes and probabilities per image");
-  opt->model.add_to(*cmd);
+  opt->model.add_to(*cmd, true);
   cmd->add_option("--topk,-k", opt->topk, "Classes to show per image")->check(CLI::Range(1, 1000000));
   cmd->add_option("--batch", opt->batch, "Images per forward pass")->check(CLI::Range(1, 4096));
   cmd->add_option("images", opt->images, "JPEG or PNG images")->required();
   cmd->callback([opt] {
     const Model model = opt->model.load();
     const Config& cfg = model.config();
-    if (cfg.head == HeadKind::None) input_error(opt->model.model, ": the model has no classification head");
+    if (cfg.head == HeadKind::None) input_error(opt->model.model.empty() ? kDefaultModel : opt->model.model.c_str(), ": the model has no classification head");
     const std::vector<std::string> names = class_names(cfg);
     const int k = static_cast<int>(std::min<std::int64_t>(opt->topk, cfg.num_classes));
     for (std::size_t start = 0; start < opt->images.size(); start += opt->batch) {
       const std::size_t end = std::min(opt->images.size(), start + opt->batch);
       const std::vector<std::string> paths(opt->images.begin() + start, opt->images.begin() + end);
-      const Outputs out = model.forward(load_images(paths, cfg.preprocess), opt->model.forward_options());
+      const Outputs out = model.forward(load_images(paths, cfg), opt->model.forward_options());
       for (std::size_t i = 0; i < paths.size(); ++i) {
         const float* logits = out.logits.f32() + i * cfg.num_classes;
         const double top = *std::max_element(logits, logits + cfg.num_classes);

@@ -11,5 +11,8 @@ void add_convert(CLI::App& app);
 void add_info(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_grad(CLI::App& app);
+void add_train(CLI::App& app);
+void add_eval(CLI::App& app);
+void add_plot(CLI::App& app);
 
 }  // namespace vrwkv::cli

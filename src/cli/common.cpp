@@ -1,6 +1,7 @@
 #include "cli/common.hpp"
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <sstream>
 
@@ -20,13 +21,16 @@ std::optional<bool> parse_bool(const std::string& text, const std::string& optio
 }  // namespace
 
 void ModelOptions::add_to(CLI::App& app, bool model_optional) {
-  auto* m = app.add_option("--model,-m", model, "Model file: an official .pth checkpoint or a vrwkv .safetensors");
+  auto* m = app.add_option("--model,-m", model,
+                           model_optional ? std::string("Model file: an official .pth checkpoint or a vrwkv .safetensors "
+                                                        "(default: ") + kDefaultModel + ")"
+                                          : std::string("Model file: an official .pth checkpoint or a vrwkv .safetensors"));
   if (!model_optional) m->required();
   app.add_option("--threads,-t", threads, "Worker threads (default: all cores)")->check(CLI::Range(1, 1024));
   app.add_option("--wkv", wkv, "Bi-WKV semantics: paper | official (default: the model's; .pth: official)");
   app.add_option("--wkv-chunks", wkv_chunks, "Chunk count S of the official semantics (default 32)")
       ->check(CLI::Range(1, 1 << 20));
-  app.add_option("--preprocess", preprocess, "Image transform: mmcls | internimage (default by model)");
+  app.add_option("--preprocess", preprocess, "Image transform: mmcls | internimage | resize (default by model)");
   app.add_option("--out-indices", out_indices, "Blocks whose output is a feature map, e.g. 0,5,11 (default: last)");
   app.add_option("--post-norm", post_norm, "Override post_norm: true | false (default: layer scale present)");
   app.add_option("--final-norm", final_norm, "Override final_norm: true | false (default: backbone.ln1 present)");
@@ -80,6 +84,11 @@ ForwardOptions ModelOptions::forward_options() const {
 
 Model ModelOptions::load(LoadReport* report) const {
   set_threads(threads);
+  if (model.empty()) {
+    if (access(kDefaultModel, R_OK) != 0)
+      input_error("no --model given, and the default model ", kDefaultModel, " is not there");
+    return Model::load(kDefaultModel, overrides(), report);
+  }
   return Model::load(model, overrides(), report);
 }
 
@@ -140,12 +149,13 @@ std::vector<std::int64_t> parse_index_list(const std::string& text, const std::s
 
 namespace vrwkv::cli {
 
-Tensor load_images(const std::vector<std::string>& paths, Preprocess preprocess) {
-  const std::int64_t S = preprocess_size(preprocess), n = static_cast<std::int64_t>(paths.size());
-  Tensor batch(DType::F32, {n, 3, S, S});
+Tensor load_images(const std::vector<std::string>& paths, const Config& config) {
+  const auto [H, W] = preprocess_size(config);
+  const std::int64_t n = static_cast<std::int64_t>(paths.size()), size = config.in_channels * H * W;
+  Tensor batch(DType::F32, {n, config.in_channels, H, W});
   for (std::int64_t i = 0; i < n; ++i) {
-    const Tensor one = preprocess_image(decode_image(paths[i]), preprocess);
-    std::memcpy(batch.f32() + i * 3 * S * S, one.f32(), one.nbytes());
+    const Tensor one = preprocess_image(decode_image(paths[i]), config);
+    std::memcpy(batch.f32() + i * size, one.f32(), one.nbytes());
   }
   return batch;
 }

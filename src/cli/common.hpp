@@ -10,6 +10,9 @@
 
 namespace vrwkv::cli {
 
+// The bundled Fashion-MNIST model (docs/TRAINING.md), used when no --model is given.
+extern const char* const kDefaultModel;
+
 struct ModelOptions {
   std::string model;
   int threads = 0;  // 0: all cores
@@ -23,7 +26,7 @@ struct ModelOptions {
   void add_to(CLI::App& app, bool model_optional = false);
   ConfigOverrides overrides() const;
   ForwardOptions forward_options() const;
-  // Loads the model (printing nothing) and applies --threads.
+  // Loads the model (the default model when none is given; printing nothing) and applies --threads.
   Model load(LoadReport* report = nullptr) const;
 };
 
@@ -44,5 +47,6 @@ std::vector<std::int64_t> parse_index_list(const std::string& text, const std::s
 
 namespace vrwkv::cli {
 // Decodes and preprocesses images into one F32 [N,3,S,S] batch.
-Tensor load_images(const std::vector<std::string>& paths, Preprocess preprocess);
+// Decodes and preprocesses images (the model's preprocessing) into one F32 [N,C,H,W] batch.
+Tensor load_images(const std::vector<std::string>& paths, const Config& config);
 }  // namespace vrwkv::cli

@@ -33,13 +33,16 @@ int main(int argc, char** argv) {
   vrwkv::cli::add_info(app);
   vrwkv::cli::add_bench(app);
   vrwkv::cli::add_grad(app);
+  vrwkv::cli::add_train(app);
+  vrwkv::cli::add_eval(app);
+  vrwkv::cli::add_plot(app);
   const auto is_command = [&](const std::string& name) {
     for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
       if (sub->check_name(name)) return true;
     return false;
   };
   if (argc > 1 && argv[1][0] != '-' && !is_command(argv[1])) {
-    std::fprintf(stderr, "vrwkv: unknown command '%s' (expected classify, run, grad, convert, info or bench; see --help)\n", argv[1]);
+    std::fprintf(stderr, "vrwkv: unknown command '%s' (expected classify, run, grad, train, eval, convert, info, bench or plot; see --help)\n", argv[1]);
     return 2;
   }
   try {

@@ -34,7 +34,7 @@ void add_run(CLI::App& app) {
         input_error(opt->input, ": tensor 'input' is ", dtype_name(input.dtype()), " ", shape_str(input.shape()),
                     ", expected F32 [B,3,H,W]");
     } else {
-      input = load_images(opt->images, model.config().preprocess);
+      input = load_images(opt->images, model.config());
       result["input"] = input;
     }
     const Outputs out = model.forward(input, opt->model.forward_options());

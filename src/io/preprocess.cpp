@@ -255,6 +255,36 @@ Image preprocess_uint8(const Image& in, Preprocess p) {
 
 int preprocess_size(Preprocess p) { return pipeline_sizes(p).crop; }
 
+std::pair<int, int> preprocess_size(const Config& c) {
+  if (c.preprocess != Preprocess::Resize) return {preprocess_size(c.preprocess), preprocess_size(c.preprocess)};
+  return {static_cast<int>(c.pos_grid_h * c.patch_size), static_cast<int>(c.pos_grid_w * c.patch_size)};
+}
+
+Tensor preprocess_image(const Image& in, const Config& c) {
+  if (c.preprocess != Preprocess::Resize) {
+    if (c.in_channels != 3) input_error("the ", to_string(c.preprocess), " preprocessing makes RGB input, but the model takes ", c.in_channels, " channels");
+    return preprocess_image(in, c.preprocess);
+  }
+  check_image(in);
+  if (c.in_channels != 1 && c.in_channels != 3)
+    input_error("the resize preprocessing makes grey or RGB input, but the model takes ", c.in_channels, " channels");
+  Image src = in;
+  if (c.in_channels == 1)  // Pillow convert("L"), kept in all three channels so one resampler serves both
+    for (std::size_t i = 0; i < src.rgb.size(); i += 3) {
+      const std::uint8_t l = static_cast<std::uint8_t>(
+          (19595u * src.rgb[i] + 38470u * src.rgb[i + 1] + 7471u * src.rgb[i + 2] + 32768u) >> 16);
+      src.rgb[i] = src.rgb[i + 1] = src.rgb[i + 2] = l;
+    }
+  const auto [height, width] = preprocess_size(c);
+  const Image pixels = resize_bicubic_pillow(src, width, height);
+  const std::int64_t channels = c.in_channels, plane = std::int64_t{width} * height;
+  Tensor out(DType::F32, {1, channels, height, width});
+  for (std::int64_t ch = 0; ch < channels; ++ch)
+    for (std::int64_t i = 0; i < plane; ++i)
+      out.f32()[ch * plane + i] = (static_cast<float>(pixels.rgb[i * 3 + ch]) - c.mean[ch]) / c.std[ch];
+  return out;
+}
+
 Tensor preprocess_image(const Image& in, Preprocess p) {
   const Image pixels = preprocess_uint8(in, p);
   const int size = pixels.width;

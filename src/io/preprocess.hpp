@@ -32,4 +32,12 @@ Tensor preprocess_image(const Image& in, Preprocess p);
 // S: 224 (Mmcls) or 384 (InternImage).
 int preprocess_size(Preprocess p);
 
+// The model's own preprocessing: the two official pipelines above, or
+// Preprocess::Resize: the image in the model's channels (grey by Pillow's
+// convert("L") luma), Pillow-bicubic resized to the training grid × patch
+// size, then (v − mean)/std per channel. Returns F32 [1, in_channels, H, W].
+Tensor preprocess_image(const Image& in, const Config& config);
+// The input size that preprocess_image(·, config) produces: {H, W}.
+std::pair<int, int> preprocess_size(const Config& config);
+
 }  // namespace vrwkv

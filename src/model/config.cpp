@@ -16,7 +16,14 @@ std::string to_string(HeadKind h) {
 }
 
 std::string to_string(WkvSemantics s) { return s == WkvSemantics::Paper ? "paper" : "official"; }
-std::string to_string(Preprocess p) { return p == Preprocess::Mmcls ? "mmcls" : "internimage"; }
+std::string to_string(Preprocess p) {
+  switch (p) {
+    case Preprocess::Mmcls: return "mmcls";
+    case Preprocess::InternImage: return "internimage";
+    case Preprocess::Resize: return "resize";
+  }
+  return "?";
+}
 
 HeadKind head_from_string(const std::string& s) {
   if (s == "none") return HeadKind::None;
@@ -34,7 +41,8 @@ WkvSemantics wkv_from_string(const std::string& s) {
 Preprocess preprocess_from_string(const std::string& s) {
   if (s == "mmcls") return Preprocess::Mmcls;
   if (s == "internimage") return Preprocess::InternImage;
-  input_error("unknown preprocessing '", s, "' (expected mmcls or internimage)");
+  if (s == "resize") return Preprocess::Resize;
+  input_error("unknown preprocessing '", s, "' (expected mmcls, internimage or resize)");
 }
 
 std::string config_to_json(const Config& c) {
@@ -51,6 +59,7 @@ std::string config_to_json(const Config& c) {
       {"preprocess", to_string(c.preprocess)},
   };
   if (!c.class_names.empty()) j["class_names"] = c.class_names;
+  if (c.preprocess == Preprocess::Resize) j["mean"] = c.mean, j["std"] = c.std;
   return j.dump();
 }
 
@@ -79,6 +88,10 @@ Config config_from_json(const std::string& text, const std::string& source) {
     c.wkv_chunks = j.at("wkv_chunks");
     c.preprocess = preprocess_from_string(j.at("preprocess"));
     if (j.contains("class_names")) c.class_names = j.at("class_names").get<std::vector<std::string>>();
+    if (j.contains("mean")) c.mean = j.at("mean").get<std::array<float, 3>>();
+    if (j.contains("std")) c.std = j.at("std").get<std::array<float, 3>>();
+    for (float s : c.std)
+      if (!(s > 0)) input_error(source, ": vrwkv.config has a non-positive std ", s);
     return c;
   } catch (const nlohmann::json::exception& e) {
     input_error(source, ": invalid vrwkv.config metadata (", e.what(), ")");

@@ -1,10 +1,13 @@
 // Training and evaluation data (issue "Training in C++", VRWKV.md 6.2):
 // labelled image datasets, the training augmentations and a batch loader.
 //
-// Determinism: every random choice for sample i of epoch e is drawn from a
-// generator seeded by (seed, e, i) alone, and the shuffle of epoch e from
-// (seed, e), so a batch is the same whatever the number of worker threads,
-// and a run can restart at any batch of any epoch.
+// Determinism: every random choice for the sample at position i of epoch e
+// (i = batch index · batch size + place in the batch) is drawn from a
+// generator seeded by (seed, e, i) alone, the shuffle of epoch e from
+// (seed, e), and the batch mixing of batch b from (seed, e, b), so a batch is
+// the same whatever the number of worker threads, and a run can restart at
+// any batch of any epoch. The generators are std::mt19937_64 with
+// distributions of our own (train/augment.hpp), the same with any library.
 #pragma once
 
 #include <array>
@@ -49,23 +52,31 @@ std::unique_ptr<Dataset> open_dataset(const std::string& spec);
 // The ten Fashion-MNIST class names, in label order.
 const std::vector<std::string>& fashion_mnist_classes();
 
-// How images become input tensors.
+// How images become input tensors. Per sample, in timm's order: grey
+// conversion (Pillow convert("L")) or grey replication, RandomResizedCrop or a
+// plain resize, padded random crop, horizontal flip, RandAugment (all on
+// uint8), normalisation to float CHW, RandomErasing. Resizing is antialiased
+// bicubic on float (Pillow's filter, a = −0.5), rounded to uint8.
 struct Transform {
   int height = 224, width = 224;  // output size
   int channels = 3;               // 1: grey (RGB input is converted), 3: RGB (grey is replicated)
   std::array<float, 3> mean{123.675f, 116.28f, 103.53f}, std{58.395f, 57.12f, 57.375f};  // 0..255 units
   // Training augmentations (all off gives the evaluation transform: a plain resize to height×width).
-  bool random_resized_crop = false;  // torchvision RandomResizedCrop, bilinear or bicubic
+  bool random_resized_crop = false;  // torchvision RandomResizedCrop (get_params), then the bicubic resize
   double crop_scale_min = 0.08, crop_scale_max = 1.0;
   double crop_ratio_min = 3.0 / 4.0, crop_ratio_max = 4.0 / 3.0;
   int random_crop_padding = 0;        // > 0: zero-pad by this many pixels and crop back at a random offset
   double hflip = 0.0;                 // probability of a horizontal flip
-  int rand_augment_ops = 0;           // RandAugment: number of ops per image (0 = off)
+  int rand_augment_ops = 0;           // RandAugment: number of ops per image (0 = off); timm's 15
+                                      // "increasing" ops, each with probability 0.5, fill = round(mean)
   double rand_augment_magnitude = 9;  // of 10, with std 0.5 (timm "rand-m9-mstd0.5-inc1")
-  double random_erasing = 0.0;        // probability; area [0.02, 1/3], aspect [0.3, 3.3], random normal values
+  double random_erasing = 0.0;        // probability; area [0.02, 1/3], aspect [0.3, 1/0.3], per-pixel N(0, 1)
+                                      // values in normalised units (mmcls mode 'rand', timm mode 'pixel')
 };
 
-// Soft-label batch mixing (VRWKV.md 6.2): per batch either Mixup or CutMix.
+// Soft-label batch mixing (VRWKV.md 6.2), as timm's Mixup in mode 'batch':
+// per batch either Mixup or CutMix (λ ~ Beta(α, α); CutMix's λ corrected to
+// the box area), each sample mixed with the one at the mirrored position.
 struct Mixing {
   double mixup_alpha = 0.0;   // > 0 enables Mixup
   double cutmix_alpha = 0.0;  // > 0 enables CutMix
@@ -84,6 +95,7 @@ class Loader {
  public:
   // batch_size ≥ 1; shuffle: a new permutation each epoch; drop_last: only full batches.
   // threads: decoding/augmentation workers (0 = the OpenMP thread count).
+  // Keeps a reference to `data`, which must outlive the loader. Bad options throw Error(Input).
   Loader(const Dataset& data, Transform transform, Mixing mixing, std::int64_t batch_size, std::uint64_t seed,
          bool shuffle, bool drop_last, int threads = 0);
   ~Loader();

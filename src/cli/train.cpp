@@ -1,0 +1,76 @@
+// vrwkv train: the training loop from a configuration file (configs/*.json),
+// with flags for the values one changes most.
+#include <fstream>
+#include <sstream>
+
+#include "cli/commands.hpp"
+#include "cli/common.hpp"
+#include "train/trainer.hpp"
+#include "vrwkv/error.hpp"
+
+namespace vrwkv::cli {
+
+void add_train(CLI::App& app) {
+  struct Options {
+    std::string config, out;
+    bool resume = false, no_progress = false;
+    int threads = 0;
+    std::int64_t epochs = 0, batch_size = 0, train_limit = -1, val_limit = -1, stop_after = 0;
+    double lr = 0;
+    std::int64_t seed = -1;
+    std::string train_data, val_data;
+  };
+  auto opt = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("train", "Train a model (checkpoints, metrics and the final model go to --out)");
+  cmd->add_option("--config,-c", opt->config, "Training configuration (JSON; see configs/)");
+  cmd->add_option("--out,-o", opt->out, "Output directory: checkpoint.safetensors, metrics.jsonl, model.safetensors")
+      ->required();
+  cmd->add_flag("--resume", opt->resume,
+                "Continue from OUT/checkpoint.safetensors with the configuration stored in it (bit-exact for the "
+                "same thread count)");
+  cmd->add_option("--threads,-t", opt->threads, "Worker threads (default: all cores)")->check(CLI::Range(1, 1024));
+  cmd->add_option("--epochs", opt->epochs, "Override: epochs")->check(CLI::Range(1, 1000000));
+  cmd->add_option("--batch-size", opt->batch_size, "Override: batch size")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--lr", opt->lr, "Override: peak learning rate")->check(CLI::PositiveNumber);
+  cmd->add_option("--seed", opt->seed, "Override: seed")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--train-data", opt->train_data, "Override: training set (fashion-mnist:train, imagefolder:DIR)");
+  cmd->add_option("--val-data", opt->val_data, "Override: validation set ('' for none)");
+  cmd->add_option("--train-limit", opt->train_limit, "Override: use the first N training images (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--val-limit", opt->val_limit, "Override: use the first N validation images (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--stop-after", opt->stop_after, "Stop (with a checkpoint) after N steps in total")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--no-progress", opt->no_progress, "Log lines instead of a progress bar on a terminal");
+  cmd->callback([opt, cmd] {
+    set_threads(opt->threads);
+    train::TrainRun run;
+    run.out_dir = opt->out, run.resume = opt->resume, run.progress_bar = !opt->no_progress;
+    run.stop_after = opt->stop_after;
+    train::TrainConfig config;
+    if (opt->resume) {
+      for (const char* o : {"--config", "--epochs", "--batch-size", "--lr", "--seed", "--train-data", "--val-data",
+                            "--train-limit", "--val-limit"})
+        if (cmd->count(o))
+          input_error("train: ", o, " cannot be combined with --resume (the checkpoint's configuration is used)");
+    } else {
+      if (opt->config.empty()) input_error("train: give --config FILE.json (see configs/) or --resume");
+      std::ifstream in(opt->config);
+      if (!in) input_error(opt->config, ": cannot read the training configuration");
+      std::stringstream text;
+      text << in.rdbuf();
+      config = train::train_config_from_json(text.str(), opt->config);
+      if (opt->epochs) config.epochs = opt->epochs;
+      if (opt->batch_size) config.batch_size = opt->batch_size;
+      if (opt->lr > 0) config.adamw.lr = opt->lr;
+      if (opt->seed >= 0) config.seed = static_cast<std::uint64_t>(opt->seed);
+      if (cmd->count("--train-data")) config.train_data = opt->train_data;
+      if (cmd->count("--val-data")) config.val_data = opt->val_data;
+      if (opt->train_limit >= 0) config.train_limit = opt->train_limit;
+      if (opt->val_limit >= 0) config.val_limit = opt->val_limit;
+    }
+    train::train(config, run);
+  });
+}
+
+}  // namespace vrwkv::cli

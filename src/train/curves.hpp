@@ -1,0 +1,32 @@
+// Training curves: the metrics file the trainer writes (JSON lines, see
+// trainer.cpp) read back into series, and drawn as a two-panel figure
+// (training loss and validation top-1 against epoch) with cairo.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace vrwkv::train {
+
+// One run's series. step/epoch/loss/lr have one entry per training record,
+// val_* one per validation record, in file order. A key a record lacks (or
+// gives as null, as a NaN loss is written) is NaN.
+struct Curves {
+  std::vector<double> step, epoch, loss, lr;
+  std::vector<double> val_epoch, val_top1, val_top5, val_loss;
+};
+
+// Reads a metrics file. Records with "loss" are training records, records with
+// "val_top1" validation records (one record may be both); others and unknown
+// keys are ignored, as are blank lines and a last line cut short (no newline).
+// A missing or unreadable file, a line that is not a JSON object, a known key
+// that is not a number, or a file without records: Error(Input) naming the file
+// (and the line).
+Curves read_metrics(const std::string& path);
+
+// Draws the runs (name, curves) to `path`, PNG or SVG by its extension (another
+// extension: Error(Input)). Written atomically: a failure leaves no file.
+void plot_curves(const std::vector<std::pair<std::string, Curves>>& runs, const std::string& path);
+
+}  // namespace vrwkv::train

@@ -1,0 +1,634 @@
+#include "train/trainer.hpp"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "io/atomic_file.hpp"
+#include "io/image.hpp"
+#include "io/preprocess.hpp"
+#include "io/safetensors.hpp"
+#include "train/augment.hpp"
+#include "vrwkv/backward.hpp"
+#include "vrwkv/error.hpp"
+#include "vrwkv/presets.hpp"
+
+namespace vrwkv::train {
+
+using nlohmann::json;
+
+// ---------------------------------------------------------------------------
+// Configuration file
+
+namespace {
+
+// Reads the keys of one JSON object, refusing any it does not know.
+class Section {
+ public:
+  Section(const json& j, std::string path, const std::string& source) : j_(j), path_(std::move(path)), source_(source) {
+    if (!j_.is_object()) input_error(source_, ": '", path_, "' must be an object");
+  }
+  template <class T>
+  void get(const char* key, T& out) {
+    seen_.insert(key);
+    if (!j_.contains(key)) return;
+    try {
+      out = j_.at(key).get<T>();
+    } catch (const json::exception&) {
+      input_error(source_, ": '", path_, key, "' has the wrong type (", j_.at(key).dump(), ")");
+    }
+  }
+  bool has(const char* key) const { return j_.contains(key); }
+  const json& at(const char* key) {
+    seen_.insert(key);
+    return j_.at(key);
+  }
+  void finish() const {
+    for (const auto& [key, value] : j_.items())
+      if (!seen_.count(key)) input_error(source_, ": unknown key '", path_, key, "'");
+  }
+
+ private:
+  const json& j_;
+  std::string path_;
+  const std::string& source_;
+  std::set<std::string> seen_;
+};
+
+void check_config(const TrainConfig& c, const std::string& source) {
+  const auto require = [&](bool ok, const char* what) {
+    if (!ok) input_error(source, ": ", what);
+  };
+  require(c.epochs >= 1, "epochs must be at least 1");
+  require(c.batch_size >= 1, "batch_size must be at least 1");
+  require(c.adamw.lr > 0, "optim.lr must be positive");
+  require(c.adamw.weight_decay >= 0, "optim.weight_decay must be non-negative");
+  require(c.adamw.beta1 >= 0 && c.adamw.beta1 < 1 && c.adamw.beta2 >= 0 && c.adamw.beta2 < 1,
+          "optim.betas must be in [0, 1)");
+  require(c.adamw.eps > 0, "optim.eps must be positive");
+  require(c.warmup_epochs >= 0, "optim.warmup_epochs must be non-negative");
+  require(c.min_lr_ratio >= 0 && c.warmup_ratio >= 0, "optim.min_lr_ratio and warmup_ratio must be non-negative");
+  require(c.label_smoothing >= 0 && c.label_smoothing < 1, "optim.label_smoothing must be in [0, 1)");
+  require(c.drop_path >= 0 && c.drop_path < 1, "optim.drop_path must be in [0, 1)");
+  require(c.ema_decay >= 0 && c.ema_decay < 1, "optim.ema_decay must be in [0, 1)");
+  require(c.eval_every >= 0 && c.checkpoint_every >= 0 && c.log_every >= 1,
+          "eval_every and checkpoint_every must be non-negative, log_every positive");
+  require(c.train_limit >= 0 && c.val_limit >= 0, "data limits must be non-negative");
+  const Transform& t = c.transform;
+  require(t.crop_scale_min > 0 && t.crop_scale_min <= t.crop_scale_max && t.crop_scale_max <= 1,
+          "augment.crop_scale must satisfy 0 < min <= max <= 1");
+  require(t.hflip >= 0 && t.hflip <= 1 && t.random_erasing >= 0 && t.random_erasing <= 1,
+          "augment probabilities must be in [0, 1]");
+  require(t.random_crop_padding >= 0 && t.rand_augment_ops >= 0, "augment counts must be non-negative");
+  require(c.mixing.mixup_alpha >= 0 && c.mixing.cutmix_alpha >= 0, "augment mixup/cutmix alphas must be >= 0");
+}
+
+}  // namespace
+
+TrainConfig train_config_from_json(const std::string& text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    input_error(source, ": not valid JSON (", e.what(), ")");
+  }
+  TrainConfig c;
+  Section top(j, "", source);
+  if (top.has("model")) {
+    Section m(top.at("model"), "model.", source);
+    Config& a = c.model;
+    m.get("init", c.init);
+    m.get("preset", c.preset);
+    m.get("embed_dims", a.embed_dims);
+    m.get("depth", a.depth);
+    m.get("patch_size", a.patch_size);
+    m.get("in_channels", a.in_channels);
+    std::int64_t hidden_rate = 4;
+    m.get("hidden_rate", hidden_rate);
+    a.hidden_dims = hidden_rate * a.embed_dims;
+    std::vector<std::int64_t> size;
+    m.get("image_size", size);
+    if (!size.empty()) {
+      if (size.size() != 2 || size[0] < 1 || size[1] < 1 || size[0] % a.patch_size || size[1] % a.patch_size)
+        input_error(source, ": model.image_size must be [H, W], multiples of the patch size");
+      a.pos_grid_h = size[0] / a.patch_size, a.pos_grid_w = size[1] / a.patch_size;
+    }
+    m.get("shift_pixel", a.shift_pixel);
+    m.get("channel_gamma", a.channel_gamma);
+    m.get("key_norm", a.key_norm);
+    m.get("post_norm", a.post_norm);
+    m.get("final_norm", a.final_norm);
+    if (m.has("init_values") && !m.at("init_values").is_null()) {
+      a.layer_scale = true;
+      m.get("init_values", c.init_values);
+    }
+    m.finish();
+    if (a.embed_dims < 1 || a.depth < 1 || a.patch_size < 1 || hidden_rate < 1 ||
+        (a.in_channels != 1 && a.in_channels != 3))
+      input_error(source, ": model needs embed_dims, depth, patch_size, hidden_rate >= 1 and in_channels 1 or 3");
+    if (!(a.channel_gamma > 0 && a.channel_gamma <= 0.25) || a.shift_pixel < 0)
+      input_error(source, ": model.channel_gamma must be in (0, 1/4] and shift_pixel >= 0");
+  }
+  if (top.has("data")) {
+    Section d(top.at("data"), "data.", source);
+    d.get("train", c.train_data);
+    d.get("val", c.val_data);
+    d.get("train_limit", c.train_limit);
+    d.get("val_limit", c.val_limit);
+    d.get("mean", c.transform.mean);
+    d.get("std", c.transform.std);
+    d.finish();
+    for (float s : c.transform.std)
+      if (!(s > 0)) input_error(source, ": data.std must be positive");
+  }
+  if (top.has("augment")) {
+    Section a(top.at("augment"), "augment.", source);
+    Transform& t = c.transform;
+    a.get("random_resized_crop", t.random_resized_crop);
+    std::vector<double> pair;
+    a.get("crop_scale", pair);
+    if (!pair.empty()) {
+      if (pair.size() != 2) input_error(source, ": augment.crop_scale must be [min, max]");
+      t.crop_scale_min = pair[0], t.crop_scale_max = pair[1];
+    }
+    a.get("random_crop_padding", t.random_crop_padding);
+    a.get("hflip", t.hflip);
+    a.get("rand_augment_ops", t.rand_augment_ops);
+    a.get("rand_augment_magnitude", t.rand_augment_magnitude);
+    a.get("random_erasing", t.random_erasing);
+    a.get("mixup_alpha", c.mixing.mixup_alpha);
+    a.get("cutmix_alpha", c.mixing.cutmix_alpha);
+    a.get("mix_prob", c.mixing.prob);
+    a.get("switch_prob", c.mixing.switch_prob);
+    a.finish();
+  }
+  if (top.has("optim")) {
+    Section o(top.at("optim"), "optim.", source);
+    o.get("lr", c.adamw.lr);
+    o.get("weight_decay", c.adamw.weight_decay);
+    std::vector<double> betas;
+    o.get("betas", betas);
+    if (!betas.empty()) {
+      if (betas.size() != 2) input_error(source, ": optim.betas must be [beta1, beta2]");
+      c.adamw.beta1 = betas[0], c.adamw.beta2 = betas[1];
+    }
+    o.get("eps", c.adamw.eps);
+    o.get("clip_grad", c.clip_grad);
+    o.get("warmup_epochs", c.warmup_epochs);
+    o.get("warmup_ratio", c.warmup_ratio);
+    o.get("min_lr_ratio", c.min_lr_ratio);
+    o.get("label_smoothing", c.label_smoothing);
+    o.get("drop_path", c.drop_path);
+    o.get("ema_decay", c.ema_decay);
+    o.finish();
+  }
+  top.get("epochs", c.epochs);
+  top.get("batch_size", c.batch_size);
+  top.get("seed", c.seed);
+  top.get("recompute", c.recompute);
+  top.get("eval_every", c.eval_every);
+  top.get("checkpoint_every", c.checkpoint_every);
+  top.get("log_every", c.log_every);
+  top.finish();
+  check_config(c, source);
+  return c;
+}
+
+std::string train_config_to_json(const TrainConfig& c) {
+  const Config& a = c.model;
+  json model = {{"embed_dims", a.embed_dims},
+                {"depth", a.depth},
+                {"patch_size", a.patch_size},
+                {"in_channels", a.in_channels},
+                {"hidden_rate", a.hidden_dims / std::max<std::int64_t>(a.embed_dims, 1)},
+                {"image_size", {a.pos_grid_h * a.patch_size, a.pos_grid_w * a.patch_size}},
+                {"shift_pixel", a.shift_pixel},
+                {"channel_gamma", a.channel_gamma},
+                {"key_norm", a.key_norm},
+                {"post_norm", a.post_norm},
+                {"final_norm", a.final_norm},
+                {"init_values", a.layer_scale ? json(c.init_values) : json(nullptr)}};
+  if (!c.init.empty()) model["init"] = c.init;
+  if (!c.preset.empty()) model["preset"] = c.preset;
+  const Transform& t = c.transform;
+  json j = {
+      {"model", model},
+      {"data",
+       {{"train", c.train_data},
+        {"val", c.val_data},
+        {"train_limit", c.train_limit},
+        {"val_limit", c.val_limit},
+        {"mean", t.mean},
+        {"std", t.std}}},
+      {"augment",
+       {{"random_resized_crop", t.random_resized_crop},
+        {"crop_scale", {t.crop_scale_min, t.crop_scale_max}},
+        {"random_crop_padding", t.random_crop_padding},
+        {"hflip", t.hflip},
+        {"rand_augment_ops", t.rand_augment_ops},
+        {"rand_augment_magnitude", t.rand_augment_magnitude},
+        {"random_erasing", t.random_erasing},
+        {"mixup_alpha", c.mixing.mixup_alpha},
+        {"cutmix_alpha", c.mixing.cutmix_alpha},
+        {"mix_prob", c.mixing.prob},
+        {"switch_prob", c.mixing.switch_prob}}},
+      {"optim",
+       {{"lr", c.adamw.lr},
+        {"weight_decay", c.adamw.weight_decay},
+        {"betas", {c.adamw.beta1, c.adamw.beta2}},
+        {"eps", c.adamw.eps},
+        {"clip_grad", c.clip_grad},
+        {"warmup_epochs", c.warmup_epochs},
+        {"warmup_ratio", c.warmup_ratio},
+        {"min_lr_ratio", c.min_lr_ratio},
+        {"label_smoothing", c.label_smoothing},
+        {"drop_path", c.drop_path},
+        {"ema_decay", c.ema_decay}}},
+      {"epochs", c.epochs},
+      {"batch_size", c.batch_size},
+      {"seed", c.seed},
+      {"recompute", c.recompute},
+      {"eval_every", c.eval_every},
+      {"checkpoint_every", c.checkpoint_every},
+      {"log_every", c.log_every},
+  };
+  return j.dump(2);
+}
+
+// ---------------------------------------------------------------------------
+// Model, evaluation
+
+Model initial_model(const TrainConfig& tc, const Dataset& data) {
+  const std::int64_t K = static_cast<std::int64_t>(data.class_names().size());
+  const std::string source = tc.init.empty() ? "training configuration" : tc.init;
+  Config c;
+  TensorMap params;
+  if (!tc.init.empty()) {
+    // Fine-tuning: gradients need the paper semantics; a new head when the class count differs.
+    ConfigOverrides o;
+    o.wkv = WkvSemantics::Paper;
+    const Model start = Model::load(tc.init, o);
+    c = start.config();
+    for (const auto& [name, t] : start.parameters()) params.emplace(name, t.clone());
+    if (c.head != HeadKind::Linear || c.num_classes != K) {
+      for (auto it = params.begin(); it != params.end();)
+        it = it->first.starts_with("head.") ? params.erase(it) : std::next(it);
+      c.head = HeadKind::Linear, c.num_classes = K, c.head_hidden = 0;
+      Rng rng(mix_seed({0x4845414455ull, tc.seed}));  // TruncNormal(0.02) like every mmcls Linear, bias 0
+      Tensor w(DType::F32, {K, c.embed_dims});
+      for (std::int64_t i = 0; i < w.numel(); ++i) {
+        double v;
+        do v = rng.normal(); while (std::abs(v) > 2.0 / 0.02);
+        w.f32()[i] = static_cast<float>(0.02 * v);
+      }
+      params["head.fc.weight"] = w;
+      params["head.fc.bias"] = Tensor(DType::F32, {K});
+    }
+  } else {
+    c = tc.preset.empty() ? tc.model : preset_config(tc.preset);
+    if (!tc.preset.empty()) {  // a preset takes the input geometry of the configuration
+      c.in_channels = tc.model.in_channels;
+      c.pos_grid_h = tc.model.pos_grid_h, c.pos_grid_w = tc.model.pos_grid_w;
+    }
+    c.head = HeadKind::Linear, c.num_classes = K, c.head_hidden = 0;
+    c.out_indices = {c.depth - 1};
+    c.wkv = WkvSemantics::Paper;
+    params = initial_parameters(c, tc.seed, tc.init_values);
+  }
+  c.wkv = WkvSemantics::Paper;
+  c.preprocess = Preprocess::Resize;
+  c.mean = tc.transform.mean, c.std = tc.transform.std;
+  c.class_names = data.class_names();
+  return Model::from_state_dict(params, c, source);
+}
+
+namespace {
+
+// Image8 (grey or RGB) as the decoder's RGB Image, for the model's preprocessing.
+Image to_image(const Image8& in) {
+  Image out;
+  out.width = in.width, out.height = in.height;
+  out.rgb.resize(static_cast<std::size_t>(in.width) * in.height * 3);
+  for (std::size_t i = 0; i < out.rgb.size() / 3; ++i)
+    for (int ch = 0; ch < 3; ++ch) out.rgb[i * 3 + ch] = in.pixels[i * in.channels + (in.channels == 1 ? 0 : ch)];
+  return out;
+}
+
+}  // namespace
+
+EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_size, std::int64_t limit,
+                    const std::function<void(std::int64_t, std::int64_t)>& progress) {
+  const Config& c = model.config();
+  if (c.head == HeadKind::None) input_error("the model has no classification head to evaluate");
+  const std::int64_t n = limit > 0 ? std::min(limit, data.size()) : data.size(), K = c.num_classes;
+  const auto [H, W] = preprocess_size(c);
+  const std::int64_t plane = c.in_channels * H * W;
+  EvalResult r;
+  double loss = 0;
+  std::int64_t top1 = 0, top5 = 0;
+  for (std::int64_t start = 0; start < n; start += batch_size) {
+    const std::int64_t B = std::min(batch_size, n - start);
+    Tensor input(DType::F32, {B, c.in_channels, H, W});
+#pragma omp parallel for schedule(dynamic)
+    for (std::int64_t b = 0; b < B; ++b) {
+      const Tensor one = preprocess_image(to_image(data.image(start + b)), c);
+      std::copy(one.f32(), one.f32() + plane, input.f32() + b * plane);
+    }
+    const Outputs out = model.forward(input);
+    for (std::int64_t b = 0; b < B; ++b) {
+      const std::int64_t label = data.label(start + b);
+      if (label < 0 || label >= K)
+        input_error(data.name(), ": label ", label, " of image ", start + b, " is outside the model's ", K,
+                    " classes");
+      const float* z = out.logits.f32() + b * K;
+      const double zmax = *std::max_element(z, z + K);
+      double se = 0;
+      std::int64_t rank = 0;
+      for (std::int64_t k = 0; k < K; ++k) {
+        se += std::exp(z[k] - zmax);
+        rank += z[k] > z[label] || (z[k] == z[label] && k < label);
+      }
+      loss += zmax + std::log(se) - z[label];
+      top1 += rank == 0, top5 += rank < 5;
+    }
+    if (progress) progress(start + B, n);
+  }
+  r.images = n;
+  r.top1 = n ? 100.0 * top1 / n : 0, r.top5 = n ? 100.0 * top5 / n : 0, r.loss = n ? loss / n : 0;
+  return r;
+}
+
+// ---------------------------------------------------------------------------
+// The loop
+
+namespace {
+
+std::string format_duration(double seconds) {
+  const long s = static_cast<long>(std::max(0.0, seconds) + 0.5);
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, s / 60 % 60);
+  else std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+  return buf;
+}
+
+struct State {
+  std::int64_t step = 0;
+  Tensor ema;  // F32 [P] when EMA is on
+};
+
+Metadata model_metadata(const Config& c) { return {{"vrwkv.config", config_to_json(c)}}; }
+
+void save_checkpoint(const std::string& path, const Model& model, AdamW& opt, const State& st,
+                     const TrainConfig& tc, int threads) {
+  TensorMap t = model.parameters();
+  t["optimizer.exp_avg"] = opt.m();
+  t["optimizer.exp_avg_sq"] = opt.v();
+  if (st.ema.numel()) t["ema"] = st.ema;
+  Metadata meta = model_metadata(model.config());
+  meta["vrwkv.train"] = train_config_to_json(tc);
+  meta["vrwkv.state"] = json{{"step", st.step}, {"threads", threads}}.dump();
+  write_safetensors(path, t, meta);
+}
+
+// Keeps the metrics records up to `step` (a resumed run rewrites what came after).
+void truncate_metrics(const std::string& path, std::int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    try {
+      if (json::parse(line).at("step").get<std::int64_t>() <= step) kept += line + "\n";
+    } catch (const json::exception&) {
+      break;  // a line cut by the kill: drop it and everything after
+    }
+  }
+  AtomicFile f(path);
+  f.write(kept.data(), kept.size());
+  f.commit();
+}
+
+}  // namespace
+
+EvalResult train(const TrainConfig& given, const TrainRun& run) {
+  namespace fs = std::filesystem;
+  const std::string ckpt_path = run.out_dir + "/checkpoint.safetensors";
+  const std::string metrics_path = run.out_dir + "/metrics.jsonl";
+  std::error_code ec;
+  fs::create_directories(run.out_dir, ec);
+  if (ec || !fs::is_directory(run.out_dir))
+    input_error(run.out_dir, ": cannot create the output directory (", ec.message(), ")");
+
+  // Temporary files of a run killed while writing (AtomicFile names them .NAME.tmp.XXXXXX).
+  for (const auto& entry : fs::directory_iterator(run.out_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    for (const char* f : {".checkpoint.safetensors.tmp.", ".model.safetensors.tmp.", ".metrics.jsonl.tmp."})
+      if (name.starts_with(f)) fs::remove(entry.path(), ec);
+  }
+
+  TrainConfig tc = given;
+  TensorMap resumed;
+  std::int64_t resumed_step = 0;
+  const int threads = omp_get_max_threads();
+  if (run.resume) {
+    Metadata meta;
+    resumed = read_safetensors(ckpt_path, &meta);
+    if (!meta.count("vrwkv.train") || !meta.count("vrwkv.state"))
+      input_error(ckpt_path, ": not a training checkpoint (no vrwkv.train / vrwkv.state metadata)");
+    tc = train_config_from_json(meta.at("vrwkv.train"), ckpt_path + " (vrwkv.train)");
+    try {
+      const json st = json::parse(meta.at("vrwkv.state"));
+      resumed_step = st.at("step").get<std::int64_t>();
+      const int saved_threads = st.at("threads").get<int>();
+      if (saved_threads != threads)
+        std::fprintf(stderr,
+                     "vrwkv: note: the checkpoint was written with %d threads, this run uses %d: results will "
+                     "differ in the last bits from an uninterrupted run\n",
+                     saved_threads, threads);
+    } catch (const json::exception& e) {
+      input_error(ckpt_path, ": damaged vrwkv.state metadata (", e.what(), ")");
+    }
+  }
+
+  const std::unique_ptr<Dataset> train_set = open_dataset(tc.train_data);
+  const std::unique_ptr<Dataset> val_set = tc.val_data.empty() ? nullptr : open_dataset(tc.val_data);
+  Model model = initial_model(tc, *train_set);
+  const Config& mc = model.config();
+  const std::int64_t P = model.parameter_count();
+
+  // Data: a view of the first train_limit images when asked.
+  struct Limited : Dataset {
+    const Dataset& base;
+    std::int64_t n;
+    Limited(const Dataset& b, std::int64_t limit) : base(b), n(limit > 0 ? std::min(limit, b.size()) : b.size()) {
+      class_names_ = b.class_names(), name_ = b.name();
+    }
+    std::int64_t size() const override { return n; }
+    std::int64_t label(std::int64_t i) const override { return base.label(i); }
+    Image8 image(std::int64_t i) const override { return base.image(i); }
+  } train_data(*train_set, tc.train_limit);
+  Transform transform = tc.transform;
+  const auto [H, W] = preprocess_size(mc);
+  transform.height = H, transform.width = W, transform.channels = static_cast<int>(mc.in_channels);
+  const Loader loader(train_data, transform, tc.mixing, tc.batch_size, tc.seed, true, true);
+  const std::int64_t per_epoch = loader.batches_per_epoch();
+  if (per_epoch < 1)
+    input_error(tc.train_data, ": ", train_data.size(), " images are fewer than one batch of ", tc.batch_size);
+  const std::int64_t total = per_epoch * tc.epochs;
+
+  Schedule schedule;
+  schedule.base_lr = tc.adamw.lr, schedule.min_lr_ratio = tc.min_lr_ratio, schedule.warmup_ratio = tc.warmup_ratio;
+  schedule.warmup_iters = static_cast<std::int64_t>(std::llround(tc.warmup_epochs * per_epoch));
+  schedule.total_iters = total;
+  AdamW opt(mc, tc.adamw);
+  State st;
+  Tensor params = model.parameter_storage();
+  if (tc.ema_decay > 0) st.ema = params.clone();
+  if (run.resume) {
+    const auto take = [&](const std::string& key, Tensor& into) {
+      const auto it = resumed.find(key);
+      if (it == resumed.end() || it->second.dtype() != DType::F32 || it->second.numel() != into.numel())
+        input_error(ckpt_path, ": missing or mis-shaped '", key, "'");
+      std::copy(it->second.f32(), it->second.f32() + into.numel(), into.f32());
+    };
+    for (const auto& [name, t] : model.parameters()) {
+      Tensor view = t;
+      take(name, view);
+    }
+    take("optimizer.exp_avg", opt.m());
+    take("optimizer.exp_avg_sq", opt.v());
+    if (st.ema.numel()) take("ema", st.ema);
+    opt.set_steps(resumed_step);
+    st.step = resumed_step;
+    truncate_metrics(metrics_path, st.step);
+  } else {
+    AtomicFile f(metrics_path);  // a fresh run starts a fresh metrics file
+    f.commit();
+  }
+  std::ofstream metrics(metrics_path, std::ios::app);
+  if (!metrics) input_error(metrics_path, ": cannot write the metrics file");
+
+  std::vector<double> drop_path(mc.depth);
+  for (std::int64_t i = 0; i < mc.depth; ++i)
+    drop_path[i] = mc.depth > 1 ? tc.drop_path * static_cast<double>(i) / (mc.depth - 1) : 0.0;
+
+  Gradients grads(model);
+  Backprop backprop(model);
+  const bool tty = run.progress_bar && isatty(STDERR_FILENO);
+  std::fprintf(stderr, "vrwkv train: %s, %lld parameters, %lld images, %lld steps (%lld epochs of %lld)%s\n",
+               tc.train_data.c_str(), static_cast<long long>(P), static_cast<long long>(train_data.size()),
+               static_cast<long long>(total), static_cast<long long>(tc.epochs), static_cast<long long>(per_epoch),
+               run.resume ? (" resuming at step " + std::to_string(st.step)).c_str() : "");
+
+  const auto eval_model = [&]() -> EvalResult {
+    if (!val_set) return {};
+    if (!st.ema.numel()) return evaluate(model, *val_set, 256, tc.val_limit);
+    Model ema_model = Model::from_state_dict(model.parameters(), mc);
+    Tensor s = ema_model.parameter_storage();
+    std::copy(st.ema.f32(), st.ema.f32() + P, s.f32());
+    return evaluate(ema_model, *val_set, 256, tc.val_limit);
+  };
+
+  using clock = std::chrono::steady_clock;
+  auto t_start = clock::now(), t_window = t_start;
+  std::int64_t window_images = 0, start_step = st.step;
+  double window_loss = 0;
+  std::int64_t window_steps = 0;
+  EvalResult last_eval;
+  while (st.step < total) {
+    const std::int64_t epoch = st.step / per_epoch, index = st.step % per_epoch;
+    const Batch batch = loader.batch(epoch, index);
+    grads.zero();
+    BackwardOptions bo;
+    bo.label_smoothing = tc.label_smoothing;
+    bo.drop_path = drop_path;
+    bo.seed = mix_seed({0x44524f50ull, tc.seed, static_cast<std::uint64_t>(st.step)});
+    bo.recompute = tc.recompute;
+    const LossResult r = backprop.run(batch.input, batch.targets, grads, bo);
+    if (!std::isfinite(r.loss))
+      runtime_error("training diverged at step ", st.step, " (loss ", r.loss, "); lower optim.lr");
+    const double norm = clip_grad_norm(grads.storage.f32(), P, tc.clip_grad);
+    const double lr = schedule.lr(st.step);
+    opt.step(params.f32(), grads.storage.f32(), lr);
+    if (st.ema.numel()) ema_update(st.ema.f32(), params.f32(), P, tc.ema_decay);
+    ++st.step;
+    window_images += batch.input.dim(0), window_loss += r.loss, ++window_steps;
+
+    const bool epoch_end = st.step % per_epoch == 0;
+    const bool stop = run.stop_after > 0 && st.step >= run.stop_after;
+    if (st.step % tc.log_every == 0 || epoch_end || st.step == total) {
+      const auto now = clock::now();
+      const double dt = std::chrono::duration<double>(now - t_window).count();
+      const double elapsed = std::chrono::duration<double>(now - t_start).count();
+      const double ips = dt > 0 ? window_images / dt : 0;
+      const double eta = elapsed / std::max<std::int64_t>(st.step - start_step, 1) * (total - st.step);
+      metrics << json{{"step", st.step},
+                      {"epoch", static_cast<double>(st.step) / per_epoch},
+                      {"loss", window_loss / window_steps},
+                      {"lr", lr},
+                      {"grad_norm", norm},
+                      {"images_per_second", ips}}
+                     .dump()
+              << "\n"
+              << std::flush;
+      char line[256];
+      std::snprintf(line, sizeof line,
+                    "epoch %lld/%lld step %lld/%lld loss %.4f lr %.3e grad_norm %.3f %.0f img/s eta %s",
+                    static_cast<long long>(epoch + 1), static_cast<long long>(tc.epochs),
+                    static_cast<long long>(st.step), static_cast<long long>(total), window_loss / window_steps, lr,
+                    norm, ips, format_duration(eta).c_str());
+      if (tty) {
+        const int width = 24, filled = static_cast<int>(width * st.step / total);
+        std::fprintf(stderr, "\r[%s%s] %s\033[K", std::string(filled, '#').c_str(),
+                     std::string(width - filled, '.').c_str(), line);
+      } else {
+        std::fprintf(stderr, "%s\n", line);
+      }
+      t_window = now, window_images = 0, window_loss = 0, window_steps = 0;
+    }
+    if (epoch_end && val_set && tc.eval_every > 0 && ((st.step / per_epoch) % tc.eval_every == 0 || st.step == total)) {
+      last_eval = eval_model();
+      metrics << json{{"step", st.step},
+                      {"epoch", static_cast<double>(st.step) / per_epoch},
+                      {"val_top1", last_eval.top1},
+                      {"val_top5", last_eval.top5},
+                      {"val_loss", last_eval.loss}}
+                     .dump()
+              << "\n"
+              << std::flush;
+      std::fprintf(stderr, "%sepoch %lld: %s top-1 %.2f %% top-5 %.2f %% loss %.4f (%lld images)\n",
+                   tty ? "\n" : "", static_cast<long long>(st.step / per_epoch), tc.val_data.c_str(), last_eval.top1,
+                   last_eval.top5, last_eval.loss, static_cast<long long>(last_eval.images));
+    }
+    if ((tc.checkpoint_every > 0 && st.step % tc.checkpoint_every == 0) || epoch_end || stop || st.step == total)
+      save_checkpoint(ckpt_path, model, opt, st, tc, threads);
+    if (stop) break;
+  }
+  if (tty) std::fprintf(stderr, "\n");
+  if (st.step == total) {
+    // The final weights alone (the EMA weights when EMA is on), with the configuration and class names.
+    TensorMap weights = model.parameters();
+    if (st.ema.numel()) {
+      std::int64_t offset = 0;
+      for (const auto& [name, shape] : parameter_shapes(mc)) {
+        weights[name] = st.ema.view(offset, shape);
+        offset += shape_numel(shape);
+      }
+    }
+    write_safetensors(run.out_dir + "/model.safetensors", weights, model_metadata(mc));
+    std::fprintf(stderr, "vrwkv train: done in %s; model written to %s/model.safetensors\n",
+                 format_duration(std::chrono::duration<double>(clock::now() - t_start).count()).c_str(),
+                 run.out_dir.c_str());
+  }
+  return last_eval;
+}
+
+}  // namespace vrwkv::train

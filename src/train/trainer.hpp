@@ -1,0 +1,74 @@
+// The training loop (issue "Training in C++"; VRWKV.md 1.9, 6.2): a model
+// built from a configuration (or a checkpoint to fine-tune), data with the
+// training augmentations, AdamW on a per-iteration cosine schedule, gradient
+// clipping, label smoothing, DropPath, Mixup/CutMix, optional EMA and
+// per-block recomputation; metrics as JSON lines, periodic evaluation, atomic
+// checkpoints with the optimizer state, and a resume that continues bit for
+// bit (for the same thread count).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "train/data.hpp"
+#include "train/optimizer.hpp"
+#include "vrwkv/model.hpp"
+
+namespace vrwkv::train {
+
+struct TrainConfig {
+  // Model: `init` (a checkpoint to fine-tune; its head is replaced when the
+  // class count differs), else `preset` (vrwkv_t/s/b/l), else `model`.
+  std::string init, preset;
+  Config model;               // architecture; num_classes and class names come from the data
+  double init_values = 1e-5;  // layer-scale gammas' initial value (layer_scale only)
+  // Data.
+  std::string train_data = "fashion-mnist:train", val_data = "fashion-mnist:test";
+  std::int64_t train_limit = 0, val_limit = 0;  // use only the first N images (0: all)
+  Transform transform;  // augmentations; size, channels, mean and std come from the model
+  Mixing mixing;
+  // Optimisation.
+  std::int64_t epochs = 10, batch_size = 128;
+  AdamWOptions adamw;
+  double clip_grad = 5.0;
+  double warmup_epochs = 1, warmup_ratio = 1e-3, min_lr_ratio = 1e-2;
+  double label_smoothing = 0.1;
+  double drop_path = 0.0;  // the last block's rate; linspace(0, drop_path, depth)
+  double ema_decay = 0.0;  // 0: no EMA
+  bool recompute = false;
+  std::uint64_t seed = 0;
+  // Bookkeeping.
+  std::int64_t eval_every = 1;          // epochs
+  std::int64_t checkpoint_every = 200;  // steps (also at every epoch end)
+  std::int64_t log_every = 50;          // steps
+};
+
+// The JSON form (configs/*.json). Unknown keys are errors, so typos do not pass silently.
+TrainConfig train_config_from_json(const std::string& text, const std::string& source);
+std::string train_config_to_json(const TrainConfig& config);
+
+struct EvalResult {
+  double top1 = 0, top5 = 0, loss = 0;  // accuracies in %, mean cross-entropy (no smoothing)
+  std::int64_t images = 0;
+};
+
+// Top-1/top-5 of a model on a dataset with the model's own preprocessing.
+// limit > 0: the first `limit` images. progress(done, total) after each batch.
+EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_size, std::int64_t limit = 0,
+                    const std::function<void(std::int64_t, std::int64_t)>& progress = {});
+
+struct TrainRun {
+  std::string out_dir;  // checkpoint.safetensors, metrics.jsonl, model.safetensors
+  bool resume = false;  // continue from out_dir/checkpoint.safetensors (with its stored configuration)
+  bool progress_bar = true;
+  std::int64_t stop_after = 0;  // > 0: stop (with a checkpoint) after this many steps in total
+};
+
+// Runs training; returns the final evaluation (when a validation set is given).
+EvalResult train(const TrainConfig& config, const TrainRun& run);
+
+// The model a configuration starts from (before any step), with initial weights.
+Model initial_model(const TrainConfig& config, const Dataset& train_data);
+
+}  // namespace vrwkv::train
