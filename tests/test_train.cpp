@@ -1,0 +1,223 @@
+// The training loop: AdamW, clipping and the schedule against their
+// definitions, the configuration file, fine-tuning with a new head, and
+// resuming — after a clean stop and after SIGKILL at a random step — giving
+// bit-identical final weights.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common.hpp"
+#include "train/optimizer.hpp"
+#include "train/trainer.hpp"
+#include "vrwkv/error.hpp"
+
+namespace vrwkv {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(AdamW, MatchesPyTorchUpdateRule) {
+  Config c;
+  c.embed_dims = 4, c.hidden_dims = 8, c.depth = 1, c.patch_size = 2, c.num_classes = 2, c.pos_grid_h = 1;
+  c.pos_grid_w = 1, c.out_indices = {0};
+  const auto shapes = parameter_shapes(c);
+  std::int64_t P = 0;
+  for (const auto& [name, shape] : shapes) P += shape_numel(shape);
+  train::AdamWOptions o;
+  o.lr = 0.01, o.weight_decay = 0.1;
+  train::AdamW opt(c, o);
+  std::mt19937 rng(3);
+  std::vector<float> theta = test::random_vector(P, rng), ref(theta.begin(), theta.end());
+  std::vector<double> m(P), v(P);
+  for (int t = 1; t <= 3; ++t) {
+    const std::vector<float> g = test::random_vector(P, rng);
+    const double lr = 0.01 * t;
+    opt.step(theta.data(), g.data(), lr);
+    // torch.optim.AdamW, in float64: decoupled decay, bias-corrected moments.
+    std::int64_t i = 0;
+    for (const auto& [name, shape] : shapes)
+      for (std::int64_t j = 0; j < shape_numel(shape); ++j, ++i) {
+        m[i] = 0.9 * m[i] + 0.1 * g[i];
+        v[i] = 0.999 * v[i] + 0.001 * double(g[i]) * g[i];
+        double p = ref[i];
+        if (train::is_decayed(name, shape)) p *= 1 - lr * 0.1;
+        p -= lr / (1 - std::pow(0.9, t)) * m[i] / (std::sqrt(v[i] / (1 - std::pow(0.999, t))) + 1e-8);
+        ref[i] = static_cast<float>(p);
+      }
+  }
+  // float32 state against float64: a few ulp of |θ| ≤ 1 after three steps.
+  EXPECT_LE(test::max_abs_diff(theta.data(), ref.data(), P), 1e-6);
+}
+
+TEST(AdamW, NoDecayRulesOfMmcls) {
+  EXPECT_FALSE(train::is_decayed("backbone.layers.0.ln1.weight", {192}));
+  EXPECT_FALSE(train::is_decayed("backbone.layers.0.att.key_norm.bias", {192}));
+  EXPECT_FALSE(train::is_decayed("head.fc.bias", {1000}));
+  EXPECT_FALSE(train::is_decayed("backbone.patch_embed.projection.bias", {192}));
+  EXPECT_TRUE(train::is_decayed("backbone.layers.0.att.key.weight", {192, 192}));
+  EXPECT_TRUE(train::is_decayed("backbone.pos_embed", {1, 196, 192}));
+  EXPECT_TRUE(train::is_decayed("backbone.layers.0.att.spatial_decay", {192}));
+  EXPECT_TRUE(train::is_decayed("backbone.layers.0.att.spatial_mix_k", {1, 1, 192}));
+  EXPECT_TRUE(train::is_decayed("backbone.layers.0.gamma1", {192}));
+  EXPECT_TRUE(train::is_decayed("backbone.patch_embed.projection.weight", {192, 3, 16, 16}));
+}
+
+TEST(Optimizer, ClipAndSchedule) {
+  std::vector<float> g = {3, 4, 0, 0};  // norm 5
+  EXPECT_DOUBLE_EQ(train::clip_grad_norm(g.data(), 4, 10.0), 5.0);
+  EXPECT_EQ(g[0], 3.0f);  // under the limit: untouched
+  EXPECT_NEAR(train::clip_grad_norm(g.data(), 4, 1.0), 5.0, 1e-12);
+  EXPECT_NEAR(std::hypot(g[0], g[1]), 1.0, 1e-6);
+  train::Schedule s;
+  s.base_lr = 1e-3, s.min_lr_ratio = 1e-2, s.warmup_iters = 10, s.warmup_ratio = 1e-3, s.total_iters = 100;
+  EXPECT_NEAR(s.lr(0), 1e-3 * 1e-3, 1e-15);                   // warm-up starts at ratio·lr
+  EXPECT_NEAR(s.lr(100), 1e-5, 1e-15);                        // cosine ends at min_lr
+  EXPECT_NEAR(s.lr(50), 1e-5 + (1e-3 - 1e-5) * 0.5, 1e-15);   // half-way
+  const double cos10 = 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + std::cos(M_PI * 0.1));
+  EXPECT_NEAR(s.lr(10), cos10, 1e-15);  // warm-up over
+  // mmcv scales the regular (cosine) lr by the warm-up factor 1 − (1 − i/warmup)·(1 − ratio).
+  EXPECT_NEAR(s.lr(5), (1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + std::cos(M_PI * 0.05))) * (1 - 0.5 * (1 - 1e-3)), 1e-15);
+}
+
+TEST(TrainConfig, JsonRoundTripAndErrors) {
+  std::ifstream f(std::string(VRWKV_SOURCE_DIR) + "/configs/fashion_mnist.json");
+  std::stringstream text;
+  text << f.rdbuf();
+  const train::TrainConfig c = train::train_config_from_json(text.str(), "fashion_mnist.json");
+  const std::string again = train::train_config_to_json(train::train_config_from_json(train::train_config_to_json(c), "x"));
+  EXPECT_EQ(again, train::train_config_to_json(c));
+  EXPECT_THROW(train::train_config_from_json(R"({"epochz": 3})", "t.json"), Error);
+  EXPECT_THROW(train::train_config_from_json(R"({"optim": {"lr": -1}})", "t.json"), Error);
+  EXPECT_THROW(train::train_config_from_json(R"({"model": {"image_size": [30, 28], "patch_size": 4}})", "t.json"),
+               Error);
+  EXPECT_THROW(train::train_config_from_json(R"({"batch_size": "big"})", "t.json"), Error);
+  EXPECT_THROW(train::train_config_from_json("{", "t.json"), Error);
+}
+
+// Fine-tuning an official checkpoint on a dataset with other classes: the
+// backbone is kept, the head replaced, the semantics switched to paper.
+TEST(TrainModel, FineTuneReplacesTheHead) {
+  const std::string dir = ::testing::TempDir() + "vrwkv_finetune_" + std::to_string(getpid());
+  for (const char* cls : {"a", "b", "c"}) {
+    fs::create_directories(dir + "/" + cls);
+    fs::copy_file(std::string(VRWKV_SOURCE_DIR) + "/data/samples/text.png", dir + "/" + cls + "/x.png");
+  }
+  train::TrainConfig tc;
+  tc.init = test::golden("tiny_default.pth");
+  const auto data = train::open_dataset("imagefolder:" + dir);
+  const Model m = train::initial_model(tc, *data);
+  const Model start = Model::load(tc.init);
+  EXPECT_EQ(m.config().num_classes, 3);
+  EXPECT_EQ(m.config().wkv, WkvSemantics::Paper);
+  EXPECT_EQ(m.parameters().at("head.fc.weight").shape(), (Shape{3, 64}));
+  const Tensor &a = m.parameters().at("backbone.layers.1.att.key.weight"),
+               &b = start.parameters().at("backbone.layers.1.att.key.weight");
+  EXPECT_EQ(test::max_abs_diff(a.f32(), b.f32(), a.numel()), 0.0);
+  fs::remove_all(dir);
+}
+
+// ---------------------------------------------------------------------------
+// Resume
+
+class Resume : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "vrwkv_resume_" + std::to_string(getpid());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    // A small run that exercises every piece of optimizer and data state:
+    // augmentations, Mixup/CutMix, drop path, EMA, warm-up and cosine.
+    std::ofstream(dir_ + "/config.json") << R"({
+      "model": {"embed_dims": 16, "depth": 2, "patch_size": 7, "in_channels": 1, "image_size": [28, 28]},
+      "data": {"train": "fashion-mnist:train", "val": "", "train_limit": 192},
+      "augment": {"random_crop_padding": 2, "hflip": 0.5, "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_prob": 0.5},
+      "optim": {"lr": 3e-3, "warmup_epochs": 1, "drop_path": 0.3, "ema_decay": 0.9},
+      "epochs": 3, "batch_size": 16, "seed": 5, "checkpoint_every": 1, "log_every": 4
+    })";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // Runs `vrwkv train ARGS` with 2 threads; returns the exit code.
+  int train(const std::string& args) const {
+    const std::string cmd = std::string(VRWKV_CLI_PATH) + " train --threads 2 --no-progress " + args + " 2>>'" +
+                            dir_ + "/stderr'";
+    const int status = std::system(cmd.c_str());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  // The tensors of a finished run's model, compared bit for bit.
+  void expect_same_model(const std::string& a, const std::string& b) const {
+    const TensorMap x = read_safetensors(a + "/model.safetensors"), y = read_safetensors(b + "/model.safetensors");
+    ASSERT_EQ(x.size(), y.size());
+    for (const auto& [name, t] : x) {
+      ASSERT_TRUE(y.count(name)) << name;
+      ASSERT_EQ(t.nbytes(), y.at(name).nbytes()) << name;
+      EXPECT_EQ(std::memcmp(t.raw(), y.at(name).raw(), t.nbytes()), 0) << name << " differs";
+    }
+  }
+
+  std::string dir_;
+};
+
+TEST_F(Resume, AfterAStopGivesTheSameWeights) {
+  if (access("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", R_OK) != 0 &&
+      !std::getenv("VRWKV_FASHION_MNIST_DIR"))
+    GTEST_SKIP() << "Fashion-MNIST is not installed";
+  ASSERT_EQ(train("-c " + dir_ + "/config.json -o " + dir_ + "/straight"), 0);
+  ASSERT_EQ(train("-c " + dir_ + "/config.json -o " + dir_ + "/stopped --stop-after 17"), 0);
+  EXPECT_FALSE(fs::exists(dir_ + "/stopped/model.safetensors"));
+  ASSERT_EQ(train("-o " + dir_ + "/stopped --resume"), 0);
+  expect_same_model(dir_ + "/straight", dir_ + "/stopped");
+  // The metrics of the resumed run continue the first part's without repeating steps.
+  std::ifstream metrics(dir_ + "/stopped/metrics.jsonl");
+  std::int64_t last = 0;
+  for (std::string line; std::getline(metrics, line);) {
+    const std::int64_t step = nlohmann::json::parse(line).at("step");
+    EXPECT_GT(step, last) << line;
+    last = step;
+  }
+  EXPECT_EQ(last, 36);
+}
+
+// SIGKILL at a random moment of the run (mid-step or mid-checkpoint), then
+// --resume: the same final weights, and no temporary file left behind.
+TEST_F(Resume, AfterSigkillGivesTheSameWeights) {
+  if (access("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", R_OK) != 0 &&
+      !std::getenv("VRWKV_FASHION_MNIST_DIR"))
+    GTEST_SKIP() << "Fashion-MNIST is not installed";
+  ASSERT_EQ(train("-c " + dir_ + "/config.json -o " + dir_ + "/straight"), 0);
+  const std::string out = dir_ + "/killed";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string cli = VRWKV_CLI_PATH, config = dir_ + "/config.json";
+    execl(cli.c_str(), cli.c_str(), "train", "--threads", "2", "--no-progress", "-c", config.c_str(), "-o",
+          out.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Kill once some checkpoints exist, after a random extra delay.
+  std::mt19937 rng(static_cast<unsigned>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(out + "/checkpoint.safetensors") && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 400)(rng)));
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (WIFEXITED(status)) GTEST_SKIP() << "the run finished before it could be killed";
+  ASSERT_TRUE(fs::exists(out + "/checkpoint.safetensors"));
+  ASSERT_EQ(train("-o " + out + " --resume"), 0);
+  expect_same_model(dir_ + "/straight", out);
+  for (const auto& entry : fs::directory_iterator(out))
+    EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
+}
+
+}  // namespace
+}  // namespace vrwkv
