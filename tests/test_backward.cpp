@@ -189,11 +189,11 @@ TEST(BiWkvBackward, Golden) {
     for (const char* form : {"", "kernel."}) {
       const bool paper = form[0] == '\0';
       const ops::Wkv wkv{paper ? WkvSemantics::Paper : WkvSemantics::Official, 32};
-      for (int fast = 0; fast < (paper ? 2 : 1); ++fast) {
+      for (int fast = 0; fast < 2; ++fast) {
         Tensor gw(DType::F32, {C}), gu(DType::F32, {C}), gk(DType::F32, k.shape()), gv(DType::F32, k.shape());
         if (fast)
           ops::biwkv_backward(g.at(p + "w").f32(), g.at(p + "u").f32(), k.f32(), v.f32(), gy.f32(), gw.f32(),
-                              gu.f32(), gk.f32(), gv.f32(), B, T, C);
+                              gu.f32(), gk.f32(), gv.f32(), B, T, C, wkv);
         else
           ops::biwkv_backward_ref(g.at(p + "w").f32(), g.at(p + "u").f32(), k.f32(), v.f32(), gy.f32(), gw.f32(),
                                   gu.f32(), gk.f32(), gv.f32(), B, T, C, wkv);
@@ -206,7 +206,7 @@ TEST(BiWkvBackward, Golden) {
       }
     }
   }
-  EXPECT_EQ(checked, 15);
+  EXPECT_EQ(checked, 20);
 }
 
 // The O(T·C) scans against the O(T²) float64 definition, and the definition
@@ -222,20 +222,25 @@ TEST(BiWkvBackward, ScanMatchesDefinitionAndDifferences) {
     for (auto& x : u) x /= T;
     Vec k = test::random_vector(B * T * C, rng, -4, 4), v = test::random_vector(B * T * C, rng, -2, 2);
     const Vec gy = test::random_vector(B * T * C, rng);
-    Vec gw(C), gu(C), gk(B * T * C), gv(B * T * C), rw(C), ru(C), rk(B * T * C), rv(B * T * C);
-    ops::biwkv_backward(w.data(), u.data(), k.data(), v.data(), gy.data(), gw.data(), gu.data(), gk.data(), gv.data(),
-                        B, T, C);
-    ops::biwkv_backward_ref(w.data(), u.data(), k.data(), v.data(), gy.data(), rw.data(), ru.data(), rk.data(),
-                            rv.data(), B, T, C, {WkvSemantics::Paper, 32});
     // Both float64, rounded once: 1e-6 relative to the largest gradient.
     const auto close = [](const Vec& a, const Vec& b) {
       return test::max_abs_diff(a.data(), b.data(), a.size()) <= 1e-6 * std::max(1.0, test::max_abs(b.data(), b.size()));
     };
     const std::string shape = "B=" + std::to_string(B) + " T=" + std::to_string(T) + " C=" + std::to_string(C);
-    EXPECT_TRUE(close(gw, rw)) << shape;
-    EXPECT_TRUE(close(gu, ru)) << shape;
-    EXPECT_TRUE(close(gk, rk)) << shape;
-    EXPECT_TRUE(close(gv, rv)) << shape;
+    for (const ops::Wkv wkv : {ops::Wkv{WkvSemantics::Paper, 32}, ops::Wkv{WkvSemantics::Official, 1},
+                               ops::Wkv{WkvSemantics::Official, 4}, ops::Wkv{WkvSemantics::Official, 16},
+                               ops::Wkv{WkvSemantics::Official, 32}}) {
+      Vec gw(C), gu(C), gk(B * T * C), gv(B * T * C), rw(C), ru(C), rk(B * T * C), rv(B * T * C);
+      ops::biwkv_backward(w.data(), u.data(), k.data(), v.data(), gy.data(), gw.data(), gu.data(), gk.data(),
+                          gv.data(), B, T, C, wkv);
+      ops::biwkv_backward_ref(w.data(), u.data(), k.data(), v.data(), gy.data(), rw.data(), ru.data(), rk.data(),
+                              rv.data(), B, T, C, wkv);
+      const std::string what = shape + " " + to_string(wkv.semantics) + " S=" + std::to_string(wkv.chunks);
+      EXPECT_TRUE(close(gw, rw)) << what << " w";
+      EXPECT_TRUE(close(gu, ru)) << what << " u";
+      EXPECT_TRUE(close(gk, rk)) << what << " k";
+      EXPECT_TRUE(close(gv, rv)) << what << " v";
+    }
     if (T > 100) continue;  // the O(T²) forward per probe is slow enough
     for (WkvSemantics sem : {WkvSemantics::Paper, WkvSemantics::Official}) {
       const ops::Wkv wkv{sem, 4};
@@ -263,14 +268,17 @@ TEST(BiWkvBackward, ScanMatchesDefinitionAndDifferences) {
 // grad.<parameter> within 5e-5·max(1, max|golden|) (golden README).
 TEST(ModelBackward, GoldenGradients) {
   for (const char* name : {"tiny_default", "tiny_postnorm_ls0p5", "tiny_keynorm", "tiny_shift0", "tiny_in37x27_pad",
-                           "tiny_outidx01_nofinalnorm", "vrwkv_t_224_b2"}) {
+                           "tiny_outidx01_nofinalnorm", "tiny_default_kernelwkv", "vrwkv_t_224_b2"}) {
     std::ifstream f(test::golden(std::string(name) + ".json"));
     const nlohmann::json j = nlohmann::json::parse(f);
     ConfigOverrides o;
-    o.wkv = WkvSemantics::Paper;
+    const std::string impl = j.at("wkv_impl");
+    o.wkv = impl == "sum" ? WkvSemantics::Paper : WkvSemantics::Official;
+    o.wkv_chunks = impl == "kernel16" ? 16 : 32;
     const auto& bb = j.at("backbone");
     if (bb.at("out_indices").is_array()) o.out_indices = bb.at("out_indices").get<std::vector<std::int64_t>>();
-    const Model model = Model::load(test::golden(std::string(name) + ".pth"), o);
+    const std::string ckpt = j.contains("checkpoint") ? j.at("checkpoint").get<std::string>() : std::string(name) + ".pth";
+    const Model model = Model::load(test::golden(ckpt), o);
     const TensorMap golden = read_safetensors(test::golden(std::string(name) + ".safetensors"));
     Gradients grads(model);
     Backprop backprop(model);
@@ -349,13 +357,14 @@ TEST(ModelBackward, RefusesWhatItCannotDerive) {
   Config c;
   c.embed_dims = 8, c.hidden_dims = 16, c.depth = 1, c.patch_size = 4, c.num_classes = 3, c.out_indices = {0};
   c.pos_grid_h = c.pos_grid_w = 2;
-  c.wkv = WkvSemantics::Official;
-  const Model official = Model::from_state_dict(initial_parameters(c, 1), c);
-  Gradients g(official);
-  Tensor input(DType::F32, {1, 3, 8, 8}), labels(DType::I64, {1});
-  EXPECT_THROW(Backprop(official).run(input, one_hot(labels, 3), g), Error);
   c.wkv = WkvSemantics::Paper;
   const Model paper = Model::from_state_dict(initial_parameters(c, 1), c);
+  Gradients g(paper);
+  Tensor input(DType::F32, {1, 3, 8, 8}), labels(DType::I64, {1});
+  c.head = HeadKind::None;
+  const Model headless = Model::from_state_dict(initial_parameters(c, 1), c);
+  Gradients gh(headless);
+  EXPECT_THROW(Backprop(headless).run(input, one_hot(labels, 3), gh), Error);
   labels.data<std::int64_t>()[0] = 3;
   EXPECT_THROW(one_hot(labels, 3), Error);
   EXPECT_THROW(Backprop(paper).run(input, Tensor(DType::F32, {2, 3}), g), Error);

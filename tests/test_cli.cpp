@@ -70,9 +70,9 @@ TEST_F(Cli, RunReproducesGoldenThroughTheFileContract) {
 }
 
 // The gradient contract: loss and every grad.<parameter> of a golden case
-// within 5e-5·max(1, max|golden|); grad uses the paper semantics by default.
+// within 5e-5·max(1, max|golden|).
 TEST_F(Cli, GradReproducesGoldenThroughTheFileContract) {
-  const CliResult r = run("grad --model " + test::golden("tiny_in37x27_pad.pth") + " --input " +
+  const CliResult r = run("grad --model " + test::golden("tiny_in37x27_pad.pth") + " --wkv paper --input " +
                           test::golden("tiny_in37x27_pad.safetensors") + " --output " + path("g.safetensors"));
   ASSERT_EQ(r.code, 0) << r.err;
   const TensorMap out = read_safetensors(path("g.safetensors"));
@@ -87,8 +87,24 @@ TEST_F(Cli, GradReproducesGoldenThroughTheFileContract) {
   EXPECT_EQ(grads, 45);
 }
 
+// The official semantics' gradient (golden: autograd of the kernel's closed form).
+TEST_F(Cli, GradOfficialSemantics) {
+  const CliResult r = run("grad --model " + test::golden("tiny_default.pth") + " --wkv official --input " +
+                          test::golden("tiny_default_kernelwkv.safetensors") + " --output " + path("g.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const TensorMap out = read_safetensors(path("g.safetensors"));
+  const TensorMap g = read_safetensors(test::golden("tiny_default_kernelwkv.safetensors"));
+  int checked = 0;
+  for (const auto& [name, t] : g) {
+    if (name != "loss" && !name.starts_with("grad.")) continue;
+    EXPECT_TRUE(test::close_to(out.at(name), t, test::kGradTol)) << name;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 46);  // loss + 45 parameters
+}
+
 TEST_F(Cli, GradErrors) {
-  const std::string m = "grad -m " + test::golden("tiny_default.pth") + " -o " + path("g.safetensors");
+  const std::string m = "grad -m " + test::golden("tiny_default.pth") + " --wkv paper -o " + path("g.safetensors");
   // Input without labels; labels outside the classes.
   TensorMap in = read_safetensors(test::golden("tiny_default.safetensors"));
   write_safetensors(path("unlabelled.safetensors"), {{"input", in.at("input")}});
@@ -97,7 +113,6 @@ TEST_F(Cli, GradErrors) {
   labels.data<std::int64_t>()[0] = 10;
   write_safetensors(path("bad_label.safetensors"), {{"input", in.at("input")}, {"labels", labels}});
   expect_input_error(run(m + " -i " + path("bad_label.safetensors")), "label 10");
-  expect_input_error(run(m + " -i " + test::golden("tiny_default.safetensors") + " --wkv official"), "paper");
   expect_input_error(run(m + " -i " + path("missing.safetensors")), path("missing.safetensors"));
   EXPECT_NE(access(path("g.safetensors").c_str(), F_OK), 0);
 }

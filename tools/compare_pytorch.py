@@ -8,6 +8,12 @@ and prints a table. The PyTorch model is this file's own definition of VRWKV
 form PyTorch offers on a CPU; weights are random (speed does not depend on them).
 
   tools/compare_pytorch.py --vrwkv build/vrwkv --model vrwkv_t --batch 1,8 --res 224,1024 --threads 2
+
+With --train both sides time one training step instead: forward, label-smoothed
+cross-entropy (0.1), backward, gradient clipping (max norm 5) and AdamW
+(torch.optim.AdamW, weight decay 0.05) against `vrwkv bench --train`.
+
+  tools/compare_pytorch.py --train --model vrwkv_t --batch 8 --res 224
 """
 import argparse
 import json
@@ -176,6 +182,28 @@ class ViT(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
 
+def time_pytorch_train(name, batch, h, w, warmup, reps):
+    model = VRWKV(name).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    x, y = torch.randn(batch, 3, h, w), torch.arange(batch) % 1000
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times), 1000 * statistics.median(times)
+
+
 def time_pytorch(name, batch, h, w, warmup, reps):
     model = (ViT(name) if name.startswith("vit") else VRWKV(name)).eval()
     x = torch.randn(batch, 3, h, w)
@@ -200,21 +228,25 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--json", help="write vrwkv's and PyTorch's records here")
+    p.add_argument("--train", action="store_true", help="time a training step (vrwkv bench --train)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         subprocess.run([a.vrwkv, "bench", "--model", a.model, "--batch", a.batch, "--res", a.res, "--threads",
-                        str(a.threads), "--warmup", str(a.warmup), "--reps", str(a.reps), "--json", f.name],
+                        str(a.threads), "--warmup", str(a.warmup), "--reps", str(a.reps), "--json", f.name] +
+                       (["--train"] if a.train else []),
                        check=True, stdout=sys.stderr)
         records = json.load(open(f.name))
     blas = subprocess.run(["update-alternatives", "--query", "libblas.so.3-x86_64-linux-gnu"], capture_output=True,
                           text=True).stdout
     blas = next((l.split(": ", 1)[1] for l in blas.splitlines() if l.startswith("Value:")), "unknown")
-    print(f"PyTorch {torch.__version__}, {a.threads} threads, float32, BLAS {blas}, "
+    print(f"{'training step' if a.train else 'inference'}: "
+          f"PyTorch {torch.__version__}, {a.threads} threads, float32, BLAS {blas}, "
           f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}\n")
     print(f"{'model':10} {'batch':>5} {'resolution':>11} {'vrwkv img/s':>12} {'PyTorch img/s':>14} {'ratio':>7}")
     for r in records:
-        ips, ms = time_pytorch(r["model"], r["batch"], r["height"], r["width"], a.warmup, a.reps)
+        timer = time_pytorch_train if a.train else time_pytorch
+        ips, ms = timer(r["model"], r["batch"], r["height"], r["width"], a.warmup, a.reps)
         r["pytorch_images_per_second"], r["pytorch_latency_ms_median"] = ips, ms
         r["ratio"] = r["images_per_second"] / ips
         print(f"{r['model']:10} {r['batch']:5} {r['height']:>5}x{r['width']:<5} {r['images_per_second']:12.2f} "

@@ -13,6 +13,7 @@ packages=(
   libcli11-dev                        # command line
   libcairo2-dev                       # benchmark plots (PNG, SVG)
   libgtest-dev                        # tests
+  dataset-fashion-mnist               # training data of the default model, evaluation, training tests
 )
 if [ "${VRWKV_FUZZ:-0}" = 1 ]; then
   packages+=(clang libclang-rt-14-dev)  # libFuzzer targets

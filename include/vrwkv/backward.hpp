@@ -7,8 +7,10 @@
 //   vrwkv::LossResult r = backprop.run(input, vrwkv::one_hot(labels, K), grads);
 //   grads.tensors.at("backbone.layers.0.att.key.weight")   // dL/dW
 //
-// Bi-WKV gradients exist for the paper semantics (the exact gradient of its
-// own forward, by O(T·C) scans); a model in the official semantics is refused.
+// The Bi-WKV gradient is the exact gradient of the model's own forward, in
+// either semantics (VRWKV.md 2.2 paper, 2.3 official with S chunks), by O(T·C)
+// scans — not the official CUDA kernel's backward, whose gk and gv use the
+// paper weights (2.6).
 #pragma once
 
 #include <cstdint>

@@ -26,11 +26,10 @@ void add_grad(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   cmd->footer(
-      "Gradients exist for the paper Bi-WKV semantics, which grad uses unless --wkv is given\n"
-      "(--wkv official is refused: its exact gradient is not implemented).");
+      "The Bi-WKV semantics is the model's, as for run (.pth: official, S = 32); the gradient is the exact\n"
+      "gradient of that forward (not the official CUDA kernel's approximate backward).");
   cmd->callback([opt] {
-    ModelOptions mo = opt->model;
-    if (mo.wkv.empty()) mo.wkv = "paper";
+    const ModelOptions& mo = opt->model;
     if (mo.dtype != "fp32") input_error("grad: --dtype ", mo.dtype, " is not supported (gradients are fp32)");
     const TensorMap in = read_safetensors(opt->input);
     const auto get = [&](const char* key, DType dtype, int ndim, const char* expected) {

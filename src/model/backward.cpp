@@ -1,7 +1,7 @@
 // The VRWKV backward pass: a forward that keeps what the backward needs (per
 // block, or only block inputs with recomputation), the label-smoothed
 // cross-entropy, and the reverse pass through head, final norm, blocks and
-// embedding (VRWKV.md 1.1-1.8; Bi-WKV gradient: 2.6, paper semantics).
+// embedding (VRWKV.md 1.1-1.8; the Bi-WKV gradient of either semantics, 2.6).
 // Every op's backward lives next to its forward in src/ops; this file only
 // wires them together.
 #include "vrwkv/backward.hpp"
@@ -180,7 +180,7 @@ struct Backprop::Impl {
     linear(l + "att.value.weight", t.xv.data(), t.v.data(), C, C);
     linear(l + "att.receptance.weight", t.xr.data(), t.r.data(), C, C);
     decay_first(l);
-    ops::biwkv(wu.data(), wu.data() + C, t.k.data(), t.v.data(), t.y.data(), B, T, C, {WkvSemantics::Paper, 32});
+    ops::biwkv(wu.data(), wu.data() + C, t.k.data(), t.v.data(), t.y.data(), B, T, C, {c.wkv, c.wkv_chunks});
     const float* yn = t.y.data();
     if (c.key_norm) norm(l + "att.key_norm", t.y.data(), t.yn.data(), C), yn = t.yn.data();
 #pragma omp parallel for schedule(static)
@@ -312,7 +312,7 @@ struct Backprop::Impl {
     decay_first(l);
     zero(g[6]), zero(g[7]), std::fill(gwu.begin(), gwu.end(), 0.0f);
     ops::biwkv_backward(wu.data(), wu.data() + C, t.k.data(), t.v.data(), gY, gwu.data(), gwu.data() + C,
-                        g[6].data(), g[7].data(), B, T, C);
+                        g[6].data(), g[7].data(), B, T, C, {c.wkv, c.wkv_chunks});
     // w = spatial_decay/T, u = spatial_first/T.
     float *gd = G.tensors.at(l + "att.spatial_decay").f32(), *gf = G.tensors.at(l + "att.spatial_first").f32();
     for (std::int64_t ch = 0; ch < C; ++ch) gd[ch] += gwu[ch] / T, gf[ch] += gwu[C + ch] / T;
@@ -350,9 +350,6 @@ struct Backprop::Impl {
   std::vector<std::array<std::vector<float>, 2>> keep;  // [block][branch][sample] drop-path scale
 
   LossResult run(const Tensor& input, const Tensor& targets, Gradients& G, const BackwardOptions& o) {
-    if (c.wkv != WkvSemantics::Paper)
-      input_error("gradients exist for the paper Bi-WKV semantics only; this model is set to '", to_string(c.wkv),
-                  "' (choose --wkv paper)");
     if (c.head == HeadKind::None) input_error("the model has no classification head, so there is no loss to derive");
     if (input.dtype() != DType::F32 || input.ndim() != 4 || input.dim(1) != c.in_channels || input.dim(0) < 1 ||
         input.dim(2) < 1 || input.dim(3) < 1)

@@ -364,10 +364,141 @@ struct BackScan {
   }
 };
 
+
+// The official semantics (VRWKV.md 2.3) backward. Its α splits into kernels
+// of plain distance powers (d = e^{−w}, g = e^{w}, s = start of t's chunk):
+//   α(t,j) = d^{|t−j|}                                   (j ≠ t)
+//          + (1 − d)·d^{t−j−1}   for s ≤ j < t          (the kernel's |t−j|−1 in-chunk weights)
+//          + (1 − g)·g^{t−j}     for s < j ≤ t          (its in-chunk "future" correction)
+//          + e^{u}               for j = t,
+// which reproduces every case of the table in 2.3. Each kernel is a scan: the
+// plain one over the whole sequence, the two in-chunk ones restarted at each
+// chunk start. ∂α/∂w is a sum of the same kernels weighted by distances,
+// tracked by the companion "s" sums as in BackScan; P and Q are the same
+// kernels transposed (summed over t for each j).
+struct OfficialBackScan {
+  std::int64_t T, C, L;
+  int nc;
+  const float *k, *v, *gy;
+  float *gk, *gv;
+  double w[kBlock], u[kBlock];
+  double kmax[kBlock], eu[kBlock], d[kBlock], g[kBlock];
+  double *E, *F, *Fv, *Fs, *Fsv, *Fx;  // T·kBlock each
+  double dw[kBlock], du[kBlock];
+
+  void run() {
+    for (int c = 0; c < nc; ++c) kmax[c] = -std::numeric_limits<double>::infinity(), dw[c] = du[c] = 0;
+    for (std::int64_t t = 0; t < T; ++t)
+      for (int c = 0; c < nc; ++c) kmax[c] = std::max<double>(kmax[c], k[t * C + c]);
+    for (int c = 0; c < nc; ++c) eu[c] = std::exp(u[c]), d[c] = std::exp(-w[c]), g[c] = std::exp(w[c]);
+    for (std::int64_t t = 0; t < T; ++t)
+      for (int c = 0; c < nc; ++c) E[t * kBlock + c] = exp_fast(static_cast<double>(k[t * C + c]) - kmax[c]);
+
+    // Plain future sums, t descending: F_t = Σ_{j>t} d^{j−t}X_j = d·(F_{t+1} + X_{t+1}),
+    // Fs_t = Σ_{j>t} (j−t)·d^{j−t}X_j = d·Fs_{t+1} + F_t; Fx: e^{largest future exponent}.
+    for (int c = 0; c < nc; ++c) {
+      const std::int64_t i = (T - 1) * kBlock + c;
+      F[i] = Fv[i] = Fs[i] = Fsv[i] = Fx[i] = 0;
+    }
+    for (std::int64_t t = T - 2; t >= 0; --t) {
+      const std::int64_t i = t * kBlock, n = i + kBlock;
+      const float* v1 = v + (t + 1) * C;
+      for (int c = 0; c < nc; ++c) {
+        const double e = E[n + c];
+        F[i + c] = d[c] * (F[n + c] + e);
+        Fv[i + c] = d[c] * (Fv[n + c] + e * v1[c]);
+        Fs[i + c] = d[c] * Fs[n + c] + F[i + c];
+        Fsv[i + c] = d[c] * Fsv[n + c] + Fv[i + c];
+        Fx[i + c] = std::max(Fx[n + c], e) * d[c];
+      }
+    }
+
+    // t ascending. Plain past sums a, s (as F, Fs) and the in-chunk sums:
+    //   b_t = Σ_{s≤j<t} d^{t−j−1}X_j,       bs_t = Σ_{s≤j<t} (t−j−1)·d^{t−j−1}X_j,
+    //   r_t = Σ_{s<j≤t} g^{t−j}X_j,          rs_t = Σ_{s<j≤t} (t−j)·g^{t−j}X_j.
+    // D_t = a + F + (1−d)·b + (1−g)·r + e^{u}E_t + ε_t (and N_t with X = E·v);
+    // ∂D_t/∂w = −(s + Fs) + d·b − (1−d)·bs − g·r + (1−g)·rs.
+    double a[kBlock] = {}, av[kBlock] = {}, sp[kBlock] = {}, spv[kBlock] = {}, ax[kBlock] = {};
+    double b[kBlock] = {}, bv[kBlock] = {}, bs[kBlock] = {}, bsv[kBlock] = {};
+    double r[kBlock] = {}, rv[kBlock] = {}, rs[kBlock] = {}, rsv[kBlock] = {};
+    double pg[kBlock] = {}, pgy[kBlock] = {};
+    double *G = F, *Gy = Fv, *P = Fs, *Q = Fsv;
+    for (std::int64_t t = 0; t < T; ++t) {
+      const std::int64_t i = t * kBlock;
+      const float *vt = v + t * C, *gt = gy + t * C;
+      const bool start = t % L == 0;
+      for (int c = 0; c < nc; ++c) {
+        const double e = E[i + c], ev = e * vt[c], self = eu[c] * e;
+        if (start) {
+          b[c] = bv[c] = bs[c] = bsv[c] = r[c] = rv[c] = rs[c] = rsv[c] = 0;
+        } else {
+          rs[c] = g[c] * (rs[c] + r[c]);
+          rsv[c] = g[c] * (rsv[c] + rv[c]);
+          r[c] = g[c] * r[c] + e;
+          rv[c] = g[c] * rv[c] + ev;
+        }
+        const double c1 = 1.0 - d[c], c2 = 1.0 - g[c];
+        const double x = std::max(std::max(ax[c], Fx[i + c]), self);
+        const double D = a[c] + F[i + c] + c1 * b[c] + c2 * r[c] + self + kWkvEps * x;
+        const double y = (av[c] + Fv[i + c] + c1 * bv[c] + c2 * rv[c] + self * vt[c]) / D;
+        const double dD = -(sp[c] + Fs[i + c]) + d[c] * b[c] - c1 * bs[c] - g[c] * r[c] + c2 * rs[c];
+        const double dN = -(spv[c] + Fsv[i + c]) + d[c] * bv[c] - c1 * bsv[c] - g[c] * rv[c] + c2 * rsv[c];
+        const double gr = gt[c] / D;
+        du[c] += gr * self * (vt[c] - y);
+        dw[c] += gr * (dN - y * dD);
+        G[i + c] = gr, Gy[i + c] = gr * y;
+        P[i + c] = pg[c] + eu[c] * gr;
+        Q[i + c] = pgy[c] + eu[c] * gr * y;
+        sp[c] = d[c] * sp[c] + d[c] * (a[c] + e);  // Σ_{j<t+1} (t+1−j)·d^{t+1−j}X_j
+        spv[c] = d[c] * spv[c] + d[c] * (av[c] + ev);
+        a[c] = d[c] * (a[c] + e);
+        av[c] = d[c] * (av[c] + ev);
+        ax[c] = std::max(ax[c], e) * d[c];
+        bs[c] = d[c] * (bs[c] + b[c]);
+        bsv[c] = d[c] * (bsv[c] + bv[c]);
+        b[c] = d[c] * b[c] + e;
+        bv[c] = d[c] * bv[c] + ev;
+        pg[c] = d[c] * (pg[c] + gr);
+        pgy[c] = d[c] * (pgy[c] + gr * y);
+      }
+    }
+
+    // t descending: P_j = Σ_t α(t,j)·G_t is the transposed kernels:
+    //   Σ_{t>j} d^{t−j}G_t + (1−d)·Σ_{j<t<chunk end} d^{t−j−1}G_t + [j ≠ s]·(1−g)·Σ_{j≤t<chunk end} g^{t−j}G_t.
+    double fg[kBlock] = {}, fgy[kBlock] = {}, cb[kBlock] = {}, cby[kBlock] = {}, cr[kBlock] = {}, cry[kBlock] = {};
+    for (std::int64_t t = T - 1; t >= 0; --t) {
+      const std::int64_t i = t * kBlock;
+      const bool last_of_chunk = t == T - 1 || (t + 1) % L == 0, start = t % L == 0;
+      const float* vt = v + t * C;
+      float *gkt = gk + t * C, *gvt = gv + t * C;
+      for (int c = 0; c < nc; ++c) {
+        if (last_of_chunk) {
+          cb[c] = cby[c] = cr[c] = cry[c] = 0;
+        } else {  // cb_t = Σ_{t<t'<end} d^{t'−t−1}G_{t'} = G_{t+1} + d·cb_{t+1}
+          cb[c] = G[i + kBlock + c] + d[c] * cb[c];
+          cby[c] = Gy[i + kBlock + c] + d[c] * cby[c];
+        }
+        cr[c] = G[i + c] + g[c] * cr[c];  // Σ_{t≤t'<end} g^{t'−t}G_{t'}
+        cry[c] = Gy[i + c] + g[c] * cry[c];
+        const double c1 = 1.0 - d[c], c2 = start ? 0.0 : 1.0 - g[c];
+        const double p = P[i + c] + fg[c] + c1 * cb[c] + c2 * cr[c];
+        const double q = Q[i + c] + fgy[c] + c1 * cby[c] + c2 * cry[c];
+        const double e = E[i + c];
+        gvt[c] += static_cast<float>(e * p);
+        gkt[c] += static_cast<float>(e * (vt[c] * p - q));
+        fg[c] = d[c] * (fg[c] + G[i + c]);
+        fgy[c] = d[c] * (fgy[c] + Gy[i + c]);
+      }
+    }
+  }
+};
+
 }  // namespace
 
 void biwkv_backward(const float* w, const float* u, const float* k, const float* v, const float* gy, float* gw,
-                    float* gu, float* gk, float* gv, std::int64_t B, std::int64_t T, std::int64_t C) {
+                    float* gu, float* gk, float* gv, std::int64_t B, std::int64_t T, std::int64_t C, Wkv wkv) {
+  if (wkv.semantics == WkvSemantics::Official && wkv.chunks < 1)
+    input_error("Bi-WKV chunk count must be at least 1, got ", wkv.chunks);
   if (T == 0) return;
   const std::int64_t blocks = (C + kBlock - 1) / kBlock;
   // Per-image w and u gradients, summed over the batch in a fixed order
@@ -380,15 +511,25 @@ void biwkv_backward(const float* w, const float* u, const float* k, const float*
 #pragma omp for schedule(static)
     for (std::int64_t job = 0; job < B * blocks; ++job) {
       const std::int64_t b = job / blocks, c0 = (job % blocks) * kBlock;
-      BackScan scan;
-      scan.T = T, scan.C = C, scan.nc = static_cast<int>(std::min<std::int64_t>(kBlock, C - c0));
+      const int nc = static_cast<int>(std::min<std::int64_t>(kBlock, C - c0));
       const std::int64_t off = b * T * C + c0;
-      scan.k = k + off, scan.v = v + off, scan.gy = gy + off, scan.gk = gk + off, scan.gv = gv + off;
-      for (int c = 0; c < scan.nc; ++c) scan.w[c] = w[c0 + c], scan.u[c] = u[c0 + c];
       double* p = scratch.data();
-      for (double** a : {&scan.E, &scan.F, &scan.Fv, &scan.Fs, &scan.Fsv, &scan.Fx}) *a = p, p += T * kBlock;
-      scan.run();
-      for (int c = 0; c < scan.nc; ++c) dw[b * C + c0 + c] = scan.dw[c], du[b * C + c0 + c] = scan.du[c];
+      const auto setup = [&](auto& scan) {
+        scan.T = T, scan.C = C, scan.nc = nc;
+        scan.k = k + off, scan.v = v + off, scan.gy = gy + off, scan.gk = gk + off, scan.gv = gv + off;
+        for (int c = 0; c < nc; ++c) scan.w[c] = w[c0 + c], scan.u[c] = u[c0 + c];
+        for (double** a : {&scan.E, &scan.F, &scan.Fv, &scan.Fs, &scan.Fsv, &scan.Fx}) *a = p, p += T * kBlock;
+        scan.run();
+        for (int c = 0; c < nc; ++c) dw[b * C + c0 + c] = scan.dw[c], du[b * C + c0 + c] = scan.du[c];
+      };
+      if (wkv.semantics == WkvSemantics::Paper) {
+        BackScan scan;
+        setup(scan);
+      } else {
+        OfficialBackScan scan;
+        scan.L = chunk_length(T, wkv.chunks);
+        setup(scan);
+      }
     }
   }
   for (std::int64_t c = 0; c < C; ++c) {

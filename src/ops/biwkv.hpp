@@ -38,19 +38,20 @@ void biwkv(const float* w, const float* u, const float* k, const float* v, float
            std::int64_t C, Wkv wkv);
 
 
-// Backward (VRWKV.md 2.6, "paper-exact gradients"): given gy = dL/dy, adds
-// dL/dw, dL/du ([C], summed over the batch) and dL/dk, dL/dv ([B,T,C]) to
-// gw, gu, gk, gv. With D_t the denominator and G_t = gy_t/D_t:
+// Backward: given gy = dL/dy, adds dL/dw, dL/du ([C], summed over the batch)
+// and dL/dk, dL/dv ([B,T,C]) to gw, gu, gk, gv: the exact gradient of the
+// forward of either semantics (not the official kernel's own backward, whose
+// gk and gv use the paper weights; VRWKV.md 2.6). With D_t the denominator
+// and G_t = gy_t/D_t:
 //   gv_j = e^{k_j}·Σ_t α(t,j)·G_t,   gk_j = e^{k_j}·Σ_t α(t,j)·G_t·(v_j − y_t),
 //   gu   = Σ_t G_t·e^{u+k_t}·(v_t − y_t),
 //   gw   = Σ_t G_t·Σ_j ∂α(t,j)/∂w·e^{k_j}·(v_j − y_t).
 // ε_t is held constant (its derivative is below 1e-6 of D_t's).
-// The reference is the O(T²) float64 definition of either semantics; the fast
-// version is O(T·C) (two scans per direction) and implements the paper
-// semantics only: the official forward's gradient is not offered outside tests.
+// The reference is the O(T²) float64 definition; the fast version is O(T·C)
+// scans in float64.
 void biwkv_backward_ref(const float* w, const float* u, const float* k, const float* v, const float* gy, float* gw,
                         float* gu, float* gk, float* gv, std::int64_t B, std::int64_t T, std::int64_t C, Wkv wkv);
 void biwkv_backward(const float* w, const float* u, const float* k, const float* v, const float* gy, float* gw,
-                    float* gu, float* gk, float* gv, std::int64_t B, std::int64_t T, std::int64_t C);
+                    float* gu, float* gk, float* gv, std::int64_t B, std::int64_t T, std::int64_t C, Wkv wkv);
 
 }  // namespace vrwkv::ops
