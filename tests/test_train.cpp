@@ -139,7 +139,7 @@ class Resume : public ::testing::Test {
       "data": {"train": "fashion-mnist:train", "val": "", "train_limit": 192},
       "augment": {"random_crop_padding": 2, "hflip": 0.5, "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_prob": 0.5},
       "optim": {"lr": 3e-3, "warmup_epochs": 1, "drop_path": 0.3, "ema_decay": 0.9},
-      "epochs": 3, "batch_size": 16, "seed": 5, "checkpoint_every": 1, "log_every": 4
+      "epochs": 3, "batch_size": 16, "seed": 5, "checkpoint_every": 1, "log_every": 1
     })";
   }
   void TearDown() override { fs::remove_all(dir_); }
@@ -202,16 +202,22 @@ TEST_F(Resume, AfterSigkillGivesTheSameWeights) {
           out.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  // Kill once some checkpoints exist, after a random extra delay.
+  // Kill as soon as a random step (of 36) has been logged: mid-step or mid-checkpoint.
   std::mt19937 rng(static_cast<unsigned>(std::chrono::steady_clock::now().time_since_epoch().count()));
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (!fs::exists(out + "/checkpoint.safetensors") && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 400)(rng)));
+  const int target = std::uniform_int_distribution<int>(2, 30)(rng);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  for (bool reached = false; !reached && std::chrono::steady_clock::now() < deadline;) {
+    std::ifstream metrics(out + "/metrics.jsonl");
+    for (std::string line; std::getline(metrics, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);  // a line being written may be cut
+      if (j.is_object() && j.value("step", 0) >= target) reached = true;
+    }
+    if (!reached) std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
   kill(pid, SIGKILL);
   int status = 0;
   waitpid(pid, &status, 0);
-  if (WIFEXITED(status)) GTEST_SKIP() << "the run finished before it could be killed";
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the run ended before step " << target << " could be reached and killed";
   ASSERT_TRUE(fs::exists(out + "/checkpoint.safetensors"));
   ASSERT_EQ(train("-o " + out + " --resume"), 0);
   expect_same_model(dir_ + "/straight", out);

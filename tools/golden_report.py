@@ -4,6 +4,7 @@ max |vrwkv - golden| / max(1, max |golden|), the measure the tests bound by 2e-5
 
   tools/golden_report.py --vrwkv build/vrwkv            # fp32, each case in its own Bi-WKV semantics
   tools/golden_report.py --vrwkv build/vrwkv --bf16     # bf16 against fp32: logit error and top-1 agreement
+  tools/golden_report.py --vrwkv build/vrwkv --grad     # `vrwkv grad`: loss and every grad.* (bound 5e-5)
 
 Needs python3-numpy; reads ../shared/golden.
 """
@@ -34,10 +35,10 @@ def read_safetensors(path):
     return out
 
 
-def run_case(vrwkv, golden, case, dtype, out):
+def run_case(vrwkv, golden, case, dtype, out, command="run"):
     j = json.load(open(f"{golden}/{case}.json"))
     impl = j["wkv_impl"]
-    args = [vrwkv, "run", "-m", f"{golden}/{j.get('checkpoint', case + '.pth')}",
+    args = [vrwkv, command, "-m", f"{golden}/{j.get('checkpoint', case + '.pth')}",
             "--wkv", "paper" if impl == "sum" else "official", "--wkv-chunks", "16" if impl == "kernel16" else "32",
             "--dtype", dtype, "-i", f"{golden}/{j['safetensors']}", "-o", out]
     if isinstance(j["backbone"]["out_indices"], list):
@@ -51,10 +52,23 @@ def main():
     p.add_argument("--vrwkv", default="build/vrwkv")
     p.add_argument("--golden", default=os.path.join(os.path.dirname(__file__), "../../shared/golden"))
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--grad", action="store_true")
     a = p.parse_args()
     agree = total = 0
     with tempfile.TemporaryDirectory() as tmp:
         for case in CASES:
+            if a.grad:
+                gold = read_safetensors(f"{a.golden}/{json.load(open(f'{a.golden}/{case}.json'))['safetensors']}")
+                if "loss" not in gold:
+                    continue
+                j, out, gold = run_case(a.vrwkv, a.golden, case, "fp32", f"{tmp}/grad.safetensors", "grad")
+                keys = [k for k in gold if k == "loss" or k.startswith("grad.")]
+                errs = {k: np.abs(out[k].astype(np.float64) - gold[k]).max() / max(1, np.abs(gold[k]).max())
+                        for k in keys}
+                worst = max(errs, key=errs.get)
+                print(f"{case:28} ({j['wkv_impl']}): {len(keys)} tensors, loss {errs['loss']:.1e}, "
+                      f"worst {errs[worst]:.1e} ({worst})")
+                continue
             j, out, gold = run_case(a.vrwkv, a.golden, case, "fp32", f"{tmp}/fp32.safetensors")
             if not a.bf16:
                 errs = [f"{k} {np.abs(out[k].astype(np.float64) - gold[k]).max() / max(1, np.abs(gold[k]).max()):.1e}"

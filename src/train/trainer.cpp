@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -338,11 +339,18 @@ EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_
   for (std::int64_t start = 0; start < n; start += batch_size) {
     const std::int64_t B = std::min(batch_size, n - start);
     Tensor input(DType::F32, {B, c.in_channels, H, W});
+    std::vector<std::exception_ptr> errors(B);  // an exception may not leave an OpenMP region
 #pragma omp parallel for schedule(dynamic)
     for (std::int64_t b = 0; b < B; ++b) {
-      const Tensor one = preprocess_image(to_image(data.image(start + b)), c);
-      std::copy(one.f32(), one.f32() + plane, input.f32() + b * plane);
+      try {
+        const Tensor one = preprocess_image(to_image(data.image(start + b)), c);
+        std::copy(one.f32(), one.f32() + plane, input.f32() + b * plane);
+      } catch (...) {
+        errors[b] = std::current_exception();
+      }
     }
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);
     const Outputs out = model.forward(input);
     for (std::int64_t b = 0; b < B; ++b) {
       const std::int64_t label = data.label(start + b);
@@ -564,12 +572,23 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
 
     const bool epoch_end = st.step % per_epoch == 0;
     const bool stop = run.stop_after > 0 && st.step >= run.stop_after;
-    if (st.step % tc.log_every == 0 || epoch_end || st.step == total) {
-      const auto now = clock::now();
-      const double dt = std::chrono::duration<double>(now - t_window).count();
-      const double elapsed = std::chrono::duration<double>(now - t_start).count();
-      const double ips = dt > 0 ? window_images / dt : 0;
-      const double eta = elapsed / std::max<std::int64_t>(st.step - start_step, 1) * (total - st.step);
+    const bool log = st.step % tc.log_every == 0 || epoch_end || st.step == total;
+    const auto now = clock::now();
+    const double dt = std::chrono::duration<double>(now - t_window).count();
+    const double elapsed = std::chrono::duration<double>(now - t_start).count();
+    const double ips = dt > 0 ? window_images / dt : 0;
+    const double eta = elapsed / std::max<std::int64_t>(st.step - start_step, 1) * (total - st.step);
+    char line[256];
+    std::snprintf(line, sizeof line, "epoch %lld/%lld step %lld/%lld loss %.4f lr %.3e grad_norm %.3f %.0f img/s eta %s",
+                  static_cast<long long>(epoch + 1), static_cast<long long>(tc.epochs), static_cast<long long>(st.step),
+                  static_cast<long long>(total), window_loss / window_steps, lr, norm, ips,
+                  format_duration(eta).c_str());
+    if (tty) {  // the bar, redrawn every step
+      const int width = 24, filled = static_cast<int>(width * st.step / total);
+      std::fprintf(stderr, "\r[%s%s] %s\033[K", std::string(filled, '#').c_str(),
+                   std::string(width - filled, '.').c_str(), line);
+    }
+    if (log) {
       metrics << json{{"step", st.step},
                       {"epoch", static_cast<double>(st.step) / per_epoch},
                       {"loss", window_loss / window_steps},
@@ -579,19 +598,7 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
                      .dump()
               << "\n"
               << std::flush;
-      char line[256];
-      std::snprintf(line, sizeof line,
-                    "epoch %lld/%lld step %lld/%lld loss %.4f lr %.3e grad_norm %.3f %.0f img/s eta %s",
-                    static_cast<long long>(epoch + 1), static_cast<long long>(tc.epochs),
-                    static_cast<long long>(st.step), static_cast<long long>(total), window_loss / window_steps, lr,
-                    norm, ips, format_duration(eta).c_str());
-      if (tty) {
-        const int width = 24, filled = static_cast<int>(width * st.step / total);
-        std::fprintf(stderr, "\r[%s%s] %s\033[K", std::string(filled, '#').c_str(),
-                     std::string(width - filled, '.').c_str(), line);
-      } else {
-        std::fprintf(stderr, "%s\n", line);
-      }
+      if (!tty) std::fprintf(stderr, "%s\n", line);
       t_window = now, window_images = 0, window_loss = 0, window_steps = 0;
     }
     if (epoch_end && val_set && tc.eval_every > 0 && ((st.step / per_epoch) % tc.eval_every == 0 || st.step == total)) {
@@ -607,6 +614,7 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
       std::fprintf(stderr, "%sepoch %lld: %s top-1 %.2f %% top-5 %.2f %% loss %.4f (%lld images)\n",
                    tty ? "\n" : "", static_cast<long long>(st.step / per_epoch), tc.val_data.c_str(), last_eval.top1,
                    last_eval.top5, last_eval.loss, static_cast<long long>(last_eval.images));
+      t_window = clock::now();  // the evaluation's time is not training throughput
     }
     if ((tc.checkpoint_every > 0 && st.step % tc.checkpoint_every == 0) || epoch_end || stop || st.step == total)
       save_checkpoint(ckpt_path, model, opt, st, tc, threads);
