@@ -115,7 +115,9 @@ Record run(const Spec& spec) {
       targets = one_hot(labels, model.config().num_classes);
       step = [&] {
         grads->zero();
-        backprop->run(input, targets, *grads);
+        BackwardOptions bo;
+        bo.recompute = spec.recompute;
+        backprop->run(input, targets, *grads, bo);
         train::clip_grad_norm(grads->storage.f32(), grads->storage.numel(), 5.0);
         adamw->step(params.f32(), grads->storage.f32(), 1e-4);
       };
@@ -149,6 +151,7 @@ std::string to_json(const Record& r) {
                         {"threads", r.spec.threads},
                         {"dtype", r.spec.dtype},
                         {"train", r.spec.train},
+                        {"recompute", r.spec.recompute},
                         {"reps", r.spec.reps},
                         {"parameters", r.parameters},
                         {"flops_per_image", r.flops_per_image},
@@ -171,6 +174,7 @@ Record from_json(const std::string& line) {
   r.spec.threads = j.at("threads");
   r.spec.dtype = j.at("dtype");
   r.spec.train = j.value("train", false);
+  r.spec.recompute = j.value("recompute", false);
   r.activation_mib = j.value("activation_mib", 0.0);
   r.spec.reps = j.at("reps");
   r.parameters = j.at("parameters");

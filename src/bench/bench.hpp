@@ -14,7 +14,8 @@ struct Spec {
   int threads = 1;
   std::string dtype = "fp32";
   int warmup = 1, reps = 5;
-  bool train = false;  // time a training step (forward, backward, AdamW) instead of a forward
+  bool train = false;      // time a training step (forward, backward, AdamW) instead of a forward
+  bool recompute = false;  // train: keep only block inputs, recompute each block in the backward
 };
 
 struct Record {

@@ -38,6 +38,7 @@ std::string run_worker(const bench::Spec& s) {
                                    std::to_string(s.threads), "--dtype", s.dtype, "--warmup", std::to_string(s.warmup),
                                    "--reps", std::to_string(s.reps)};
   if (s.train) args.push_back("--train");
+  if (s.recompute) args.push_back("--recompute");
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -87,7 +88,7 @@ void add_bench(CLI::App& app) {
   struct Options {
     std::string models = "vrwkv_t", batches = "1", resolutions = "224", dtype = "fp32", json, plot;
     int threads = 0, warmup = 1, reps = 5;
-    bool worker = false, train = false;
+    bool worker = false, train = false, recompute = false;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -109,6 +110,8 @@ void add_bench(CLI::App& app) {
   cmd->add_flag("--train", opt->train,
                 "Time one training step (forward, label-smoothed loss, backward, clipping, AdamW; paper Bi-WKV) "
                 "instead of a forward; FLOPs = 3× the forward's; reports the activation memory kept");
+  cmd->add_flag("--recompute", opt->recompute,
+                "With --train: keep only block inputs and recompute each block in the backward (less memory)");
   cmd->add_option("--json", opt->json, "Write the records as a JSON list");
   cmd->add_option("--plot", opt->plot, "Draw throughput and memory against resolution (.png or .svg)");
   cmd->add_flag("--worker", opt->worker, "(internal) measure one configuration and print it as JSON")
@@ -127,10 +130,11 @@ void add_bench(CLI::App& app) {
           if (s.batch < 1) input_error("--batch: expected sizes of 1 or more, got '", b, "'");
           std::tie(s.height, s.width) = parse_resolution(r, "--res");
           s.threads = threads, s.dtype = opt->dtype, s.warmup = opt->warmup, s.reps = opt->reps;
-          s.train = opt->train;
+          s.train = opt->train, s.recompute = opt->recompute;
           specs.push_back(s);
         }
     if (specs.empty()) input_error("bench: nothing to measure");
+    if (opt->recompute && !opt->train) input_error("--recompute: only with --train");
     for (const std::string& m : split(opt->models)) {
       const auto presets = preset_names();
       const bool preset = m == "vit_t" || m == "vit_s" || std::find(presets.begin(), presets.end(), m) != presets.end();
