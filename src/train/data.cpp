@@ -32,11 +32,6 @@ namespace fs = std::filesystem;
 
 // ------------------------------------------------------- Fashion-MNIST ----
 
-// An IDX file (LeCun's MNIST format), gzip-compressed: a big-endian header
-// (magic 2049 = labels, uint8, 1 dimension; 2051 = images, uint8, 3
-// dimensions), then the samples. Reads at most `limit` bytes of the
-// decompressed stream, growing the buffer as data arrives, so a forged count
-// cannot make us allocate more than the file holds.
 // zlib's message, less the "path: " it puts in front.
 std::string gz_message(gzFile f, const std::string& path, int* errnum) {
   std::string message = gzerror(f, errnum);
@@ -44,6 +39,11 @@ std::string gz_message(gzFile f, const std::string& path, int* errnum) {
   return message;
 }
 
+// An IDX file (LeCun's MNIST format), gzip-compressed: a big-endian header
+// (magic 2049 = labels, uint8, 1 dimension; 2051 = images, uint8, 3
+// dimensions), then the samples. Reads at most `limit` bytes of the
+// decompressed stream, growing the buffer as data arrives, so a forged count
+// cannot make us allocate more than the file holds.
 std::vector<std::uint8_t> read_gzip(const std::string& path, std::uint64_t limit) {
   gzFile f = gzopen(path.c_str(), "rb");
   if (f == nullptr)
@@ -336,6 +336,10 @@ void mix_batch(const Mixing& m, Rng& rng, Tensor& input, Tensor& targets) {
 }  // namespace
 
 struct Loader::Impl {
+  Impl(const Dataset& data_, const Transform& transform_, const Mixing& mixing_, std::int64_t batch_size_,
+       std::uint64_t seed_, bool shuffle_, bool drop_last_, int threads_)
+      : data(data_), transform(transform_), mixing(mixing_), batch_size(batch_size_), seed(seed_), shuffle(shuffle_),
+        drop_last(drop_last_), threads(threads_) {}
   const Dataset& data;
   Transform transform;
   Mixing mixing;
