@@ -66,6 +66,18 @@ namespace {
 // with contiguous state arrays, which the compiler vectorises.
 constexpr int kBlock = 32;
 
+// E[t·kBlock + c] = e^{k_t − kmax_c} in float64 for the nc channels of a block
+// (k: row stride C), with kmax_c the channel's largest key: every scan keeps
+// its sums relative to e^{kmax_c}. Double precision: the official semantics
+// can cancel terms, which would magnify a float exp's error.
+void scaled_exp(const float* k, std::int64_t T, std::int64_t C, int nc, double* kmax, double* E) {
+  for (int c = 0; c < nc; ++c) kmax[c] = -std::numeric_limits<double>::infinity();
+  for (std::int64_t t = 0; t < T; ++t)
+    for (int c = 0; c < nc; ++c) kmax[c] = std::max<double>(kmax[c], k[t * C + c]);
+  for (std::int64_t t = 0; t < T; ++t)
+    for (int c = 0; c < nc; ++c) E[t * kBlock + c] = exp_fast(static_cast<double>(k[t * C + c]) - kmax[c]);
+}
+
 // One (batch, channel block) problem. All sums are kept relative to
 // e^{kmax_c}, the largest key of the channel, so no term exceeds e^{|decay|}:
 // |w|·|t−j| ≤ |spatial_decay| for every pair. Terms are summed in float64.
@@ -83,14 +95,8 @@ struct Scan {
   double *E, *Fn, *Fd, *Fx;
 
   void run(Wkv wkv) {
-    for (int c = 0; c < nc; ++c) kmax[c] = -std::numeric_limits<double>::infinity();
-    for (std::int64_t t = 0; t < T; ++t)
-      for (int c = 0; c < nc; ++c) kmax[c] = k[t * C + c] > kmax[c] ? k[t * C + c] : kmax[c];
+    scaled_exp(k, T, C, nc, kmax, E);
     for (int c = 0; c < nc; ++c) eu[c] = std::exp(u[c]), decay[c] = std::exp(-w[c]);
-    // E to double precision: the official semantics can cancel terms, which
-    // would magnify a float exp's error.
-    for (std::int64_t t = 0; t < T; ++t)
-      for (int c = 0; c < nc; ++c) E[t * kBlock + c] = exp_fast(static_cast<double>(k[t * C + c]) - kmax[c]);
     const bool paper = wkv.semantics == WkvSemantics::Paper;
     // Backward pass. paper: F_t = Σ_{j>t} e^{−(j−t−1)w}E_j v_j, F_t = e^{−w}F_{t+1} + E_{t+1}v_{t+1};
     // official: F_t = Σ_{j>t} e^{−(j−t)w}E_j v_j, F_t = e^{−w}(F_{t+1} + E_{t+1}v_{t+1}).
@@ -293,12 +299,8 @@ struct BackScan {
   double dw[kBlock], du[kBlock];
 
   void run() {
-    for (int c = 0; c < nc; ++c) kmax[c] = -std::numeric_limits<double>::infinity(), dw[c] = du[c] = 0;
-    for (std::int64_t t = 0; t < T; ++t)
-      for (int c = 0; c < nc; ++c) kmax[c] = std::max<double>(kmax[c], k[t * C + c]);
-    for (int c = 0; c < nc; ++c) eu[c] = std::exp(u[c]), decay[c] = std::exp(-w[c]);
-    for (std::int64_t t = 0; t < T; ++t)
-      for (int c = 0; c < nc; ++c) E[t * kBlock + c] = exp_fast(static_cast<double>(k[t * C + c]) - kmax[c]);
+    scaled_exp(k, T, C, nc, kmax, E);
+    for (int c = 0; c < nc; ++c) eu[c] = std::exp(u[c]), decay[c] = std::exp(-w[c]), dw[c] = du[c] = 0;
 
     // Future sums, t descending.
     for (int c = 0; c < nc; ++c) {
@@ -387,12 +389,9 @@ struct OfficialBackScan {
   double dw[kBlock], du[kBlock];
 
   void run() {
-    for (int c = 0; c < nc; ++c) kmax[c] = -std::numeric_limits<double>::infinity(), dw[c] = du[c] = 0;
-    for (std::int64_t t = 0; t < T; ++t)
-      for (int c = 0; c < nc; ++c) kmax[c] = std::max<double>(kmax[c], k[t * C + c]);
-    for (int c = 0; c < nc; ++c) eu[c] = std::exp(u[c]), d[c] = std::exp(-w[c]), g[c] = std::exp(w[c]);
-    for (std::int64_t t = 0; t < T; ++t)
-      for (int c = 0; c < nc; ++c) E[t * kBlock + c] = exp_fast(static_cast<double>(k[t * C + c]) - kmax[c]);
+    scaled_exp(k, T, C, nc, kmax, E);
+    for (int c = 0; c < nc; ++c)
+      eu[c] = std::exp(u[c]), d[c] = std::exp(-w[c]), g[c] = std::exp(w[c]), dw[c] = du[c] = 0;
 
     // Plain future sums, t descending: F_t = Σ_{j>t} d^{j−t}X_j = d·(F_{t+1} + X_{t+1}),
     // Fs_t = Σ_{j>t} (j−t)·d^{j−t}X_j = d·Fs_{t+1} + F_t; Fx: e^{largest future exponent}.
