@@ -5,16 +5,36 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "io/safetensors.hpp"
+#include "vrwkv/model.hpp"
 #include "vrwkv/tensor.hpp"
 
 namespace vrwkv::test {
 
 inline std::string golden(const std::string& name) { return std::string(VRWKV_GOLDEN_DIR) + "/" + name; }
+
+// A golden case's description (CASE.json) and its checkpoint loaded as the
+// case was made: its Bi-WKV semantics (sum: paper; kernel, kernel32, kernel16:
+// official with S = 32 or 16) and out indices.
+inline Model load_golden_model(const std::string& name, nlohmann::json* description = nullptr) {
+  std::ifstream f(golden(name + ".json"));
+  const nlohmann::json j = nlohmann::json::parse(f);
+  ConfigOverrides o;
+  const std::string impl = j.at("wkv_impl");
+  o.wkv = impl == "sum" ? WkvSemantics::Paper : WkvSemantics::Official;
+  o.wkv_chunks = impl == "kernel16" ? 16 : 32;
+  const auto& bb = j.at("backbone");
+  if (bb.at("out_indices").is_array()) o.out_indices = bb.at("out_indices").get<std::vector<std::int64_t>>();
+  const std::string ckpt = j.contains("checkpoint") ? j.at("checkpoint").get<std::string>() : name + ".pth";
+  if (description) *description = j;
+  return Model::load(golden(ckpt), o);
+}
 
 // Tolerances of ../shared/golden/README.md: a float32 re-run of the official
 // code lands within a few 1e-6 of the float64 goldens; forward outputs must be

@@ -269,16 +269,7 @@ TEST(BiWkvBackward, ScanMatchesDefinitionAndDifferences) {
 TEST(ModelBackward, GoldenGradients) {
   for (const char* name : {"tiny_default", "tiny_postnorm_ls0p5", "tiny_keynorm", "tiny_shift0", "tiny_in37x27_pad",
                            "tiny_outidx01_nofinalnorm", "tiny_default_kernelwkv", "vrwkv_t_224_b2"}) {
-    std::ifstream f(test::golden(std::string(name) + ".json"));
-    const nlohmann::json j = nlohmann::json::parse(f);
-    ConfigOverrides o;
-    const std::string impl = j.at("wkv_impl");
-    o.wkv = impl == "sum" ? WkvSemantics::Paper : WkvSemantics::Official;
-    o.wkv_chunks = impl == "kernel16" ? 16 : 32;
-    const auto& bb = j.at("backbone");
-    if (bb.at("out_indices").is_array()) o.out_indices = bb.at("out_indices").get<std::vector<std::int64_t>>();
-    const std::string ckpt = j.contains("checkpoint") ? j.at("checkpoint").get<std::string>() : std::string(name) + ".pth";
-    const Model model = Model::load(test::golden(ckpt), o);
+    const Model model = test::load_golden_model(name);
     const TensorMap golden = read_safetensors(test::golden(std::string(name) + ".safetensors"));
     Gradients grads(model);
     Backprop backprop(model);

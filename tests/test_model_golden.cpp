@@ -18,16 +18,8 @@ struct Case {
 };
 
 Case load_case(const std::string& name) {
-  std::ifstream f(test::golden(name + ".json"));
-  const nlohmann::json j = nlohmann::json::parse(f);
-  ConfigOverrides o;
-  const std::string impl = j.at("wkv_impl");
-  o.wkv = impl == "sum" ? WkvSemantics::Paper : WkvSemantics::Official;
-  o.wkv_chunks = impl == "kernel16" ? 16 : 32;
-  const auto& bb = j.at("backbone");
-  if (bb.at("out_indices").is_array()) o.out_indices = bb.at("out_indices").get<std::vector<std::int64_t>>();
-  const std::string ckpt = j.contains("checkpoint") ? j.at("checkpoint").get<std::string>() : name + ".pth";
-  Model m = Model::load(test::golden(ckpt), o);
+  nlohmann::json j;
+  Model m = test::load_golden_model(name, &j);
   return {j, read_safetensors(test::golden(j.at("safetensors"))), std::move(m)};
 }
 
