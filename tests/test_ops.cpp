@@ -1,9 +1,13 @@
 // Every fast op against its plain reference on random, awkward shapes:
 // T not a multiple of the SIMD width, non-square grids, B > 1, C not a power of
 // two, T = 1 (ENGINEERING.md "Kernels").
+#include <cmath>
+#include <limits>
+
 #include "common.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
+#include "ops/packed_linear.hpp"
 #include "ops/patch_embed.hpp"
 #include "ops/pos_embed.hpp"
 #include "ops/qshift.hpp"
@@ -72,7 +76,102 @@ TEST(Ops, QShiftMixMatchesReference) {
     ops::q_shift_mix(x.data(), s.B, {s.H, s.W}, s.C, s.s, s.gamma, 3, mu, op);
     ops::q_shift_mix_ref(x.data(), s.B, {s.H, s.W}, s.C, s.s, s.gamma, 3, mu, rp);
     for (int i = 0; i < 3; ++i) expect_close(o[i], r[i], "q_shift_mix");
+    // The bf16 variant writes the float32 result rounded once.
+    std::vector<ops::Bf16> h[3];
+    ops::Bf16* hp[3];
+    for (int i = 0; i < 3; ++i) h[i].resize(n), hp[i] = h[i].data();
+    ops::q_shift_mix(x.data(), s.B, {s.H, s.W}, s.C, s.s, s.gamma, 3, mu, hp);
+    for (int i = 0; i < 3; ++i)
+      for (std::int64_t j = 0; j < n; ++j) ASSERT_EQ(h[i][j].bits, ops::to_bf16(o[i][j]).bits) << "bf16 mix " << j;
   }
+}
+
+// Round to nearest even on the 16 dropped bits; NaN stays NaN, infinities stay.
+TEST(Ops, Bf16Rounding) {
+  const auto bits = [](float f) { return ops::to_bf16(f).bits; };
+  EXPECT_EQ(bits(1.0f), 0x3f80);
+  EXPECT_EQ(bits(-2.5f), 0xc020);
+  EXPECT_EQ(bits(1.0f + 0x1p-8f), 0x3f80);            // a tie: rounds to the even 0x3f80
+  EXPECT_EQ(bits(1.0f + 0x1p-7f + 0x1p-8f), 0x3f82);  // a tie: rounds to the even 0x3f82
+  EXPECT_EQ(bits(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);  // above the tie: up
+  EXPECT_EQ(bits(std::numeric_limits<float>::infinity()), 0x7f80);
+  EXPECT_TRUE(std::isnan(ops::to_float(ops::to_bf16(std::numeric_limits<float>::quiet_NaN()))));
+  EXPECT_EQ(ops::to_float(ops::to_bf16(3.140625f)), 3.140625f);  // representable: exact
+}
+
+// Packed linears with every epilogue against the reference linear followed by
+// the same element-wise steps in float64.
+TEST(Ops, PackedLinearEpiloguesMatchReference) {
+  std::mt19937 rng(9);
+  const std::int64_t shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {196, 192, 192}, {33, 100, 768}, {50, 768, 192}};
+  for (const auto& s : shapes)
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      if (dtype == DType::BF16 && !__builtin_cpu_supports("avx512bf16")) continue;
+      const std::int64_t M = s[0], N = s[1], K = s[2];
+      const auto x = test::random_vector(M * K, rng), W = test::random_vector(N * K, rng),
+                 scale = test::random_vector(N, rng), mul = test::random_vector(M * N, rng),
+                 old = test::random_vector(M * N, rng);
+      // bf16 weights: the reference sees x and W rounded to bf16, so only the
+      // float32 accumulation order differs.
+      const auto rounded = [&](std::vector<float> v) {
+        if (dtype == DType::BF16)
+          for (float& f : v) f = ops::to_float(ops::to_bf16(f));
+        return v;
+      };
+      std::vector<float> Ws(N * K);
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t k = 0; k < K; ++k) Ws[n * K + k] = W[n * K + k] * scale[n];
+      std::vector<float> z(M * N);
+      ops::linear_ref(rounded(x).data(), rounded(Ws).data(), nullptr, z.data(), M, N, K);
+      ops::PackedLinear linear(W.data(), N, K, dtype, scale.data());
+      const std::string what = std::string(dtype_name(dtype)) + " " + std::to_string(M) + "x" + std::to_string(N) +
+                               "x" + std::to_string(K);
+      for (ops::Activation act : {ops::Activation::None, ops::Activation::Sigmoid, ops::Activation::ReluSquare})
+        for (bool with_mul : {false, true})
+          for (bool accumulate : {false, true}) {
+            std::vector<float> want(M * N), got = old;
+            for (std::int64_t i = 0; i < M * N; ++i) {
+              double v = z[i];
+              if (act == ops::Activation::Sigmoid) v = 1 / (1 + std::exp(-v));
+              if (act == ops::Activation::ReluSquare) v = std::max(v, 0.0) * std::max(v, 0.0);
+              if (with_mul) v *= mul[i];
+              want[i] = static_cast<float>(accumulate ? old[i] + v : v);
+            }
+            linear({const_cast<float*>(x.data()), DType::F32}, {got.data(), DType::F32}, M,
+                   {act, with_mul ? mul.data() : nullptr, accumulate});
+            expect_close(got, want, what + " act " + std::to_string(int(act)) + (with_mul ? " mul" : "") +
+                                        (accumulate ? " accumulate" : ""));
+          }
+      if (dtype != DType::BF16) continue;
+      // bf16 in and out: the input taken as is, the output rounded once.
+      const auto xr = rounded(x);
+      std::vector<ops::Bf16> xb(M * K), yb(M * N);
+      for (std::int64_t i = 0; i < M * K; ++i) xb[i] = ops::to_bf16(xr[i]);
+      linear({xb.data(), DType::BF16}, {yb.data(), DType::BF16}, M);
+      std::vector<float> y(M * N);
+      for (std::int64_t i = 0; i < M * N; ++i) y[i] = ops::to_float(yb[i]);
+      // One bf16 rounding of the output: 2^-9 relative.
+      const double bound = 0x1p-8 * std::max(1.0, test::max_abs(z.data(), z.size()));
+      EXPECT_LE(test::max_abs_diff(y.data(), z.data(), y.size()), bound) << what << " bf16 output";
+    }
+}
+
+// One packed linear used from several threads at once (images in groups, one
+// group per thread): each thread's results are its own.
+TEST(Ops, PackedLinearFromSeveralThreads) {
+  std::mt19937 rng(10);
+  const std::int64_t M = 64, N = 96, K = 80;
+  const auto W = test::random_vector(N * K, rng);
+  ops::PackedLinear linear(W.data(), N, K, DType::F32);
+  std::vector<std::vector<float>> xs, ys(4, std::vector<float>(M * N)), want(4, std::vector<float>(M * N));
+  for (int t = 0; t < 4; ++t) {
+    xs.push_back(test::random_vector(M * K, rng));
+    ops::linear_ref(xs[t].data(), W.data(), nullptr, want[t].data(), M, N, K);
+  }
+#pragma omp parallel for num_threads(4) schedule(static, 1)
+  for (int t = 0; t < 4; ++t)
+    for (int rep = 0; rep < 20; ++rep) linear({xs[t].data(), DType::F32}, {ys[t].data(), DType::F32}, M);
+  for (int t = 0; t < 4; ++t) expect_close(ys[t], want[t], "thread " + std::to_string(t));
 }
 
 // The shift itself, by hand, on a 2×3 grid with C = 5 (q = 1: left, right,

@@ -54,9 +54,10 @@ class Model {
   std::int64_t parameter_count() const;
   // All parameters as one F32 [parameter_count] tensor in parameter_shapes()
   // order, sharing the model's buffer: training updates the weights through
-  // it. Drops cached bf16 copies of the weights, so take it after each update
-  // if the model also runs in bf16.
+  // it. The fast forward packs the weights it uses on first use: call
+  // parameters_updated() after writing through this tensor.
   Tensor parameter_storage();
+  void parameters_updated();
   // FLOPs by the convention of the official get_flops_backbone.py
   // (multiply-accumulates of convolutions and linears, LayerNorm 2·numel,
   // pooling numel, plus 29·T·C per block) for an H×W input.

@@ -41,21 +41,22 @@ void q_shift_mix_ref(const float* x, std::int64_t B, Grid grid, std::int64_t C, 
 
 namespace {
 // out = x·μ + xx·(1−μ) over one channel range; xx == nullptr means zeros.
-inline void mix_range(const float* x, const float* xx, int count, const float* const* mu, float* const* out,
+template <class Out>
+inline void mix_range(const float* x, const float* xx, int count, const float* const* mu, Out* const* out,
                       std::int64_t c0, std::int64_t c1) {
   for (int i = 0; i < count; ++i) {
     const float* m = mu[i];
-    float* o = out[i];
+    Out* o = out[i];
     if (xx)
-      for (std::int64_t c = c0; c < c1; ++c) o[c] = x[c] * m[c] + xx[c] * (1.0f - m[c]);
+      for (std::int64_t c = c0; c < c1; ++c) store(o + c, x[c] * m[c] + xx[c] * (1.0f - m[c]));
     else
-      for (std::int64_t c = c0; c < c1; ++c) o[c] = x[c] * m[c];
+      for (std::int64_t c = c0; c < c1; ++c) store(o + c, x[c] * m[c]);
   }
 }
-}  // namespace
 
-void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma, int count,
-                 const float* const* mu, float* const* out) {
+template <class Out>
+void q_shift_mix_impl(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma,
+                      int count, const float* const* mu, Out* const* out) {
   const std::int64_t H = grid.H, W = grid.W, T = grid.tokens();
   const std::int64_t q = s == 0 ? 0 : q_shift_group(C, channel_gamma);
 #pragma omp parallel for schedule(static)
@@ -67,11 +68,22 @@ void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int 
       return x + (b * T + sh * W + sw) * C;
     };
     const float* src[4] = {neighbour(h, w - s), neighbour(h, w + s), neighbour(h - s, w), neighbour(h + s, w)};
-    float* o[3];
+    Out* o[3];
     for (int i = 0; i < count; ++i) o[i] = out[i] + bt * C;
     for (int g = 0; g < 4 && q > 0; ++g) mix_range(row, src[g], count, mu, o, g * q, (g + 1) * q);
     mix_range(row, row, count, mu, o, 4 * q, C);
   }
+}
+}  // namespace
+
+void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma, int count,
+                 const float* const* mu, float* const* out) {
+  q_shift_mix_impl(x, B, grid, C, s, channel_gamma, count, mu, out);
+}
+
+void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma, int count,
+                 const float* const* mu, Bf16* const* out) {
+  q_shift_mix_impl(x, B, grid, C, s, channel_gamma, count, mu, out);
 }
 
 void q_shift_mix_backward_ref(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma,

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "ops/bf16.hpp"
+
 namespace vrwkv::ops {
 
 struct Grid {
@@ -25,6 +27,9 @@ void q_shift_mix_ref(const float* x, std::int64_t B, Grid grid, std::int64_t C, 
                      int count, const float* const* mu, float* const* out);
 void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma,
                  int count, const float* const* mu, float* const* out);
+// The same, written in bf16 (each value rounded once) for bf16 GEMMs.
+void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma,
+                 int count, const float* const* mu, Bf16* const* out);
 
 // Backward of q_shift_mix, adding to the gradients: with dxx = Σ_i dout_i·(1−μ_i),
 //   dx += Σ_i dout_i·μ_i + shiftᵀ(dxx)   (each group's value goes back to the neighbour it came from),

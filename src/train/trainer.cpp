@@ -538,7 +538,10 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
 
   const auto eval_model = [&]() -> EvalResult {
     if (!val_set) return {};
-    if (!st.ema.numel()) return evaluate(model, *val_set, 256, tc.val_limit);
+    if (!st.ema.numel()) {
+      model.parameters_updated();  // the optimizer wrote the weights in place
+      return evaluate(model, *val_set, 256, tc.val_limit);
+    }
     Model ema_model = Model::from_state_dict(model.parameters(), mc);
     Tensor s = ema_model.parameter_storage();
     std::copy(st.ema.f32(), st.ema.f32() + P, s.f32());

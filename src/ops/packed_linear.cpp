@@ -1,0 +1,133 @@
+#include "ops/packed_linear.hpp"
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "vrwkv/error.hpp"
+
+namespace vrwkv::ops {
+
+namespace {
+using dnnl::memory;
+using dt = memory::data_type;
+using tag = memory::format_tag;
+
+dnnl::engine& engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+dt dnnl_type(DType t) {
+  if (t == DType::F32) return dt::f32;
+  if (t == DType::BF16) return dt::bf16;
+  runtime_error("packed linear: activations must be F32 or BF16, got ", dtype_name(t));
+}
+}  // namespace
+
+struct PackedLinear::Plan {
+  dnnl::matmul matmul;
+  const memory* weights = nullptr;  // one of packed_
+  memory::desc src, src_bf16, dst, mul, scratch, reorder_scratch;
+  dnnl::reorder to_bf16;  // bf16 weights, float32 x: x rounded to bf16 first
+};
+PackedLinear::PackedLinear(const float* W, std::int64_t N, std::int64_t K, DType weights, const float* row_scale)
+    : W_(W), N_(N), K_(K), weights_(weights) {
+  if (weights != DType::F32 && weights != DType::BF16)
+    runtime_error("packed linear: weights must be F32 or BF16, got ", dtype_name(weights));
+  if (row_scale) {
+    scaled_.resize(N * K);
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t k = 0; k < K; ++k) scaled_[n * K + k] = W[n * K + k] * row_scale[n];
+    W_ = scaled_.data();
+  }
+}
+PackedLinear::~PackedLinear() = default;
+
+const PackedLinear::Plan& PackedLinear::plan(std::int64_t M, DType x, DType y, const Epilogue& e) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto& plan = plans_[Key{M, x, y, e.act, e.mul != nullptr, e.accumulate}];
+  if (plan) return *plan;
+  plan = std::make_unique<Plan>();
+  const dt wt = dnnl_type(weights_);
+  plan->src = memory::desc({M, K_}, dnnl_type(x), tag::ab);
+  plan->src_bf16 = memory::desc({M, K_}, wt, tag::ab);
+  plan->dst = memory::desc({M, N_}, dnnl_type(y), tag::ab);
+  plan->mul = memory::desc({M, N_}, dt::f32, tag::ab);
+  dnnl::post_ops ops;
+  if (e.act == Activation::Sigmoid) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_logistic, 0.0f, 0.0f);
+  if (e.act == Activation::ReluSquare) {
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_square, 0.0f, 0.0f);
+  }
+  if (e.mul) ops.append_binary(dnnl::algorithm::binary_mul, plan->mul);
+  if (e.accumulate) ops.append_sum(1.0f);
+  // Scratch memory comes from the calling thread (oneDNN's own is bound to the thread that made the primitive).
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  attr.set_post_ops(ops);
+  const dnnl::matmul::primitive_desc pd(
+      dnnl::matmul::desc(plan->src_bf16, memory::desc({K_, N_}, wt, tag::any), plan->dst), attr, engine());
+  plan->matmul = dnnl::matmul(pd);
+  plan->scratch = pd.scratchpad_desc();
+  if (x != weights_) {
+    dnnl::primitive_attr reorder_attr;
+    reorder_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const dnnl::reorder::primitive_desc rpd(engine(), plan->src, engine(), plan->src_bf16, reorder_attr);
+    plan->to_bf16 = dnnl::reorder(rpd);
+    plan->reorder_scratch = rpd.scratchpad_desc();
+  }
+  // Wᵀ as a [K,N] view of the row-major [N,K] weights, converted and packed
+  // once per layout (so far every M has asked for the same one).
+  for (auto& p : packed_)
+    if (p->get_desc() == pd.weights_desc()) plan->weights = p.get();
+  if (!plan->weights) {
+    dnnl::stream stream(engine());
+    memory user({{K_, N_}, dt::f32, tag::ba}, engine(), const_cast<float*>(W_));
+    auto packed = std::make_unique<memory>(pd.weights_desc(), engine());
+    dnnl::reorder(user, *packed).execute(stream, user, *packed);
+    stream.wait();
+    plan->weights = packed.get();
+    packed_.push_back(std::move(packed));
+  }
+  return *plan;
+}
+
+void PackedLinear::operator()(Activations x, Activations y, std::int64_t M, const Epilogue& e) {
+  if (weights_ == DType::F32 && x.dtype != DType::F32)
+    runtime_error("packed linear: float32 weights need float32 activations, got ", dtype_name(x.dtype));
+  try {
+    const Plan& p = plan(M, x.dtype, y.dtype, e);
+    dnnl::stream stream(engine());
+    // This thread's scratch memory (64-byte aligned) and bf16 copy of x, grown as needed.
+    thread_local std::vector<char> scratch;
+    thread_local std::vector<std::uint16_t> rounded_x;
+    const auto scratch_for = [&](const memory::desc& d) {
+      if (scratch.size() < d.get_size() + 64) scratch.resize(d.get_size() + 64);
+      const auto at = reinterpret_cast<std::uintptr_t>(scratch.data());
+      return memory(d, engine(), scratch.data() + (64 - at % 64) % 64);
+    };
+    memory src(p.src, engine(), x.data);
+    if (x.dtype != weights_) {
+      rounded_x.resize(static_cast<std::size_t>(M * K_));
+      memory rounded(p.src_bf16, engine(), rounded_x.data());
+      p.to_bf16.execute(stream, {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, rounded},
+                                 {DNNL_ARG_SCRATCHPAD, scratch_for(p.reorder_scratch)}});
+      src = rounded;
+    }
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
+                                            {DNNL_ARG_WEIGHTS, *p.weights},
+                                            {DNNL_ARG_DST, memory(p.dst, engine(), y.data)},
+                                            {DNNL_ARG_SCRATCHPAD, scratch_for(p.scratch)}};
+    if (e.mul) {
+      const int index = e.act == Activation::None ? 0 : e.act == Activation::Sigmoid ? 1 : 2;  // after the eltwise ops
+      args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1] =
+          memory(p.mul, engine(), const_cast<float*>(e.mul));
+    }
+    p.matmul.execute(stream, args);
+    stream.wait();
+  } catch (const dnnl::error& err) {
+    runtime_error("matmul ", M, "x", N_, "x", K_, " (", dtype_name(weights_), ") failed: ", err.what(),
+                  weights_ == DType::BF16 ? " (bf16 needs a CPU with AVX-512 BF16 or AMX)" : "");
+  }
+}
+
+}  // namespace vrwkv::ops

@@ -1,0 +1,67 @@
+// The block linear layers of the fast forward (issue 3): y[M,N] = epilogue(x[M,K]·Wᵀ)
+// through oneDNN matmul primitives, with the element-wise work that follows a
+// GEMM done while its tile is still in registers (activation, gate, residual).
+// Weights are converted to float32 or bfloat16 and packed into the library's
+// layout once; a primitive is made once per (M, epilogue, dtypes), on first use.
+// bf16 weights: x and W rounded to bf16, products accumulated in float32.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
+#include <mutex>
+#include <vector>
+
+#include "vrwkv/tensor.hpp"
+
+namespace dnnl {
+struct memory;
+}
+
+namespace vrwkv::ops {
+
+enum class Activation : std::uint8_t { None, Sigmoid, ReluSquare };
+
+// Applied in this order to each z = (x·Wᵀ)[m,n]: z ← act(z); z ← z·mul[m,n];
+// y ← y + z (accumulate) or y ← z.
+struct Epilogue {
+  Activation act = Activation::None;
+  const float* mul = nullptr;  // [M,N] float32, or none
+  bool accumulate = false;
+};
+
+// A [M,cols] row-major activation buffer in float32 or bfloat16.
+struct Activations {
+  void* data;
+  DType dtype;  // F32 or BF16
+};
+
+class PackedLinear {
+ public:
+  // W: [N,K] float32 (PyTorch layout). row_scale ([N] or null) multiplies
+  // row n of W by row_scale[n] before packing: a layer scale folded in.
+  PackedLinear(const float* W, std::int64_t N, std::int64_t K, DType weights, const float* row_scale = nullptr);
+  ~PackedLinear();
+  PackedLinear(const PackedLinear&) = delete;
+  PackedLinear& operator=(const PackedLinear&) = delete;
+
+  // x: [M,K]; y: [M,N]. With bf16 weights an F32 x is rounded to bf16 first;
+  // with F32 weights x must be F32. Safe to call from several threads at once
+  // (inside an OpenMP parallel region the GEMM runs on the calling thread).
+  void operator()(Activations x, Activations y, std::int64_t M, const Epilogue& epilogue = {});
+
+ private:
+  struct Plan;
+  const Plan& plan(std::int64_t M, DType x, DType y, const Epilogue& epilogue);
+  using Key = std::tuple<std::int64_t, DType, DType, Activation, bool, bool>;
+  const float* W_;           // float32 [N,K]: the model's, or scaled_
+  std::vector<float> scaled_;
+  std::int64_t N_, K_;
+  DType weights_;
+  std::mutex mutex_;  // guards packed_ and plans_
+  std::vector<std::unique_ptr<dnnl::memory>> packed_;  // one per weight layout the primitives asked for
+  std::map<Key, std::unique_ptr<Plan>> plans_;
+};
+
+}  // namespace vrwkv::ops
