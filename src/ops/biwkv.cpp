@@ -84,6 +84,9 @@ void scaled_exp(const float* k, std::int64_t T, std::int64_t C, int nc, double* 
 // The EPS term needs e^{m_t} for the largest exponent m_t; since
 // e^{max(a,b)} = max(e^a, e^b), it is tracked multiplicatively (X = e^{m}),
 // with no exponential per token.
+// Width: the block's channel count when known at compile time (a full block,
+// whose loops the compiler unrolls), 0 when given at run time in nc.
+template <int Width>
 struct Scan {
   std::int64_t T, C;
   int nc;              // channels in this block (≤ kBlock), starting at c0
@@ -94,13 +97,15 @@ struct Scan {
   // Per token: E = e^{k−kmax}, and the future sums: numerator, denominator, e^{largest exponent}.
   double *E, *Fn, *Fd, *Fx;
 
+  int n() const { return Width ? Width : nc; }
+
   void run(Wkv wkv) {
-    scaled_exp(k, T, C, nc, kmax, E);
-    for (int c = 0; c < nc; ++c) eu[c] = std::exp(u[c]), decay[c] = std::exp(-w[c]);
+    scaled_exp(k, T, C, n(), kmax, E);
+    for (int c = 0; c < n(); ++c) eu[c] = std::exp(u[c]), decay[c] = std::exp(-w[c]);
     const bool paper = wkv.semantics == WkvSemantics::Paper;
     // Backward pass. paper: F_t = Σ_{j>t} e^{−(j−t−1)w}E_j v_j, F_t = e^{−w}F_{t+1} + E_{t+1}v_{t+1};
     // official: F_t = Σ_{j>t} e^{−(j−t)w}E_j v_j, F_t = e^{−w}(F_{t+1} + E_{t+1}v_{t+1}).
-    for (int c = 0; c < nc; ++c) {
+    for (int c = 0; c < n(); ++c) {
       const std::int64_t i = (T - 1) * kBlock + c;
       Fn[i] = Fd[i] = Fx[i] = 0;
     }
@@ -110,13 +115,13 @@ struct Scan {
       double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fx = Fx + t * kBlock;
       const double *fn1 = fn + kBlock, *fd1 = fd + kBlock, *fx1 = fx + kBlock;
       if (paper)
-        for (int c = 0; c < nc; ++c) {
+        for (int c = 0; c < n(); ++c) {
           fn[c] = decay[c] * fn1[c] + e[c] * vt[c];
           fd[c] = decay[c] * fd1[c] + e[c];
           fx[c] = std::max(fx1[c] * decay[c], e[c]);
         }
       else
-        for (int c = 0; c < nc; ++c) {
+        for (int c = 0; c < n(); ++c) {
           fn[c] = decay[c] * (fn1[c] + e[c] * vt[c]);
           fd[c] = decay[c] * (fd1[c] + e[c]);
           fx[c] = std::max(fx1[c], e[c]) * decay[c];
@@ -134,7 +139,7 @@ struct Scan {
       float* yt = y + t * C;
       const double* e = E + t * kBlock;
       const double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fx = Fx + t * kBlock;
-      for (int c = 0; c < nc; ++c) {
+      for (int c = 0; c < n(); ++c) {
         const double ev = e[c] * vt[c], self = eu[c] * e[c];
         const double x = std::max(std::max(Px[c], fx[c]), self);
         yt[c] = static_cast<float>((Pn[c] + fn[c] + eu[c] * ev) / (Pd[c] + fd[c] + self + kWkvEps * x));
@@ -155,21 +160,21 @@ struct Scan {
     const std::int64_t L = chunk_length(T, chunks);
     double Qn[kBlock] = {}, Qd[kBlock] = {}, Gn[kBlock] = {}, Gd[kBlock] = {}, Pn[kBlock] = {}, Pd[kBlock] = {};
     double Rn[kBlock] = {}, Rd[kBlock] = {}, Qx[kBlock] = {}, growth[kBlock], corr[kBlock];
-    for (int c = 0; c < nc; ++c) growth[c] = std::exp(w[c]), corr[c] = -std::expm1(w[c]);
+    for (int c = 0; c < n(); ++c) growth[c] = std::exp(w[c]), corr[c] = -std::expm1(w[c]);
     for (std::int64_t t = 0; t < T; ++t) {
       const float* vt = v + t * C;
       float* yt = y + t * C;
       const double* e = E + t * kBlock;
       if (t % L == 0)
-        for (int c = 0; c < nc; ++c) Gn[c] = Qn[c], Gd[c] = Qd[c], Pn[c] = Pd[c] = Rn[c] = Rd[c] = 0;
+        for (int c = 0; c < n(); ++c) Gn[c] = Qn[c], Gd[c] = Qd[c], Pn[c] = Pd[c] = Rn[c] = Rd[c] = 0;
       else
-        for (int c = 0; c < nc; ++c) {
+        for (int c = 0; c < n(); ++c) {
           Gn[c] *= decay[c], Gd[c] *= decay[c];
           Rn[c] = growth[c] * Rn[c] + e[c] * vt[c];
           Rd[c] = growth[c] * Rd[c] + e[c];
         }
       const double *fn = Fn + t * kBlock, *fd = Fd + t * kBlock, *fx = Fx + t * kBlock;
-      for (int c = 0; c < nc; ++c) {
+      for (int c = 0; c < n(); ++c) {
         const double ev = e[c] * vt[c], self = eu[c] * e[c];
         const double x = std::max(std::max(Qx[c], fx[c]), self);
         const double num = Gn[c] + Pn[c] + corr[c] * Rn[c] + eu[c] * ev + fn[c];
@@ -201,13 +206,21 @@ void biwkv(const float* w, const float* u, const float* k, const float* v, float
 #pragma omp for schedule(static)
     for (std::int64_t job = 0; job < B * blocks; ++job) {
       const std::int64_t b = job / blocks, c0 = (job % blocks) * kBlock;
-      Scan scan;
-      scan.T = T, scan.C = C, scan.nc = static_cast<int>(std::min<std::int64_t>(kBlock, C - c0));
-      scan.k = k + b * T * C + c0, scan.v = v + b * T * C + c0, scan.y = y + b * T * C + c0;
-      for (int c = 0; c < scan.nc; ++c) scan.w[c] = w[c0 + c], scan.u[c] = u[c0 + c];
-      scan.E = scratch.data(), scan.Fn = scan.E + T * kBlock, scan.Fd = scan.Fn + T * kBlock;
-      scan.Fx = scan.Fd + T * kBlock;
-      scan.run(wkv);
+      const auto run = [&](auto& scan) {
+        scan.T = T, scan.C = C, scan.nc = static_cast<int>(std::min<std::int64_t>(kBlock, C - c0));
+        scan.k = k + b * T * C + c0, scan.v = v + b * T * C + c0, scan.y = y + b * T * C + c0;
+        for (int c = 0; c < scan.nc; ++c) scan.w[c] = w[c0 + c], scan.u[c] = u[c0 + c];
+        scan.E = scratch.data(), scan.Fn = scan.E + T * kBlock, scan.Fd = scan.Fn + T * kBlock;
+        scan.Fx = scan.Fd + T * kBlock;
+        scan.run(wkv);
+      };
+      if (C - c0 >= kBlock) {
+        Scan<kBlock> scan;
+        run(scan);
+      } else {
+        Scan<0> scan;
+        run(scan);
+      }
     }
   }
 }
