@@ -151,6 +151,15 @@ TEST_F(Cli, EvalPrintsJson) {
   // model from a broken one without tracking its exact value.
   EXPECT_GE(j.at("top1").get<double>(), 85.0);
   EXPECT_LE(j.at("top1").get<double>(), j.at("top5").get<double>());
+  if (__builtin_cpu_supports("avx512bf16")) {
+    // --dtype bf16 reaches the forward: the loss moves (by about 1e-5, well
+    // above the run-to-run difference of zero) and the accuracy stays.
+    const CliResult b = run("eval --data fashion-mnist:test --limit 500 --json --dtype bf16");
+    ASSERT_EQ(b.code, 0) << b.err;
+    const nlohmann::json jb = nlohmann::json::parse(b.out);
+    EXPECT_NE(jb.at("loss").get<double>(), j.at("loss").get<double>());
+    EXPECT_NEAR(jb.at("top1").get<double>(), j.at("top1").get<double>(), 1.0);  // at most 5 of 500 images
+  }
   expect_input_error(run("eval --data fashion-mnist:val"), "fashion-mnist:val");
   expect_input_error(run("eval --model " + path("none.safetensors") + " --data fashion-mnist:test"),
                      path("none.safetensors"));

@@ -327,7 +327,7 @@ Image to_image(const Image8& in) {
 }  // namespace
 
 EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_size, std::int64_t limit,
-                    const std::function<void(std::int64_t, std::int64_t)>& progress) {
+                    const std::function<void(std::int64_t, std::int64_t)>& progress, const ForwardOptions& options) {
   const Config& c = model.config();
   if (c.head == HeadKind::None) input_error("the model has no classification head to evaluate");
   const std::int64_t n = limit > 0 ? std::min(limit, data.size()) : data.size(), K = c.num_classes;
@@ -351,7 +351,7 @@ EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_
     }
     for (const std::exception_ptr& e : errors)
       if (e) std::rethrow_exception(e);
-    const Outputs out = model.forward(input);
+    const Outputs out = model.forward(input, options);
     for (std::int64_t b = 0; b < B; ++b) {
       const std::int64_t label = data.label(start + b);
       if (label < 0 || label >= K)

@@ -54,9 +54,11 @@ struct EvalResult {
 };
 
 // Top-1/top-5 of a model on a dataset with the model's own preprocessing.
-// limit > 0: the first `limit` images. progress(done, total) after each batch.
+// limit > 0: the first `limit` images. progress(done, total) after each batch;
+// options: the forward's (e.g. bf16).
 EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_size, std::int64_t limit = 0,
-                    const std::function<void(std::int64_t, std::int64_t)>& progress = {});
+                    const std::function<void(std::int64_t, std::int64_t)>& progress = {},
+                    const ForwardOptions& options = {});
 
 struct TrainRun {
   std::string out_dir;  // checkpoint.safetensors, metrics.jsonl, model.safetensors
