@@ -1,5 +1,7 @@
 // The model beyond the goldens: configurations, resolutions and batch sizes the
 // goldens do not cover, fast path against reference path; loading errors.
+#include <omp.h>
+
 #include "common.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/model.hpp"
@@ -46,28 +48,36 @@ std::vector<Variant> variants() {
   return v;
 }
 
+// The fast path with 1, 2 and 3 threads: B = 1, 2, 3 then run as one image
+// group shared by a team of threads, or as one group per thread.
 TEST(Model, FastPathMatchesReferenceOnVariants) {
   std::mt19937 rng(9);
-  for (const Variant& v : variants()) {
-    const Model m = Model::from_state_dict(random_state_dict(v.config, rng), v.config);
-    Tensor x(DType::F32, {v.B, 3, v.H, v.W});
-    const auto data = test::random_vector(x.numel(), rng, -2, 2);
-    std::copy(data.begin(), data.end(), x.f32());
-    ForwardOptions fast, ref;
-    fast.keep_blocks = ref.keep_blocks = true;
-    ref.reference = true;
-    const Outputs a = m.forward(x, fast), b = m.forward(x, ref);
-    ASSERT_EQ(a.blocks.size(), b.blocks.size());
-    for (std::size_t i = 0; i < a.blocks.size(); ++i)
-      EXPECT_TRUE(test::close_to(a.blocks[i], b.blocks[i], test::kForwardTol)) << v.name << " block " << i;
-    ASSERT_EQ(a.features.size(), v.config.out_indices.size()) << v.name;
-    for (std::size_t i = 0; i < a.features.size(); ++i)
-      EXPECT_TRUE(test::close_to(a.features[i], b.features[i], test::kForwardTol)) << v.name << " features " << i;
-    if (v.config.head != HeadKind::None) {
-      EXPECT_EQ(a.logits.shape(), (Shape{v.B, v.config.num_classes})) << v.name;
-      EXPECT_TRUE(test::close_to(a.logits, b.logits, test::kForwardTol)) << v.name;
+  const int threads = omp_get_max_threads();
+  for (const Variant& v : variants())
+    for (int t : {1, 2, 3}) {
+      const Model m = Model::from_state_dict(random_state_dict(v.config, rng), v.config);
+      Tensor x(DType::F32, {v.B, 3, v.H, v.W});
+      const auto data = test::random_vector(x.numel(), rng, -2, 2);
+      std::copy(data.begin(), data.end(), x.f32());
+      ForwardOptions fast, ref;
+      fast.keep_blocks = ref.keep_blocks = true;
+      ref.reference = true;
+      omp_set_num_threads(t);
+      const Outputs a = m.forward(x, fast);
+      omp_set_num_threads(threads);
+      const Outputs b = m.forward(x, ref);
+      SCOPED_TRACE(std::to_string(t) + " threads");
+      ASSERT_EQ(a.blocks.size(), b.blocks.size());
+      for (std::size_t i = 0; i < a.blocks.size(); ++i)
+        EXPECT_TRUE(test::close_to(a.blocks[i], b.blocks[i], test::kForwardTol)) << v.name << " block " << i;
+      ASSERT_EQ(a.features.size(), v.config.out_indices.size()) << v.name;
+      for (std::size_t i = 0; i < a.features.size(); ++i)
+        EXPECT_TRUE(test::close_to(a.features[i], b.features[i], test::kForwardTol)) << v.name << " features " << i;
+      if (v.config.head != HeadKind::None) {
+        EXPECT_EQ(a.logits.shape(), (Shape{v.B, v.config.num_classes})) << v.name;
+        EXPECT_TRUE(test::close_to(a.logits, b.logits, test::kForwardTol)) << v.name;
+      }
     }
-  }
 }
 
 // Images of a batch are independent: running them together or one by one

@@ -172,6 +172,7 @@ TEST(Ops, PackedLinearFromSeveralThreads) {
   for (int t = 0; t < 4; ++t)
     for (int rep = 0; rep < 20; ++rep) linear({xs[t].data(), DType::F32}, {ys[t].data(), DType::F32}, M);
   for (int t = 0; t < 4; ++t) expect_close(ys[t], want[t], "thread " + std::to_string(t));
+  linear({nullptr, DType::F32}, {nullptr, DType::F32}, 0);  // no rows: nothing to do (a thread's empty share)
 }
 
 // The shift itself, by hand, on a 2×3 grid with C = 5 (q = 1: left, right,

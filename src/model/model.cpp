@@ -52,13 +52,14 @@ constexpr OpSet kReference = {ops::linear_ref, ops::layernorm_ref, ops::q_shift_
 // in the first half of their bytes.
 struct Workspace {
   std::int64_t B = 0, H = 0, W = 0;
-  std::vector<float> x, h, xk, xv, xr, k, v, r, hidden, pos, wu;
+  std::vector<float> x, h, h2, xk, xv, xr, k, v, r, hidden, pos, wu;
   // im2col patches (only before block 0) live in `hidden`; the WKV output y
-  // lives in xk, which is dead once k is computed; branch outputs live in h.
+  // lives in xk, which is dead once k is computed; branch outputs live in h;
+  // the fast pre-norm block keeps LN2's output in h2.
   Workspace(std::int64_t B_, std::int64_t H_, std::int64_t W_, const Config& c, std::int64_t T)
       : B(B_), H(H_), W(W_) {
     const std::int64_t N = B * T, C = c.embed_dims;
-    for (auto* buf : {&x, &h, &xk, &xv, &xr, &k, &v, &r}) buf->resize(N * C);
+    for (auto* buf : {&x, &h, &h2, &xk, &xv, &xr, &k, &v, &r}) buf->resize(N * C);
     hidden.resize(N * std::max(c.hidden_dims, c.in_channels * c.patch_size * c.patch_size));
     pos.resize(T * C);
     wu.resize(2 * C);
@@ -110,101 +111,194 @@ using ops::Epilogue;
 //    (σ gates, relu², residual; a pre-norm layer scale folded into the
 //    weights), Q-Shift + mixing writing the GEMM inputs directly in the GEMM's
 //    dtype, float32 or bf16.
+// Token rows [begin, end) of a group's B·T rows.
+struct Rows {
+  std::int64_t begin, end;
+  std::int64_t count() const { return end - begin; }
+};
+
 class Forward {
  public:
-  // packed == nullptr: reference path; else the blocks' packed linears in the GEMM dtype `gemm`.
+  // packed == nullptr: reference path. Else the fast path with the blocks'
+  // packed linears in the GEMM dtype `gemm`, run by a team of `team` threads.
   Forward(const Config& c, const TensorMap& p, const OpSet& ops, std::int64_t B, Grid grid, Workspace& work,
-          const PackedBlocks* packed, DType gemm)
+          const PackedBlocks* packed, DType gemm, int team)
       : c_(c), p_(p), ops_(ops), B_(B), grid_(grid), N_(B * grid.tokens()), C_(c.embed_dims), work_(work),
-        packed_(packed), gemm_(gemm) {}
+        packed_(packed), gemm_(gemm), team_(team) {}
 
   const float* P(const std::string& name) const { return p_.at(name).f32(); }
 
-  // y ← LayerNorm(x) (y may be x); rows of width `width`.
+  // y ← LayerNorm(x) (y may be x) on rows r (default: all) of width `width`.
   void norm(const std::string& prefix, const float* x, float* y, std::int64_t width) const {
-    ops_.layernorm(x, P(prefix + ".weight"), P(prefix + ".bias"), y, N_, width, ops::kLayerNormEps);
+    norm(prefix, x, y, width, {0, N_});
+  }
+  void norm(const std::string& prefix, const float* x, float* y, std::int64_t width, Rows r) const {
+    ops_.layernorm(x + r.begin * width, P(prefix + ".weight"), P(prefix + ".bias"), y + r.begin * width, r.count(),
+                   width, ops::kLayerNormEps);
   }
 
-  // Block (VRWKV.md 1.4), pre-norm or post-norm.
+  // Block i (VRWKV.md 1.4), pre-norm or post-norm.
   void block(std::int64_t i, float* x) {
     const std::string l = "backbone.layers." + std::to_string(i) + ".";
-    if (i == 0) norm(l + "ln0", x, x, C_);
-    if (!packed_) return reference_block(l, x);
-    PackedBlock& linears = *(*packed_)[i];
-    float* h = work_.h.data();
-    if (!c_.post_norm) {
-      norm(l + "ln1", x, h, C_);
-      spatial_mix(l, linears, h, x, true);
-      norm(l + "ln2", x, h, C_);
-      channel_mix(l, linears, h, x, true);
-    } else {
-      spatial_mix(l, linears, x, h, false);
-      norm(l + "ln1", h, h, C_);
-      residual(x, h, l + "gamma1");
-      channel_mix(l, linears, x, h, false);
-      norm(l + "ln2", h, h, C_);
-      residual(x, h, l + "gamma2");
+    if (!packed_) {
+      if (i == 0) norm(l + "ln0", x, x, C_);
+      return reference_block(l, x);
     }
+    if (c_.post_norm) post_norm_block(i, l, x);
+    else pre_norm_block(i, l, x);
   }
 
  private:
   // ---- fast path ----
+  //
+  // A block is a few team regions. In each, every thread of the team takes
+  // its share of the token rows (of the channel blocks for Bi-WKV) and runs
+  // the ops on them itself, one after another; the end of a region is the
+  // only synchronisation. A region ends where the next step reads rows other
+  // threads wrote: Q-Shift reads neighbouring tokens, Bi-WKV all tokens, and
+  // the gate every channel of Bi-WKV's output.
 
-  Activations f32(float* p) const { return {p, DType::F32}; }
-  Activations gemm_input(float* p) const { return {p, gemm_}; }
+  // f(share, shares) on each thread of the team, in one OpenMP region (ops
+  // called inside run on the calling thread).
+  template <class F>
+  void team(F&& f) {
+    if (team_ == 1) return f(0, 1);
+    std::vector<std::exception_ptr> errors(team_);
+#pragma omp parallel num_threads(team_)
+    {
+      const int share = omp_get_thread_num();
+      try {
+        f(share, omp_get_num_threads());
+      } catch (...) {
+        errors[share] = std::current_exception();
+      }
+    }
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);
+  }
+  // f(rows) with each thread's share of the rows (none for a thread whose share is empty).
+  template <class F>
+  void team_rows(F&& f) {
+    team([&](int share, int shares) {
+      const Rows r{N_ * share / shares, N_ * (share + 1) / shares};
+      if (r.count() > 0) f(r);
+    });
+  }
 
-  // Q-Shift + mixing of x into the first `count` of xk, xv, xr (GEMM dtype);
-  // with shift_pixel 0 every mix is x itself.
-  void shift_mix(const float* x, const std::string& prefix, const char* const* names, int count, Activations* outs) {
+  // Pre-norm: h1 holds LN1(x) on entry (from the previous block's last region,
+  // or made here for block 0) and the last region makes the next block's. LN2
+  // goes to h2, so no thread overwrites rows another thread's Q-Shift reads.
+  void pre_norm_block(std::int64_t i, const std::string& l, float* x) {
+    PackedBlock& linears = *(*packed_)[i];
+    float *h1 = work_.h.data(), *h2 = work_.h2.data();
+    if (i == 0) team_rows([&](Rows r) {
+        norm(l + "ln0", x, x, C_, r);
+        norm(l + "ln1", x, h1, C_, r);
+      });
+    team_rows([&](Rows r) { spatial_kv(l, linears, h1, r); });
+    wkv(l);
+    team_rows([&](Rows r) {
+      spatial_out(l, linears, h1, x, true, r);
+      norm(l + "ln2", x, h2, C_, r);
+    });
+    team_rows([&](Rows r) {
+      channel_mix(l, linears, h2, x, true, r);
+      if (i + 1 < c_.depth) norm("backbone.layers." + std::to_string(i + 1) + ".ln1", x, h1, C_, r);
+    });
+  }
+
+  // Post-norm: the mixes read x around each row, so x is updated only in
+  // regions that do not.
+  void post_norm_block(std::int64_t i, const std::string& l, float* x) {
+    PackedBlock& linears = *(*packed_)[i];
+    float* h = work_.h.data();
+    if (i == 0) norm(l + "ln0", x, x, C_);
+    team_rows([&](Rows r) { spatial_kv(l, linears, x, r); });
+    wkv(l);
+    team_rows([&](Rows r) {
+      spatial_out(l, linears, x, h, false, r);
+      norm(l + "ln1", h, h, C_, r);
+      residual(x, h, l + "gamma1", r);
+    });
+    team_rows([&](Rows r) {
+      channel_mix(l, linears, x, h, false, r);
+      norm(l + "ln2", h, h, C_, r);
+    });
+    team_rows([&](Rows r) { residual(x, h, l + "gamma2", r); });
+  }
+
+  // Rows r of a [N_, width] buffer of activations.
+  static Activations rows_of(Activations a, Rows r, std::int64_t width) {
+    return {static_cast<char*>(a.data) + r.begin * width * static_cast<std::int64_t>(dtype_size(a.dtype)), a.dtype};
+  }
+  static Activations f32_rows(float* base, Rows r, std::int64_t width) { return {base + r.begin * width, DType::F32}; }
+
+  // Mix i of the input x: xk, xv or xr in the GEMM dtype, or x itself
+  // (float32) with shift_pixel 0.
+  Activations mix(int i, const float* x) const {
+    if (c_.shift_pixel == 0) return {const_cast<float*>(x), DType::F32};
     float* bufs[3] = {work_.xk.data(), work_.xv.data(), work_.xr.data()};
-    if (c_.shift_pixel == 0) {
-      for (int i = 0; i < count; ++i) outs[i] = f32(const_cast<float*>(x));
-      return;
-    }
+    return {bufs[i], gemm_};
+  }
+
+  // Q-Shift + mixing (VRWKV.md 1.5) of x into the first `count` mixes, rows r.
+  void shift_mix(const float* x, const std::string& prefix, const char* const* names, int count, Rows r) const {
+    if (c_.shift_pixel == 0) return;
     const float* mu[3];
-    for (int i = 0; i < count; ++i) mu[i] = P(prefix + names[i]), outs[i] = gemm_input(bufs[i]);
-    if (gemm_ == DType::BF16) {
-      ops::Bf16* b[3] = {reinterpret_cast<ops::Bf16*>(bufs[0]), reinterpret_cast<ops::Bf16*>(bufs[1]),
-                         reinterpret_cast<ops::Bf16*>(bufs[2])};
-      ops::q_shift_mix(x, B_, grid_, C_, c_.shift_pixel, c_.channel_gamma, count, mu, b);
-    } else {
-      ops::q_shift_mix(x, B_, grid_, C_, c_.shift_pixel, c_.channel_gamma, count, mu, bufs);
-    }
+    void* out[3];
+    for (int i = 0; i < count; ++i) mu[i] = P(prefix + names[i]), out[i] = mix(i, x).data;
+    if (gemm_ == DType::BF16)
+      ops::q_shift_mix_rows(x, grid_, C_, c_.shift_pixel, c_.channel_gamma, count, mu,
+                            reinterpret_cast<ops::Bf16* const*>(out), r.begin, r.end);
+    else
+      ops::q_shift_mix_rows(x, grid_, C_, c_.shift_pixel, c_.channel_gamma, count, mu,
+                            reinterpret_cast<float* const*>(out), r.begin, r.end);
   }
 
-  // Spatial Mix (VRWKV.md 1.6): output(σ(r) ⊙ [LN](BiWKV(w/T, u/T, k, v))).
-  // add_to_out: out += γ1 ⊙ result (pre-norm residual), else out = result.
-  void spatial_mix(const std::string& l, PackedBlock& linears, const float* x, float* out, bool add_to_out) {
+  // Spatial Mix (VRWKV.md 1.6), out (+)= output(σ(r) ⊙ [LN](BiWKV(w/T, u/T, k, v))), in three parts:
+  // k and v of rows r;
+  void spatial_kv(const std::string& l, PackedBlock& linears, const float* x, Rows r) {
     static const char* const names[] = {"spatial_mix_k", "spatial_mix_v", "spatial_mix_r"};
-    Activations in[3];
-    shift_mix(x, l + "att.", names, 3, in);
-    float *k = work_.k.data(), *v = work_.v.data();
-    linears.att_key(in[0], f32(k), N_);
-    linears.att_value(in[1], f32(v), N_);
-    float* y = work_.xk.data();  // xk is read
-    wkv(l, k, v, y);
-    if (c_.key_norm) norm(l + "att.key_norm", y, y, C_);
-    // g = σ(xr·Wrᵀ) ⊙ y, written in the GEMM dtype into xv (read by now).
-    const Activations g = gemm_input(work_.xv.data());
-    linears.att_receptance(in[2], g, N_, {Activation::Sigmoid, y, false});
-    linears.att_output(g, f32(out), N_, {Activation::None, nullptr, add_to_out});
+    shift_mix(x, l + "att.", names, 3, r);
+    linears.att_key(rows_of(mix(0, x), r, C_), f32_rows(work_.k.data(), r, C_), r.count());
+    linears.att_value(rows_of(mix(1, x), r, C_), f32_rows(work_.v.data(), r, C_), r.count());
   }
 
-  // Channel Mix (VRWKV.md 1.7): σ(receptance(xr)) ⊙ value([LN](relu(key(xk))²)).
-  void channel_mix(const std::string& l, PackedBlock& linears, const float* x, float* out, bool add_to_out) {
+  // y = BiWKV(w/T, u/T, k, v) into xk (read by now), the team sharing the (image, channel block) problems;
+  void wkv(const std::string& l) {
+    set_decay(l);
+    const float* w = work_.wu.data();
+    team([&](int share, int shares) {
+      ops::biwkv_share(w, w + C_, work_.k.data(), work_.v.data(), work_.xk.data(), B_, grid_.tokens(), C_,
+                       {c_.wkv, c_.wkv_chunks}, share, shares);
+    });
+  }
+
+  // then, for rows r, g = σ(xr·Wrᵀ) ⊙ [LN](y) in the GEMM dtype (into xv, read by
+  // now) and out = g·Woᵀ, or out += γ1 ⊙ g·Woᵀ with add (γ1 folded into Wo).
+  void spatial_out(const std::string& l, PackedBlock& linears, const float* x, float* out, bool add, Rows r) {
+    float* y = work_.xk.data();
+    if (c_.key_norm) norm(l + "att.key_norm", y, y, C_, r);
+    const Activations g = rows_of({work_.xv.data(), gemm_}, r, C_);
+    linears.att_receptance(rows_of(mix(2, x), r, C_), g, r.count(), {Activation::Sigmoid, y + r.begin * C_, false});
+    linears.att_output(g, f32_rows(out, r, C_), r.count(), {Activation::None, nullptr, add});
+  }
+
+  // Channel Mix (VRWKV.md 1.7) of rows r: out (+)= σ(receptance(xr)) ⊙ value([LN](relu(key(xk))²)).
+  void channel_mix(const std::string& l, PackedBlock& linears, const float* x, float* out, bool add, Rows r) {
     static const char* const names[] = {"spatial_mix_k", "spatial_mix_r"};
-    Activations in[2];
-    shift_mix(x, l + "ffn.", names, 2, in);
-    const std::int64_t Hd = c_.hidden_dims;
-    float* gate = work_.r.data();
-    linears.ffn_receptance(in[1], f32(gate), N_, {Activation::Sigmoid, nullptr, false});
+    shift_mix(x, l + "ffn.", names, 2, r);
+    const std::int64_t n = r.count(), Hd = c_.hidden_dims;
+    float* gate = work_.r.data() + r.begin * C_;
+    linears.ffn_receptance(rows_of(mix(1, x), r, C_), {gate, DType::F32}, n, {Activation::Sigmoid, nullptr, false});
     // hidden = relu(xk·Wkᵀ)²; float32 when a key norm follows.
-    const Activations hidden = c_.key_norm ? f32(work_.hidden.data()) : gemm_input(work_.hidden.data());
-    linears.ffn_key(in[0], hidden, N_, {Activation::ReluSquare, nullptr, false});
-    if (c_.key_norm)
-      ops_.layernorm(work_.hidden.data(), P(l + "ffn.key_norm.weight"), P(l + "ffn.key_norm.bias"),
-                     work_.hidden.data(), N_, Hd, ops::kLayerNormEps);
-    linears.ffn_value(hidden, f32(out), N_, {Activation::None, gate, add_to_out});
+    const Activations hidden = rows_of({work_.hidden.data(), c_.key_norm ? DType::F32 : gemm_}, r, Hd);
+    linears.ffn_key(rows_of(mix(0, x), r, C_), hidden, n, {Activation::ReluSquare, nullptr, false});
+    if (c_.key_norm) {
+      float* h = static_cast<float*>(hidden.data);
+      ops_.layernorm(h, P(l + "ffn.key_norm.weight"), P(l + "ffn.key_norm.bias"), h, n, Hd, ops::kLayerNormEps);
+    }
+    linears.ffn_value(hidden, f32_rows(out, r, C_), n, {Activation::None, gate, add});
   }
 
   // ---- reference path ----
@@ -255,7 +349,7 @@ class Forward {
     linear(l + "att.value.weight", in[1], work_.v.data(), C_, C_);
     linear(l + "att.receptance.weight", in[2], work_.r.data(), C_, C_);
     float* y = work_.xk.data();
-    wkv(l, work_.k.data(), work_.v.data(), y);
+    reference_wkv(l, work_.k.data(), work_.v.data(), y);
     if (c_.key_norm) norm(l + "att.key_norm", y, y, C_);
     const float* r = work_.r.data();
     for (std::int64_t i = 0; i < N_ * C_; ++i) y[i] = static_cast<float>(y[i] / (1.0 + std::exp(-double(r[i]))));
@@ -284,27 +378,28 @@ class Forward {
 
   // ---- shared ----
 
-  // y = BiWKV(w/T, u/T, k, v) for this input's T (VRWKV.md 1.6).
-  void wkv(const std::string& l, const float* k, const float* v, float* y) {
+  // w = spatial_decay / T, u = spatial_first / T for this input's T (VRWKV.md 1.6), into work_.wu.
+  void set_decay(const std::string& l) {
     const float T = static_cast<float>(grid_.tokens());
     float *w = work_.wu.data(), *u = w + C_;
     const float *decay = P(l + "att.spatial_decay"), *first = P(l + "att.spatial_first");
     for (std::int64_t c = 0; c < C_; ++c) w[c] = decay[c] / T, u[c] = first[c] / T;
-    ops_.biwkv(w, u, k, v, y, B_, grid_.tokens(), C_, {c_.wkv, c_.wkv_chunks});
   }
 
-  // x ← x + g ⊙ branch (g absent without layer scale).
-  void residual(float* x, const float* branch, const std::string& gamma) const {
+  // y = BiWKV(w/T, u/T, k, v) (reference path).
+  void reference_wkv(const std::string& l, const float* k, const float* v, float* y) {
+    set_decay(l);
+    ops_.biwkv(work_.wu.data(), work_.wu.data() + C_, k, v, y, B_, grid_.tokens(), C_, {c_.wkv, c_.wkv_chunks});
+  }
+
+  // x ← x + g ⊙ branch on rows r (default: all); g absent without layer scale.
+  void residual(float* x, const float* branch, const std::string& gamma) const { residual(x, branch, gamma, {0, N_}); }
+  void residual(float* x, const float* branch, const std::string& gamma, Rows r) const {
     const std::int64_t C = C_;
-    if (!c_.layer_scale) {
+    const float* g = c_.layer_scale ? P(gamma) : nullptr;
 #pragma omp parallel for schedule(static)
-      for (std::int64_t i = 0; i < N_ * C; ++i) x[i] += branch[i];
-      return;
-    }
-    const float* g = P(gamma);
-#pragma omp parallel for schedule(static)
-    for (std::int64_t n = 0; n < N_; ++n)
-      for (std::int64_t c = 0; c < C; ++c) x[n * C + c] += g[c] * branch[n * C + c];
+    for (std::int64_t n = r.begin; n < r.end; ++n)
+      for (std::int64_t c = 0; c < C; ++c) x[n * C + c] += (g ? g[c] : 1.0f) * branch[n * C + c];
   }
 
   const Config& c_;
@@ -316,6 +411,7 @@ class Forward {
   Workspace& work_;
   const PackedBlocks* packed_;
   DType gemm_;
+  int team_;
 };
 
 // [B,T,C] tokens to a [B,C,H,W] feature map.
@@ -360,11 +456,13 @@ Outputs Model::forward(const Tensor& input, const ForwardOptions& options) const
 
   // The fast path runs a batch as one group of images per thread when it
   // splits evenly enough: each group's ops then run on their own thread, with
-  // no synchronisation between ops. Otherwise one group, every op parallel.
-  const std::int64_t threads = omp_get_max_threads();
+  // no synchronisation between ops. Otherwise one group, its rows shared by a
+  // team of all threads (Forward's team regions).
+  const int threads = omp_get_max_threads();
   const bool split = !options.reference && threads > 1 && B >= threads && omp_get_max_active_levels() == 1 &&
                      (B % threads == 0 || B >= 4 * threads);
   const std::int64_t groups = split ? threads : 1;
+  const int team = options.reference || split ? 1 : threads;
   const auto first_image = [&](std::int64_t g) { return B * g / groups; };
   auto& works = cache_->workspaces;
   bool fits = static_cast<std::int64_t>(works.size()) == groups;
@@ -410,7 +508,7 @@ Outputs Model::forward(const Tensor& input, const ForwardOptions& options) const
     const auto snapshot = [&](Tensor& t) { std::copy(xs, xs + n * T * C, t.f32() + b0 * T * C); };
     if (options.keep_blocks) snapshot(out.embed);
 
-    Forward fwd(c, params_, ops, n, grid, work, packed, gemm);
+    Forward fwd(c, params_, ops, n, grid, work, packed, gemm, team);
     for (std::int64_t i = 0; i < c.depth; ++i) {
       fwd.block(i, xs);
       if (options.keep_blocks) snapshot(out.blocks[i]);

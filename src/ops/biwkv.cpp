@@ -194,17 +194,23 @@ struct Scan {
 
 void biwkv(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B, std::int64_t T,
            std::int64_t C, Wkv wkv) {
+  biwkv_share(w, u, k, v, y, B, T, C, wkv, 0, 1);
+}
+
+void biwkv_share(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B,
+                 std::int64_t T, std::int64_t C, Wkv wkv, int share, int shares) {
   if (wkv.semantics == WkvSemantics::Official && wkv.chunks < 1)
     input_error("Bi-WKV chunk count must be at least 1, got ", wkv.chunks);
   if (T == 0) return;
-  const std::int64_t blocks = (C + kBlock - 1) / kBlock;
+  const std::int64_t blocks = (C + kBlock - 1) / kBlock, jobs = B * blocks;
+  const std::int64_t first = jobs * share / shares, last = jobs * (share + 1) / shares;
 #pragma omp parallel
   {
     // E and the future sums of one block: 4·T·kBlock doubles, reused across calls.
     thread_local std::vector<double> scratch;
     scratch.resize(static_cast<std::size_t>(4 * T * kBlock));
 #pragma omp for schedule(static)
-    for (std::int64_t job = 0; job < B * blocks; ++job) {
+    for (std::int64_t job = first; job < last; ++job) {
       const std::int64_t b = job / blocks, c0 = (job % blocks) * kBlock;
       const auto run = [&](auto& scan) {
         scan.T = T, scan.C = C, scan.nc = static_cast<int>(std::min<std::int64_t>(kBlock, C - c0));

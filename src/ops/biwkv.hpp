@@ -36,6 +36,10 @@ void biwkv_ref_all(const float* w, const float* u, const float* k, const float* 
 // O(T·C) scans, float64 accumulation.
 void biwkv(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B, std::int64_t T,
            std::int64_t C, Wkv wkv);
+// The same for share `share` of `shares` equal parts of the (image, 32-channel
+// block) problems: what one thread of a team computes (all of y for `shares` calls).
+void biwkv_share(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B,
+                 std::int64_t T, std::int64_t C, Wkv wkv, int share, int shares);
 
 
 // Backward: given gy = dL/dy, adds dL/dw, dL/du ([C], summed over the batch)

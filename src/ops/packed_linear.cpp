@@ -92,6 +92,7 @@ const PackedLinear::Plan& PackedLinear::plan(std::int64_t M, DType x, DType y, c
 }
 
 void PackedLinear::operator()(Activations x, Activations y, std::int64_t M, const Epilogue& e) {
+  if (M == 0) return;
   if (weights_ == DType::F32 && x.dtype != DType::F32)
     runtime_error("packed linear: float32 weights need float32 activations, got ", dtype_name(x.dtype));
   try {

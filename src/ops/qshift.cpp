@@ -55,12 +55,12 @@ inline void mix_range(const float* x, const float* xx, int count, const float* c
 }
 
 template <class Out>
-void q_shift_mix_impl(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma,
-                      int count, const float* const* mu, Out* const* out) {
+void q_shift_mix_impl(const float* x, Grid grid, std::int64_t C, int s, double channel_gamma, int count,
+                      const float* const* mu, Out* const* out, std::int64_t row_begin, std::int64_t row_end) {
   const std::int64_t H = grid.H, W = grid.W, T = grid.tokens();
   const std::int64_t q = s == 0 ? 0 : q_shift_group(C, channel_gamma);
 #pragma omp parallel for schedule(static)
-  for (std::int64_t bt = 0; bt < B * T; ++bt) {
+  for (std::int64_t bt = row_begin; bt < row_end; ++bt) {
     const std::int64_t b = bt / T, h = (bt % T) / W, w = bt % W;
     const float* row = x + bt * C;
     const auto neighbour = [&](std::int64_t sh, std::int64_t sw) -> const float* {
@@ -78,12 +78,22 @@ void q_shift_mix_impl(const float* x, std::int64_t B, Grid grid, std::int64_t C,
 
 void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma, int count,
                  const float* const* mu, float* const* out) {
-  q_shift_mix_impl(x, B, grid, C, s, channel_gamma, count, mu, out);
+  q_shift_mix_impl(x, grid, C, s, channel_gamma, count, mu, out, 0, B * grid.tokens());
 }
 
 void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma, int count,
                  const float* const* mu, Bf16* const* out) {
-  q_shift_mix_impl(x, B, grid, C, s, channel_gamma, count, mu, out);
+  q_shift_mix_impl(x, grid, C, s, channel_gamma, count, mu, out, 0, B * grid.tokens());
+}
+
+void q_shift_mix_rows(const float* x, Grid grid, std::int64_t C, int s, double channel_gamma, int count, const float* const* mu, float* const* out, std::int64_t row_begin,
+                      std::int64_t row_end) {
+  q_shift_mix_impl(x, grid, C, s, channel_gamma, count, mu, out, row_begin, row_end);
+}
+
+void q_shift_mix_rows(const float* x, Grid grid, std::int64_t C, int s, double channel_gamma, int count, const float* const* mu, Bf16* const* out, std::int64_t row_begin,
+                      std::int64_t row_end) {
+  q_shift_mix_impl(x, grid, C, s, channel_gamma, count, mu, out, row_begin, row_end);
 }
 
 void q_shift_mix_backward_ref(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma,
