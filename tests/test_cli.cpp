@@ -239,6 +239,22 @@ TEST_F(Cli, BenchWritesRecordsAndPlot) {
   expect_input_error(run("bench --model vrwkv_t --res 224 --plot " + path("b.gif")), "--plot");
   expect_input_error(run("bench --model vrwkv_x --res 32 --reps 1"), "vrwkv_x");
   EXPECT_NE(access(path("b.gif").c_str(), F_OK), 0);
+  expect_input_error(run("bench --model vrwkv_t --res 32 --dtype fp16"), "fp16");
+  expect_input_error(run("bench --model vit_t --res 32 --dtype fp32,bf16"), "vit_t");
+  expect_input_error(run("bench --model vrwkv_t --res 32 --dtype bf16 --train"), "--train");
+}
+
+// Both dtypes in one run: a record each and their throughput ratio.
+TEST_F(Cli, BenchComparesDtypes) {
+  if (!__builtin_cpu_supports("avx512bf16")) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  const CliResult r = run("bench --model " + test::golden("tiny_default.pth") + " --res 32 --dtype fp32,bf16 " +
+                          "--threads 1 --warmup 0 --reps 2 --json " + path("d.json"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto records = nlohmann::json::parse(slurp(path("d.json")));
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0]["dtype"], "fp32");
+  EXPECT_EQ(records[1]["dtype"], "bf16");
+  EXPECT_NE(r.out.find("bf16/fp32 "), std::string::npos) << r.out;
 }
 
 TEST_F(Cli, MissingModelFile) {

@@ -103,8 +103,9 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--batch,-b", opt->batches, "Comma-separated batch sizes, e.g. 1,8");
   cmd->add_option("--res,-r", opt->resolutions, "Comma-separated resolutions: N (square) or HxW, e.g. 224,1024");
   cmd->add_option("--threads,-t", opt->threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
-  cmd->add_option("--dtype", opt->dtype, "fp32 or bf16 (linear layers in bfloat16, float32 accumulation)")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--dtype", opt->dtype,
+                  "Comma-separated: fp32, bf16 (linear layers in bfloat16, float32 accumulation); with both, the "
+                  "bf16/fp32 throughput ratio of each configuration is printed");
   cmd->add_option("--warmup", opt->warmup, "Untimed runs before measuring")->check(CLI::Range(0, 1000));
   cmd->add_option("--reps", opt->reps, "Timed runs (median and p90 are reported)")->check(CLI::Range(1, 100000));
   cmd->add_flag("--train", opt->train,
@@ -121,18 +122,27 @@ void add_bench(CLI::App& app) {
     if (!opt->plot.empty() && !opt->plot.ends_with(".png") && !opt->plot.ends_with(".svg"))
       input_error("--plot: expected a .png or .svg file name, got '", opt->plot, "'");
     std::vector<bench::Spec> specs;
+    const std::vector<std::string> dtypes = split(opt->dtype);
+    for (const std::string& d : dtypes) {
+      if (d != "fp32" && d != "bf16") input_error("--dtype: expected fp32 or bf16, got '", d, "'");
+      if (d == "bf16" && opt->train) input_error("--dtype bf16: --train runs in fp32 only");
+      for (const std::string& m : split(opt->models))
+        if (d == "bf16" && (m == "vit_t" || m == "vit_s"))
+          input_error("--dtype bf16 is not available for the ViT baseline (", m, ")");
+    }
     for (const std::string& m : split(opt->models))
       for (const std::string& b : split(opt->batches))
-        for (const std::string& r : split(opt->resolutions)) {
-          bench::Spec s;
-          s.model = m;
-          s.batch = parse_index_list(b, "--batch").at(0);
-          if (s.batch < 1) input_error("--batch: expected sizes of 1 or more, got '", b, "'");
-          std::tie(s.height, s.width) = parse_resolution(r, "--res");
-          s.threads = threads, s.dtype = opt->dtype, s.warmup = opt->warmup, s.reps = opt->reps;
-          s.train = opt->train, s.recompute = opt->recompute;
-          specs.push_back(s);
-        }
+        for (const std::string& r : split(opt->resolutions))
+          for (const std::string& d : dtypes) {
+            bench::Spec s;
+            s.model = m;
+            s.batch = parse_index_list(b, "--batch").at(0);
+            if (s.batch < 1) input_error("--batch: expected sizes of 1 or more, got '", b, "'");
+            std::tie(s.height, s.width) = parse_resolution(r, "--res");
+            s.threads = threads, s.dtype = d, s.warmup = opt->warmup, s.reps = opt->reps;
+            s.train = opt->train, s.recompute = opt->recompute;
+            specs.push_back(s);
+          }
     if (specs.empty()) input_error("bench: nothing to measure");
     if (opt->recompute && !opt->train) input_error("--recompute: only with --train");
     for (const std::string& m : split(opt->models)) {
@@ -163,6 +173,16 @@ void add_bench(CLI::App& app) {
       std::fflush(stdout);
       records.push_back(r);
     }
+    // bf16 against fp32 for each configuration measured in both.
+    for (std::size_t i = 0; i < specs.size(); ++i)
+      for (std::size_t j = 0; j < specs.size(); ++j) {
+        const bench::Spec &a = specs[i], &b = specs[j];
+        if (a.dtype == "bf16" && b.dtype == "fp32" && a.model == b.model && a.batch == b.batch &&
+            a.height == b.height && a.width == b.width)
+          std::printf("bf16/fp32 %s batch %lld %lldx%lld: %.2fx\n", a.model.c_str(), (long long)a.batch,
+                      (long long)a.height, (long long)a.width,
+                      records[i].images_per_second / records[j].images_per_second);
+      }
     if (!opt->json.empty()) {
       std::string text = "[\n";
       for (std::size_t i = 0; i < records.size(); ++i) {
