@@ -12,7 +12,6 @@
 #include <omp.h>
 
 #include "ops/biwkv.hpp"
-#include "ops/fast_math.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
 #include "ops/packed_linear.hpp"
@@ -95,13 +94,16 @@ PackedBlocks pack_blocks(const Config& c, const TensorMap& p, DType dtype) {
   }
   return blocks;
 }
-}  // namespace
-
-namespace {
 
 using ops::Activation;
 using ops::Activations;
 using ops::Epilogue;
+
+// Token rows [begin, end) of a group's B·T rows.
+struct Rows {
+  std::int64_t begin, end;
+  std::int64_t count() const { return end - begin; }
+};
 
 // One forward pass through the blocks. Two implementations of each block, with
 // the same arithmetic in a different order:
@@ -111,12 +113,6 @@ using ops::Epilogue;
 //    (σ gates, relu², residual; a pre-norm layer scale folded into the
 //    weights), Q-Shift + mixing writing the GEMM inputs directly in the GEMM's
 //    dtype, float32 or bf16.
-// Token rows [begin, end) of a group's B·T rows.
-struct Rows {
-  std::int64_t begin, end;
-  std::int64_t count() const { return end - begin; }
-};
-
 class Forward {
  public:
   // packed == nullptr: reference path. Else the fast path with the blocks'
@@ -493,13 +489,15 @@ Outputs Model::forward(const Tensor& input, const ForwardOptions& options) const
     out.embed = Tensor(DType::F32, {B, T, C});
     for (std::int64_t i = 0; i < c.depth; ++i) out.blocks.emplace_back(DType::F32, std::vector<std::int64_t>{B, T, C});
   }
-  for (std::size_t i = 0; i < c.out_indices.size(); ++i) out.features.emplace_back(DType::F32, std::vector<std::int64_t>{B, C, grid.H, grid.W});
+  for (std::size_t i = 0; i < c.out_indices.size(); ++i)
+    out.features.emplace_back(DType::F32, std::vector<std::int64_t>{B, C, grid.H, grid.W});
 
   // Images [b0, b0 + n) through the backbone in workspace `work`.
   const auto backbone = [&](std::int64_t b0, std::int64_t n, Workspace& work) {
     // Patch embedding + position embedding.
     float* xs = work.x.data();
-    ops.patch_embed(input.f32() + b0 * c.in_channels * H * W, params_.at("backbone.patch_embed.projection.weight").f32(),
+    ops.patch_embed(input.f32() + b0 * c.in_channels * H * W,
+                    params_.at("backbone.patch_embed.projection.weight").f32(),
                     params_.at("backbone.patch_embed.projection.bias").f32(), xs, n, c.in_channels, H, W, C,
                     c.patch_size, work.hidden.data());
 #pragma omp parallel for schedule(static)

@@ -32,10 +32,10 @@ void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int 
                  int count, const float* const* mu, Bf16* const* out);
 // Only the token rows [row_begin, row_end) of out's [B·T] rows (x is read
 // around them): one thread's part.
-void q_shift_mix_rows(const float* x, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma, int count, const float* const* mu, float* const* out,
-                      std::int64_t row_begin, std::int64_t row_end);
-void q_shift_mix_rows(const float* x, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma, int count, const float* const* mu, Bf16* const* out,
-                      std::int64_t row_begin, std::int64_t row_end);
+void q_shift_mix_rows(const float* x, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma, int count,
+                      const float* const* mu, float* const* out, std::int64_t row_begin, std::int64_t row_end);
+void q_shift_mix_rows(const float* x, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma, int count,
+                      const float* const* mu, Bf16* const* out, std::int64_t row_begin, std::int64_t row_end);
 
 // Backward of q_shift_mix, adding to the gradients: with dxx = Σ_i dout_i·(1−μ_i),
 //   dx += Σ_i dout_i·μ_i + shiftᵀ(dxx)   (each group's value goes back to the neighbour it came from),
