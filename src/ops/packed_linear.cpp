@@ -26,9 +26,10 @@ dt dnnl_type(DType t) {
 struct PackedLinear::Plan {
   dnnl::matmul matmul;
   const memory* weights = nullptr;  // one of packed_
-  memory::desc src, src_bf16, dst, mul, scratch, reorder_scratch;
+  memory::desc src, gemm_src, dst, mul, scratch, reorder_scratch;  // gemm_src: src in the weights' dtype
   dnnl::reorder to_bf16;  // bf16 weights, float32 x: x rounded to bf16 first
 };
+
 PackedLinear::PackedLinear(const float* W, std::int64_t N, std::int64_t K, DType weights, const float* row_scale)
     : W_(W), N_(N), K_(K), weights_(weights) {
   if (weights != DType::F32 && weights != DType::BF16)
@@ -44,12 +45,12 @@ PackedLinear::~PackedLinear() = default;
 
 const PackedLinear::Plan& PackedLinear::plan(std::int64_t M, DType x, DType y, const Epilogue& e) {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto& plan = plans_[Key{M, x, y, e.act, e.mul != nullptr, e.accumulate}];
-  if (plan) return *plan;
-  plan = std::make_unique<Plan>();
+  std::unique_ptr<Plan>& slot = plans_[Key{M, x, y, e.act, e.mul != nullptr, e.accumulate}];
+  if (slot) return *slot;
+  auto plan = std::make_unique<Plan>();  // stored only once complete: creation may throw
   const dt wt = dnnl_type(weights_);
   plan->src = memory::desc({M, K_}, dnnl_type(x), tag::ab);
-  plan->src_bf16 = memory::desc({M, K_}, wt, tag::ab);
+  plan->gemm_src = memory::desc({M, K_}, wt, tag::ab);
   plan->dst = memory::desc({M, N_}, dnnl_type(y), tag::ab);
   plan->mul = memory::desc({M, N_}, dt::f32, tag::ab);
   dnnl::post_ops ops;
@@ -65,13 +66,13 @@ const PackedLinear::Plan& PackedLinear::plan(std::int64_t M, DType x, DType y, c
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   attr.set_post_ops(ops);
   const dnnl::matmul::primitive_desc pd(
-      dnnl::matmul::desc(plan->src_bf16, memory::desc({K_, N_}, wt, tag::any), plan->dst), attr, engine());
+      dnnl::matmul::desc(plan->gemm_src, memory::desc({K_, N_}, wt, tag::any), plan->dst), attr, engine());
   plan->matmul = dnnl::matmul(pd);
   plan->scratch = pd.scratchpad_desc();
   if (x != weights_) {
     dnnl::primitive_attr reorder_attr;
     reorder_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    const dnnl::reorder::primitive_desc rpd(engine(), plan->src, engine(), plan->src_bf16, reorder_attr);
+    const dnnl::reorder::primitive_desc rpd(engine(), plan->src, engine(), plan->gemm_src, reorder_attr);
     plan->to_bf16 = dnnl::reorder(rpd);
     plan->reorder_scratch = rpd.scratchpad_desc();
   }
@@ -88,7 +89,8 @@ const PackedLinear::Plan& PackedLinear::plan(std::int64_t M, DType x, DType y, c
     plan->weights = packed.get();
     packed_.push_back(std::move(packed));
   }
-  return *plan;
+  slot = std::move(plan);
+  return *slot;
 }
 
 void PackedLinear::operator()(Activations x, Activations y, std::int64_t M, const Epilogue& e) {
@@ -109,7 +111,7 @@ void PackedLinear::operator()(Activations x, Activations y, std::int64_t M, cons
     memory src(p.src, engine(), x.data);
     if (x.dtype != weights_) {
       rounded_x.resize(static_cast<std::size_t>(M * K_));
-      memory rounded(p.src_bf16, engine(), rounded_x.data());
+      memory rounded(p.gemm_src, engine(), rounded_x.data());
       p.to_bf16.execute(stream, {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, rounded},
                                  {DNNL_ARG_SCRATCHPAD, scratch_for(p.reorder_scratch)}});
       src = rounded;
