@@ -99,62 +99,78 @@ TEST(Ops, Bf16Rounding) {
   EXPECT_EQ(ops::to_float(ops::to_bf16(3.140625f)), 3.140625f);  // representable: exact
 }
 
-// Packed linears with every epilogue against the reference linear followed by
-// the same element-wise steps in float64.
+// Packed linears (with and without bias) with every epilogue against the
+// reference linear followed by the same element-wise steps in float64.
 TEST(Ops, PackedLinearEpiloguesMatchReference) {
   std::mt19937 rng(9);
   const std::int64_t shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {196, 192, 192}, {33, 100, 768}, {50, 768, 192}};
   for (const auto& s : shapes)
-    for (DType dtype : {DType::F32, DType::BF16}) {
-      if (dtype == DType::BF16 && !__builtin_cpu_supports("avx512bf16")) continue;
-      const std::int64_t M = s[0], N = s[1], K = s[2];
-      const auto x = test::random_vector(M * K, rng), W = test::random_vector(N * K, rng),
-                 scale = test::random_vector(N, rng), mul = test::random_vector(M * N, rng),
-                 old = test::random_vector(M * N, rng);
-      // bf16 weights: the reference sees x and W rounded to bf16, so only the
-      // float32 accumulation order differs.
-      const auto rounded = [&](std::vector<float> v) {
-        if (dtype == DType::BF16)
-          for (float& f : v) f = ops::to_float(ops::to_bf16(f));
-        return v;
-      };
-      std::vector<float> Ws(N * K);
-      for (std::int64_t n = 0; n < N; ++n)
-        for (std::int64_t k = 0; k < K; ++k) Ws[n * K + k] = W[n * K + k] * scale[n];
-      std::vector<float> z(M * N);
-      ops::linear_ref(rounded(x).data(), rounded(Ws).data(), nullptr, z.data(), M, N, K);
-      ops::PackedLinear linear(W.data(), N, K, dtype, scale.data());
-      const std::string what = std::string(dtype_name(dtype)) + " " + std::to_string(M) + "x" + std::to_string(N) +
-                               "x" + std::to_string(K);
-      for (ops::Activation act : {ops::Activation::None, ops::Activation::Sigmoid, ops::Activation::ReluSquare})
-        for (bool with_mul : {false, true})
-          for (bool accumulate : {false, true}) {
-            std::vector<float> want(M * N), got = old;
-            for (std::int64_t i = 0; i < M * N; ++i) {
-              double v = z[i];
-              if (act == ops::Activation::Sigmoid) v = 1 / (1 + std::exp(-v));
-              if (act == ops::Activation::ReluSquare) v = std::max(v, 0.0) * std::max(v, 0.0);
-              if (with_mul) v *= mul[i];
-              want[i] = static_cast<float>(accumulate ? old[i] + v : v);
+    for (DType dtype : {DType::F32, DType::BF16})
+      for (bool with_bias : {false, true}) {
+        if (dtype == DType::BF16 && !__builtin_cpu_supports("avx512bf16")) continue;
+        const std::int64_t M = s[0], N = s[1], K = s[2];
+        const auto x = test::random_vector(M * K, rng), W = test::random_vector(N * K, rng),
+                   scale = test::random_vector(N, rng), mul = test::random_vector(M * N, rng),
+                   old = test::random_vector(M * N, rng), bias = test::random_vector(N, rng);
+        // bf16 weights: the reference sees x and W rounded to bf16, so only the
+        // float32 accumulation order differs. The row scale applies to W and bias.
+        const auto rounded = [&](std::vector<float> v) {
+          if (dtype == DType::BF16)
+            for (float& f : v) f = ops::to_float(ops::to_bf16(f));
+          return v;
+        };
+        std::vector<float> Ws(N * K), bs(N);
+        for (std::int64_t n = 0; n < N; ++n) {
+          for (std::int64_t k = 0; k < K; ++k) Ws[n * K + k] = W[n * K + k] * scale[n];
+          bs[n] = bias[n] * scale[n];
+        }
+        std::vector<float> z(M * N);
+        ops::linear_ref(rounded(x).data(), rounded(Ws).data(), with_bias ? bs.data() : nullptr, z.data(), M, N, K);
+        ops::PackedLinear linear(W.data(), N, K, dtype, scale.data(), with_bias ? bias.data() : nullptr);
+        const std::string what = std::string(dtype_name(dtype)) + " " + std::to_string(M) + "x" + std::to_string(N) +
+                                 "x" + std::to_string(K) + (with_bias ? " bias" : "");
+        for (ops::Activation act : {ops::Activation::None, ops::Activation::Sigmoid, ops::Activation::ReluSquare,
+                                    ops::Activation::Gelu})
+          for (bool with_mul : {false, true})
+            for (bool accumulate : {false, true}) {
+              std::vector<float> want(M * N), got = old;
+              for (std::int64_t i = 0; i < M * N; ++i) {
+                double v = z[i];
+                if (act == ops::Activation::Sigmoid) v = 1 / (1 + std::exp(-v));
+                if (act == ops::Activation::ReluSquare) v = std::max(v, 0.0) * std::max(v, 0.0);
+                if (act == ops::Activation::Gelu) v = 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+                if (with_mul) v *= mul[i];
+                want[i] = static_cast<float>(accumulate ? old[i] + v : v);
+              }
+              linear({const_cast<float*>(x.data()), DType::F32}, {got.data(), DType::F32}, M,
+                     {act, with_mul ? mul.data() : nullptr, accumulate});
+              // The GEMM's kOpTol error in z, carried through the epilogue by its
+              // largest slope (σ: 1/4, relu²: 2·max|z|, GELU: 1.13, ·mul: max|mul|),
+              // plus kOpTol of the result for the epilogue's own float32 steps.
+              const double zmax = test::max_abs(z.data(), z.size());
+              const double slope = act == ops::Activation::Sigmoid      ? 0.25
+                                   : act == ops::Activation::ReluSquare ? 2 * zmax
+                                   : act == ops::Activation::Gelu       ? 1.13
+                                                                        : 1.0;
+              const double bound = kOpTol * std::max(1.0, zmax) * slope *
+                                       (with_mul ? test::max_abs(mul.data(), mul.size()) : 1.0) +
+                                   kOpTol * std::max(1.0, test::max_abs(want.data(), want.size()));
+              EXPECT_LE(test::max_abs_diff(got.data(), want.data(), got.size()), bound)
+                  << what << " act " << int(act) << (with_mul ? " mul" : "") << (accumulate ? " accumulate" : "");
             }
-            linear({const_cast<float*>(x.data()), DType::F32}, {got.data(), DType::F32}, M,
-                   {act, with_mul ? mul.data() : nullptr, accumulate});
-            expect_close(got, want, what + " act " + std::to_string(int(act)) + (with_mul ? " mul" : "") +
-                                        (accumulate ? " accumulate" : ""));
-          }
-      if (dtype != DType::BF16) continue;
-      // bf16 in and out: the input taken as is, the output rounded once.
-      const auto xr = rounded(x);
-      std::vector<ops::Bf16> xb(M * K), yb(M * N);
-      for (std::int64_t i = 0; i < M * K; ++i) xb[i] = ops::to_bf16(xr[i]);
-      linear({xb.data(), DType::BF16}, {yb.data(), DType::BF16}, M);
-      std::vector<float> y(M * N);
-      for (std::int64_t i = 0; i < M * N; ++i) y[i] = ops::to_float(yb[i]);
-      // One bf16 rounding of the output (8 significant bits: at most 2^-8 of
-      // the value) on top of the float32 accumulation's kOpTol.
-      const double bound = (0x1p-8 + kOpTol) * std::max(1.0, test::max_abs(z.data(), z.size()));
-      EXPECT_LE(test::max_abs_diff(y.data(), z.data(), y.size()), bound) << what << " bf16 output";
-    }
+        if (dtype != DType::BF16) continue;
+        // bf16 in and out: the input taken as is, the output rounded once.
+        const auto xr = rounded(x);
+        std::vector<ops::Bf16> xb(M * K), yb(M * N);
+        for (std::int64_t i = 0; i < M * K; ++i) xb[i] = ops::to_bf16(xr[i]);
+        linear({xb.data(), DType::BF16}, {yb.data(), DType::BF16}, M);
+        std::vector<float> y(M * N);
+        for (std::int64_t i = 0; i < M * N; ++i) y[i] = ops::to_float(yb[i]);
+        // One bf16 rounding of the output (8 significant bits: at most 2^-8 of
+        // the value) on top of the float32 accumulation's kOpTol.
+        const double bound = (0x1p-8 + kOpTol) * std::max(1.0, test::max_abs(z.data(), z.size()));
+        EXPECT_LE(test::max_abs_diff(y.data(), z.data(), y.size()), bound) << what << " bf16 output";
+      }
 }
 
 // One packed linear used from several threads at once (images in groups, one

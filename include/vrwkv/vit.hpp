@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "vrwkv/tensor.hpp"
@@ -28,12 +29,15 @@ class Vit {
   // FLOPs as 2 × multiply-adds of the linears, the convolution and attention.
   double flops(std::int64_t height, std::int64_t width) const;
   // input: F32 [B,3,H,W] with H, W multiples of 16; returns logits [B,K].
+  // Calls on one Vit are serialised.
   Tensor forward(const Tensor& input) const;
 
  private:
+  struct Packed;  // the block linears packed for oneDNN, made on the first forward
   VitConfig config_;
   Tensor storage_;
   TensorMap params_;
+  std::shared_ptr<Packed> packed_;
 };
 
 }  // namespace vrwkv

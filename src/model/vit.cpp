@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <vector>
 
 #include "ops/fast_math.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
+#include "ops/packed_linear.hpp"
 #include "ops/patch_embed.hpp"
 #include "ops/pos_embed.hpp"
 #include <dnnl.h>
@@ -43,12 +45,22 @@ std::vector<std::pair<std::string, Shape>> vit_shapes(const VitConfig& c) {
 }
 }  // namespace
 
+// The linears of each block, packed once, with their biases.
+struct Vit::Packed {
+  struct Block {
+    ops::PackedLinear qkv, proj, fc1, fc2;
+  };
+  std::mutex mutex;
+  std::vector<std::unique_ptr<Block>> blocks;
+};
+
 Vit Vit::preset(const std::string& name, std::uint64_t seed) {
   VitConfig c;
   if (name == "vit_s") c.embed_dims = 384, c.heads = 6, c.mlp_dims = 1536;
   else if (name != "vit_t") input_error("unknown ViT preset '", name, "' (expected vit_t or vit_s)");
   Vit v;
   v.config_ = c;
+  v.packed_ = std::make_shared<Packed>();
   const auto shapes = vit_shapes(c);
   std::int64_t total = 0;
   for (const auto& [n, s] : shapes) total += shape_numel(s);
@@ -100,12 +112,26 @@ Tensor Vit::forward(const Tensor& input) const {
           x[(b * T + t) * C + ch] = patches[(b * grid.tokens() + t - 1) * C + ch] + pos[(t - 1) * C + ch];
     }
   }
+  std::lock_guard<std::mutex> lock(packed_->mutex);
+  auto& blocks = packed_->blocks;
+  for (std::int64_t i = static_cast<std::int64_t>(blocks.size()); i < c.depth; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    const auto W = [&](const char* name) { return P(b + name + ".weight"); };
+    const auto bias = [&](const char* name) { return P(b + name + ".bias"); };
+    blocks.push_back(std::unique_ptr<Packed::Block>(new Packed::Block{
+        {W("qkv"), 3 * C, C, DType::F32, nullptr, bias("qkv")},
+        {W("proj"), C, C, DType::F32, nullptr, bias("proj")},
+        {W("fc1"), M, C, DType::F32, nullptr, bias("fc1")},
+        {W("fc2"), C, M, DType::F32, nullptr, bias("fc2")}}));
+  }
+  const auto f32 = [](std::vector<float>& v) { return ops::Activations{v.data(), DType::F32}; };
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const std::int64_t qblocks = (T + kQueryBlock - 1) / kQueryBlock;
   for (std::int64_t i = 0; i < c.depth; ++i) {
     const std::string b = "blocks." + std::to_string(i) + ".";
+    Packed::Block& linears = *blocks[i];
     ops::layernorm(x.data(), P(b + "norm1.weight"), P(b + "norm1.bias"), h.data(), N, C, kVitLnEps);
-    ops::linear(h.data(), P(b + "qkv.weight"), P(b + "qkv.bias"), qkv.data(), N, 3 * C, C);
+    linears.qkv(f32(h), f32(qkv), N);
     // Softmax attention, one (image, head, block of queries) per job.
 #pragma omp parallel
     {
@@ -129,15 +155,11 @@ Tensor Vit::forward(const Tensor& input) const {
                    att.data() + (bi * T + q0) * C + hd * d, C);
       }
     }
-    ops::linear(att.data(), P(b + "proj.weight"), P(b + "proj.bias"), h.data(), N, C, C);
-    for (std::int64_t j = 0; j < N * C; ++j) x[j] += h[j];
+    // x += proj(att); x += fc2(GELU(fc1(LN(x)))), GELU exact (erf) as timm's; the epilogues add and activate.
+    linears.proj(f32(att), f32(x), N, {ops::Activation::None, nullptr, true});
     ops::layernorm(x.data(), P(b + "norm2.weight"), P(b + "norm2.bias"), h.data(), N, C, kVitLnEps);
-    ops::linear(h.data(), P(b + "fc1.weight"), P(b + "fc1.bias"), mlp.data(), N, M, C);
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * M; ++j) mlp[j] = 0.5f * mlp[j] * (1.0f + std::erf(mlp[j] * 0.70710678f));
-    // (erf as in timm's exact GELU; a libm call per element, small beside the T² attention.)
-    ops::linear(mlp.data(), P(b + "fc2.weight"), P(b + "fc2.bias"), h.data(), N, C, M);
-    for (std::int64_t j = 0; j < N * C; ++j) x[j] += h[j];
+    linears.fc1(f32(h), f32(mlp), N, {ops::Activation::Gelu, nullptr, false});
+    linears.fc2(f32(mlp), f32(x), N, {ops::Activation::None, nullptr, true});
   }
   std::vector<float> cls(B * C);
   for (std::int64_t bi = 0; bi < B; ++bi)

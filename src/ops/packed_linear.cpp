@@ -16,6 +16,11 @@ dnnl::engine& engine() {
   return e;
 }
 
+// The eltwise post-ops of an activation (the binary multiply comes after them).
+int eltwise_count(Activation act) {
+  return act == Activation::None ? 0 : act == Activation::ReluSquare ? 2 : 1;
+}
+
 dt dnnl_type(DType t) {
   if (t == DType::F32) return dt::f32;
   if (t == DType::BF16) return dt::bf16;
@@ -26,11 +31,12 @@ dt dnnl_type(DType t) {
 struct PackedLinear::Plan {
   dnnl::matmul matmul;
   const memory* weights = nullptr;  // one of packed_
-  memory::desc src, gemm_src, dst, mul, scratch, reorder_scratch;  // gemm_src: src in the weights' dtype
+  memory::desc src, gemm_src, dst, mul, bias, scratch, reorder_scratch;  // gemm_src: src in the weights' dtype
   dnnl::reorder to_bf16;  // bf16 weights, float32 x: x rounded to bf16 first
 };
 
-PackedLinear::PackedLinear(const float* W, std::int64_t N, std::int64_t K, DType weights, const float* row_scale)
+PackedLinear::PackedLinear(const float* W, std::int64_t N, std::int64_t K, DType weights, const float* row_scale,
+                           const float* bias)
     : W_(W), N_(N), K_(K), weights_(weights) {
   if (weights != DType::F32 && weights != DType::BF16)
     runtime_error("packed linear: weights must be F32 or BF16, got ", dtype_name(weights));
@@ -39,6 +45,11 @@ PackedLinear::PackedLinear(const float* W, std::int64_t N, std::int64_t K, DType
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t k = 0; k < K; ++k) scaled_[n * K + k] = W[n * K + k] * row_scale[n];
     W_ = scaled_.data();
+  }
+  if (bias) {
+    bias_.assign(bias, bias + N);
+    if (row_scale)
+      for (std::int64_t n = 0; n < N; ++n) bias_[n] *= row_scale[n];
   }
 }
 PackedLinear::~PackedLinear() = default;
@@ -53,20 +64,25 @@ const PackedLinear::Plan& PackedLinear::plan(std::int64_t M, DType x, DType y, c
   plan->gemm_src = memory::desc({M, K_}, wt, tag::ab);
   plan->dst = memory::desc({M, N_}, dnnl_type(y), tag::ab);
   plan->mul = memory::desc({M, N_}, dt::f32, tag::ab);
+  if (!bias_.empty()) plan->bias = memory::desc({1, N_}, dt::f32, tag::ab);
   dnnl::post_ops ops;
   if (e.act == Activation::Sigmoid) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_logistic, 0.0f, 0.0f);
   if (e.act == Activation::ReluSquare) {
     ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
     ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_square, 0.0f, 0.0f);
   }
+  if (e.act == Activation::Gelu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
   if (e.mul) ops.append_binary(dnnl::algorithm::binary_mul, plan->mul);
   if (e.accumulate) ops.append_sum(1.0f);
   // Scratch memory comes from the calling thread (oneDNN's own is bound to the thread that made the primitive).
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   attr.set_post_ops(ops);
+  const memory::desc weights_any({K_, N_}, wt, tag::any);
   const dnnl::matmul::primitive_desc pd(
-      dnnl::matmul::desc(plan->gemm_src, memory::desc({K_, N_}, wt, tag::any), plan->dst), attr, engine());
+      bias_.empty() ? dnnl::matmul::desc(plan->gemm_src, weights_any, plan->dst)
+                    : dnnl::matmul::desc(plan->gemm_src, weights_any, plan->bias, plan->dst),
+      attr, engine());
   plan->matmul = dnnl::matmul(pd);
   plan->scratch = pd.scratchpad_desc();
   if (x != weights_) {
@@ -120,11 +136,10 @@ void PackedLinear::operator()(Activations x, Activations y, std::int64_t M, cons
                                             {DNNL_ARG_WEIGHTS, *p.weights},
                                             {DNNL_ARG_DST, memory(p.dst, engine(), y.data)},
                                             {DNNL_ARG_SCRATCHPAD, scratch_for(p.scratch)}};
-    if (e.mul) {
-      const int index = e.act == Activation::None ? 0 : e.act == Activation::Sigmoid ? 1 : 2;  // after the eltwise ops
-      args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1] =
+    if (!bias_.empty()) args[DNNL_ARG_BIAS] = memory(p.bias, engine(), const_cast<float*>(bias_.data()));
+    if (e.mul)
+      args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(eltwise_count(e.act)) | DNNL_ARG_SRC_1] =
           memory(p.mul, engine(), const_cast<float*>(e.mul));
-    }
     p.matmul.execute(stream, args);
     stream.wait();
   } catch (const dnnl::error& err) {

@@ -21,9 +21,9 @@ struct memory;
 
 namespace vrwkv::ops {
 
-enum class Activation : std::uint8_t { None, Sigmoid, ReluSquare };
+enum class Activation : std::uint8_t { None, Sigmoid, ReluSquare, Gelu };  // Gelu: exact (erf) form
 
-// Applied in this order to each z = (x·Wᵀ)[m,n]: z ← act(z); z ← z·mul[m,n];
+// Applied in this order to each z = (x·Wᵀ + b)[m,n]: z ← act(z); z ← z·mul[m,n];
 // y ← y + z (accumulate) or y ← z.
 struct Epilogue {
   Activation act = Activation::None;
@@ -39,9 +39,11 @@ struct Activations {
 
 class PackedLinear {
  public:
-  // W: [N,K] float32 (PyTorch layout). row_scale ([N] or null) multiplies
-  // row n of W by row_scale[n] before packing: a layer scale folded in.
-  PackedLinear(const float* W, std::int64_t N, std::int64_t K, DType weights, const float* row_scale = nullptr);
+  // W: [N,K] float32 (PyTorch layout); bias: [N] or null. row_scale ([N] or
+  // null) multiplies row n of W (and bias n) by row_scale[n] before packing:
+  // a layer scale folded in.
+  PackedLinear(const float* W, std::int64_t N, std::int64_t K, DType weights, const float* row_scale = nullptr,
+               const float* bias = nullptr);
   ~PackedLinear();
   PackedLinear(const PackedLinear&) = delete;
   PackedLinear& operator=(const PackedLinear&) = delete;
@@ -57,6 +59,7 @@ class PackedLinear {
   using Key = std::tuple<std::int64_t, DType, DType, Activation, bool, bool>;
   const float* W_;           // float32 [N,K]: the model's, or scaled_
   std::vector<float> scaled_;
+  std::vector<float> bias_;  // [N] (scaled), empty without a bias
   std::int64_t N_, K_;
   DType weights_;
   std::mutex mutex_;  // guards packed_ and plans_
