@@ -1,4 +1,4 @@
-// Gradients of a VRWKV classifier (issue "Training in C++"; VRWKV.md 1.4-1.8,
+// Gradients of a VRWKV classifier (VRWKV.md 1.4-1.8,
 // 2.6): forward, label-smoothed cross-entropy and a hand-written backward
 // through every layer.
 //

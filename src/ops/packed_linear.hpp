@@ -1,6 +1,7 @@
-// The block linear layers of the fast forward (issue 3): y[M,N] = epilogue(x[M,K]·Wᵀ)
-// through oneDNN matmul primitives, with the element-wise work that follows a
-// GEMM done while its tile is still in registers (activation, gate, residual).
+// The linear layers of the fast forward (VRWKV blocks, the ViT baseline):
+// y[M,N] = epilogue(x[M,K]·Wᵀ + b) through oneDNN matmul primitives, with the
+// element-wise work that follows a GEMM done while its tile is still in
+// registers (activation, gate, residual).
 // Weights are converted to float32 or bfloat16 and packed into the library's
 // layout once; a primitive is made once per (M, epilogue, dtypes), on first use.
 // bf16 weights: x and W rounded to bf16, products accumulated in float32.
@@ -9,8 +10,8 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <tuple>
 #include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "vrwkv/tensor.hpp"

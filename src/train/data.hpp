@@ -1,4 +1,4 @@
-// Training and evaluation data (issue "Training in C++", VRWKV.md 6.2):
+// Training and evaluation data (VRWKV.md 6.2):
 // labelled image datasets, the training augmentations and a batch loader.
 //
 // Determinism: every random choice for the sample at position i of epoch e

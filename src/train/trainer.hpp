@@ -1,4 +1,4 @@
-// The training loop (issue "Training in C++"; VRWKV.md 1.9, 6.2): a model
+// The training loop (VRWKV.md 1.9, 6.2): a model
 // built from a configuration (or a checkpoint to fine-tune), data with the
 // training augmentations, AdamW on a per-iteration cosine schedule, gradient
 // clipping, label smoothing, DropPath, Mixup/CutMix, optional EMA and
