@@ -76,13 +76,23 @@ TEST(Ops, QShiftMixMatchesReference) {
     ops::q_shift_mix(x.data(), s.B, {s.H, s.W}, s.C, s.s, s.gamma, 3, mu, op);
     ops::q_shift_mix_ref(x.data(), s.B, {s.H, s.W}, s.C, s.s, s.gamma, 3, mu, rp);
     for (int i = 0; i < 3; ++i) expect_close(o[i], r[i], "q_shift_mix");
-    // The bf16 variant writes the float32 result rounded once.
+    // By rows, in two parts, written in float32 and in bf16: the same values,
+    // the bf16 ones rounded once.
+    const std::int64_t rows = s.B * s.H * s.W, mid = rows / 3;
+    std::vector<float> f[3];
     std::vector<ops::Bf16> h[3];
+    float* fp[3];
     ops::Bf16* hp[3];
-    for (int i = 0; i < 3; ++i) h[i].resize(n), hp[i] = h[i].data();
-    ops::q_shift_mix(x.data(), s.B, {s.H, s.W}, s.C, s.s, s.gamma, 3, mu, hp);
+    for (int i = 0; i < 3; ++i) f[i].resize(n), h[i].resize(n), fp[i] = f[i].data(), hp[i] = h[i].data();
+    for (const auto& [r0, r1] : {std::pair{std::int64_t{0}, mid}, std::pair{mid, rows}}) {
+      ops::q_shift_mix_rows(x.data(), {s.H, s.W}, s.C, s.s, s.gamma, 3, mu, fp, r0, r1);
+      ops::q_shift_mix_rows(x.data(), {s.H, s.W}, s.C, s.s, s.gamma, 3, mu, hp, r0, r1);
+    }
     for (int i = 0; i < 3; ++i)
-      for (std::int64_t j = 0; j < n; ++j) ASSERT_EQ(h[i][j].bits, ops::to_bf16(o[i][j]).bits) << "bf16 mix " << j;
+      for (std::int64_t j = 0; j < n; ++j) {
+        ASSERT_EQ(f[i][j], o[i][j]) << "mix by rows " << j;
+        ASSERT_EQ(h[i][j].bits, ops::to_bf16(o[i][j]).bits) << "bf16 mix " << j;
+      }
   }
 }
 

@@ -27,20 +27,16 @@ namespace {
 
 using ops::Grid;
 
-// The per-op functions of a forward pass: the fast ones or the plain references.
+// The ops both paths use, in their fast or plain reference versions (the
+// block's other ops differ by path: see Forward).
 struct OpSet {
-  decltype(&ops::linear) linear;
+  decltype(&ops::linear) linear;  // the head (the blocks' linears differ by path)
   decltype(&ops::layernorm) layernorm;
-  void (*q_shift_mix)(const float*, std::int64_t, Grid, std::int64_t, int, double, int, const float* const*,
-                      float* const*);
-  decltype(&ops::biwkv) biwkv;
   decltype(&ops::patch_embed) patch_embed;
   decltype(&ops::resize_pos_embed) resize_pos_embed;
 };
-constexpr OpSet kFast = {ops::linear, ops::layernorm, ops::q_shift_mix, ops::biwkv, ops::patch_embed,
-                         ops::resize_pos_embed};
-constexpr OpSet kReference = {ops::linear_ref, ops::layernorm_ref, ops::q_shift_mix_ref, ops::biwkv_ref_all,
-                              ops::patch_embed_ref, ops::resize_pos_embed_ref};
+constexpr OpSet kFast = {ops::linear, ops::layernorm, ops::patch_embed, ops::resize_pos_embed};
+constexpr OpSet kReference = {ops::linear_ref, ops::layernorm_ref, ops::patch_embed_ref, ops::resize_pos_embed_ref};
 
 }  // namespace
 
@@ -322,7 +318,7 @@ class Forward {
 
   // out[N_, n] = in[N_, k]·Wᵀ for the bias-free block linear `weight` ([n, k]).
   void linear(const std::string& weight, const float* in, float* out, std::int64_t n, std::int64_t k) {
-    ops_.linear(in, P(weight), nullptr, out, N_, n, k);
+    ops::linear_ref(in, P(weight), nullptr, out, N_, n, k);
   }
 
   void reference_shift_mix(const float* x, const std::string& prefix, const char* const* names, int count,
@@ -334,7 +330,7 @@ class Forward {
     }
     const float* mu[3];
     for (int i = 0; i < count; ++i) mu[i] = P(prefix + names[i]), outs[i] = bufs[i];
-    ops_.q_shift_mix(x, B_, grid_, C_, c_.shift_pixel, c_.channel_gamma, count, mu, bufs);
+    ops::q_shift_mix_ref(x, B_, grid_, C_, c_.shift_pixel, c_.channel_gamma, count, mu, bufs);
   }
 
   void reference_spatial_mix(const std::string& l, const float* x, float* out) {
@@ -385,7 +381,8 @@ class Forward {
   // y = BiWKV(w/T, u/T, k, v) (reference path).
   void reference_wkv(const std::string& l, const float* k, const float* v, float* y) {
     set_decay(l);
-    ops_.biwkv(work_.wu.data(), work_.wu.data() + C_, k, v, y, B_, grid_.tokens(), C_, {c_.wkv, c_.wkv_chunks});
+    ops::biwkv_ref_all(work_.wu.data(), work_.wu.data() + C_, k, v, y, B_, grid_.tokens(), C_,
+                       {c_.wkv, c_.wkv_chunks});
   }
 
   // x ← x + g ⊙ branch on rows r (default: all); g absent without layer scale.

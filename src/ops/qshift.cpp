@@ -81,11 +81,6 @@ void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int 
   q_shift_mix_impl(x, grid, C, s, channel_gamma, count, mu, out, 0, B * grid.tokens());
 }
 
-void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int s, double channel_gamma, int count,
-                 const float* const* mu, Bf16* const* out) {
-  q_shift_mix_impl(x, grid, C, s, channel_gamma, count, mu, out, 0, B * grid.tokens());
-}
-
 void q_shift_mix_rows(const float* x, Grid grid, std::int64_t C, int s, double channel_gamma, int count,
                       const float* const* mu, float* const* out, std::int64_t row_begin, std::int64_t row_end) {
   q_shift_mix_impl(x, grid, C, s, channel_gamma, count, mu, out, row_begin, row_end);

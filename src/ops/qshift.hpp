@@ -27,11 +27,9 @@ void q_shift_mix_ref(const float* x, std::int64_t B, Grid grid, std::int64_t C, 
                      int count, const float* const* mu, float* const* out);
 void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma,
                  int count, const float* const* mu, float* const* out);
-// The same, written in bf16 (each value rounded once) for bf16 GEMMs.
-void q_shift_mix(const float* x, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma,
-                 int count, const float* const* mu, Bf16* const* out);
 // Only the token rows [row_begin, row_end) of out's [B·T] rows (x is read
-// around them): one thread's part.
+// around them): one thread's part; written in float32 or in bf16 (each value
+// rounded once) for bf16 GEMMs.
 void q_shift_mix_rows(const float* x, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma, int count,
                       const float* const* mu, float* const* out, std::int64_t row_begin, std::int64_t row_end);
 void q_shift_mix_rows(const float* x, Grid grid, std::int64_t C, int shift_pixel, double channel_gamma, int count,
