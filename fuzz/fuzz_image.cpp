@@ -4,8 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "io/image.hpp"
-#include "io/preprocess.hpp"
+#include "image/image.hpp"
+#include "image/preprocess.hpp"
 #include "vrwkv/error.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {

@@ -274,7 +274,7 @@ TEST(ModelBackward, GoldenGradients) {
     Gradients grads(model);
     Backprop backprop(model);
     const LossResult r =
-        backprop.run(golden.at("input"), one_hot(golden.at("labels"), model.config().num_classes), grads);
+        backprop.run(golden.at("input"), one_hot(golden.at("labels"), model.config().arch.num_classes), grads);
     EXPECT_NEAR(r.loss, golden.at("loss").f32()[0], test::kGradTol * std::max(1.0f, golden.at("loss").f32()[0]))
         << name;
     int checked = 0;
@@ -282,12 +282,12 @@ TEST(ModelBackward, GoldenGradients) {
       EXPECT_TRUE(test::close_to(g, golden.at("grad." + param), test::kGradTol)) << name << " " << param;
       ++checked;
     }
-    EXPECT_EQ(checked, static_cast<int>(parameter_shapes(model.config()).size()));
+    EXPECT_EQ(checked, static_cast<int>(parameter_shapes(model.architecture()).size()));
     // Recomputing blocks in the backward gives the same bits.
     Gradients again(model);
     BackwardOptions recompute;
     recompute.recompute = true;
-    backprop.run(golden.at("input"), one_hot(golden.at("labels"), model.config().num_classes), again, recompute);
+    backprop.run(golden.at("input"), one_hot(golden.at("labels"), model.config().arch.num_classes), again, recompute);
     EXPECT_EQ(test::max_abs_diff(grads.storage.f32(), again.storage.f32(), grads.storage.numel()), 0.0) << name;
   }
 }
@@ -297,14 +297,14 @@ TEST(ModelBackward, GoldenGradients) {
 // position grid, shift 2 with γ = 1/8, a non-square padded input.
 TEST(ModelBackward, MatchesDifferencesOnEveryFeature) {
   Config c;
-  c.embed_dims = 24, c.hidden_dims = 40, c.depth = 3, c.patch_size = 4, c.in_channels = 2;
-  c.pos_grid_h = 3, c.pos_grid_w = 2;
-  c.post_norm = c.layer_scale = c.key_norm = true;
-  c.shift_pixel = 2, c.channel_gamma = 0.125;
-  c.head = HeadKind::Mlp, c.head_hidden = 16, c.num_classes = 5;
-  c.out_indices = {2};
-  c.wkv = WkvSemantics::Paper;
-  TensorMap p = initial_parameters(c, 3, 0.7);
+  c.arch.embed_dims = 24, c.arch.hidden_dims = 40, c.arch.depth = 3, c.arch.patch_size = 4, c.arch.in_channels = 2;
+  c.arch.pos_grid_h = 3, c.arch.pos_grid_w = 2;
+  c.arch.post_norm = c.arch.layer_scale = c.arch.key_norm = true;
+  c.arch.shift_pixel = 2, c.arch.channel_gamma = 0.125;
+  c.arch.head = HeadKind::Mlp, c.arch.head_hidden = 16, c.arch.num_classes = 5;
+  c.run.out_indices = {2};
+  c.run.wkv = WkvSemantics::Paper;
+  TensorMap p = initial_parameters(c.arch, 3, 0.7);
   std::mt19937 rng(9);
   for (auto& [name, t] : p)  // move every parameter away from its structured initial value
     for (std::int64_t i = 0; i < t.numel(); ++i) t.f32()[i] += 0.2f * test::random_vector(1, rng)[0];
@@ -330,7 +330,7 @@ TEST(ModelBackward, MatchesDifferencesOnEveryFeature) {
   };
   // Probe every parameter tensor at a few coordinates.
   std::int64_t offset = 0;
-  for (const auto& [name, shape] : parameter_shapes(c)) {
+  for (const auto& [name, shape] : parameter_shapes(c.arch)) {
     const std::int64_t n = shape_numel(shape);
     Vec sub_theta(theta.begin() + offset, theta.begin() + offset + n), sub_grad(grad.begin() + offset, grad.begin() + offset + n);
     const auto sub_loss = [&] {
@@ -346,14 +346,14 @@ TEST(ModelBackward, MatchesDifferencesOnEveryFeature) {
 
 TEST(ModelBackward, RefusesWhatItCannotDerive) {
   Config c;
-  c.embed_dims = 8, c.hidden_dims = 16, c.depth = 1, c.patch_size = 4, c.num_classes = 3, c.out_indices = {0};
-  c.pos_grid_h = c.pos_grid_w = 2;
-  c.wkv = WkvSemantics::Paper;
-  const Model paper = Model::from_state_dict(initial_parameters(c, 1), c);
+  c.arch.embed_dims = 8, c.arch.hidden_dims = 16, c.arch.depth = 1, c.arch.patch_size = 4, c.arch.num_classes = 3, c.run.out_indices = {0};
+  c.arch.pos_grid_h = c.arch.pos_grid_w = 2;
+  c.run.wkv = WkvSemantics::Paper;
+  const Model paper = Model::from_state_dict(initial_parameters(c.arch, 1), c);
   Gradients g(paper);
   Tensor input(DType::F32, {1, 3, 8, 8}), labels(DType::I64, {1});
-  c.head = HeadKind::None;
-  const Model headless = Model::from_state_dict(initial_parameters(c, 1), c);
+  c.arch.head = HeadKind::None;
+  const Model headless = Model::from_state_dict(initial_parameters(c.arch, 1), c);
   Gradients gh(headless);
   EXPECT_THROW(Backprop(headless).run(input, one_hot(labels, 3), gh), Error);
   labels.data<std::int64_t>()[0] = 3;

@@ -26,8 +26,8 @@
 #include <utility>
 #include <vector>
 
-#include "io/image.hpp"
-#include "io/preprocess.hpp"
+#include "image/image.hpp"
+#include "image/preprocess.hpp"
 #include "io/safetensors.hpp"
 #include "vrwkv/error.hpp"
 

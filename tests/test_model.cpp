@@ -12,7 +12,7 @@ namespace {
 // A random state dict for a configuration, values in ranges like trained ones.
 TensorMap random_state_dict(const Config& c, std::mt19937& rng) {
   TensorMap sd;
-  for (const auto& [name, shape] : parameter_shapes(c)) {
+  for (const auto& [name, shape] : parameter_shapes(c.arch)) {
     Tensor t(DType::F32, shape);
     const bool decay = name.find("spatial_decay") != std::string::npos;
     const auto v = test::random_vector(t.numel(), rng, decay ? -5 : -0.3f, decay ? 3 : 0.3f);
@@ -32,18 +32,18 @@ struct Variant {
 
 std::vector<Variant> variants() {
   Config base;
-  base.embed_dims = 40, base.depth = 3, base.patch_size = 4, base.hidden_dims = 120, base.pos_grid_h = 5,
-  base.pos_grid_w = 6, base.num_classes = 7, base.out_indices = {2};
+  base.arch.embed_dims = 40, base.arch.depth = 3, base.arch.patch_size = 4, base.arch.hidden_dims = 120, base.arch.pos_grid_h = 5,
+  base.arch.pos_grid_w = 6, base.arch.num_classes = 7, base.run.out_indices = {2};
   std::vector<Variant> v;
   Config c = base;
   v.push_back({"default paper", c, 2, 20, 24});
-  c.wkv = WkvSemantics::Official, c.wkv_chunks = 4;
+  c.run.wkv = WkvSemantics::Official, c.run.wkv_chunks = 4;
   v.push_back({"official S=4, resized grid", c, 1, 33, 17});
-  c = base, c.post_norm = true, c.layer_scale = true, c.key_norm = true, c.head = HeadKind::Mlp, c.head_hidden = 9;
+  c = base, c.arch.post_norm = true, c.arch.layer_scale = true, c.arch.key_norm = true, c.arch.head = HeadKind::Mlp, c.arch.head_hidden = 9;
   v.push_back({"post-norm, layer scale, key_norm, MLP head", c, 3, 9, 31});
-  c = base, c.shift_pixel = 2, c.channel_gamma = 0.125, c.out_indices = {0, 2}, c.final_norm = false;
+  c = base, c.arch.shift_pixel = 2, c.arch.channel_gamma = 0.125, c.run.out_indices = {0, 2}, c.arch.final_norm = false;
   v.push_back({"shift 2, gamma 1/8, two out indices, no final norm", c, 1, 24, 24});
-  c = base, c.head = HeadKind::None, c.shift_pixel = 0;
+  c = base, c.arch.head = HeadKind::None, c.arch.shift_pixel = 0;
   v.push_back({"no head, no shift, one token", c, 2, 3, 4});
   return v;
 }
@@ -70,11 +70,11 @@ TEST(Model, FastPathMatchesReferenceOnVariants) {
       ASSERT_EQ(a.blocks.size(), b.blocks.size());
       for (std::size_t i = 0; i < a.blocks.size(); ++i)
         EXPECT_TRUE(test::close_to(a.blocks[i], b.blocks[i], test::kForwardTol)) << v.name << " block " << i;
-      ASSERT_EQ(a.features.size(), v.config.out_indices.size()) << v.name;
+      ASSERT_EQ(a.features.size(), v.config.run.out_indices.size()) << v.name;
       for (std::size_t i = 0; i < a.features.size(); ++i)
         EXPECT_TRUE(test::close_to(a.features[i], b.features[i], test::kForwardTol)) << v.name << " features " << i;
-      if (v.config.head != HeadKind::None) {
-        EXPECT_EQ(a.logits.shape(), (Shape{v.B, v.config.num_classes})) << v.name;
+      if (v.config.arch.head != HeadKind::None) {
+        EXPECT_EQ(a.logits.shape(), (Shape{v.B, v.config.arch.num_classes})) << v.name;
         EXPECT_TRUE(test::close_to(a.logits, b.logits, test::kForwardTol)) << v.name;
       }
     }
@@ -93,7 +93,7 @@ TEST(Model, BatchIsIndependentPerImage) {
   for (std::int64_t b = 0; b < 3; ++b) {
     Tensor one = x.view(b * 3 * 16 * 12, {1, 3, 16, 12}).clone();
     const Outputs o = m.forward(one);
-    const Tensor row = all.logits.view(b * v.config.num_classes, {1, v.config.num_classes});
+    const Tensor row = all.logits.view(b * v.config.arch.num_classes, {1, v.config.arch.num_classes});
     EXPECT_TRUE(test::close_to(o.logits, row, 1e-6)) << "image " << b;
   }
 }
@@ -132,26 +132,26 @@ TEST(Model, InferredConfigRoundTripsAndOverridesApply) {
   Config c = variants()[2].config;
   const TensorMap sd = random_state_dict(c, rng);
   const Config inferred = infer_config(sd, "x");
-  EXPECT_EQ(inferred.embed_dims, c.embed_dims);
-  EXPECT_EQ(inferred.hidden_dims, c.hidden_dims);
-  EXPECT_EQ(inferred.head, HeadKind::Mlp);
-  EXPECT_EQ(inferred.head_hidden, 9);
-  EXPECT_TRUE(inferred.key_norm && inferred.layer_scale && inferred.post_norm);
-  EXPECT_EQ(inferred.pos_grid_h, 30);  // 5×6 is not square: the length, until --pos-grid says otherwise
+  EXPECT_EQ(inferred.arch.embed_dims, c.arch.embed_dims);
+  EXPECT_EQ(inferred.arch.hidden_dims, c.arch.hidden_dims);
+  EXPECT_EQ(inferred.arch.head, HeadKind::Mlp);
+  EXPECT_EQ(inferred.arch.head_hidden, 9);
+  EXPECT_TRUE(inferred.arch.key_norm && inferred.arch.layer_scale && inferred.arch.post_norm);
+  EXPECT_EQ(inferred.arch.pos_grid_h, 30);  // 5×6 is not square: the length, until --pos-grid says otherwise
   Config o = inferred;
   ConfigOverrides ov;
   ov.pos_grid_h = 5, ov.pos_grid_w = 6, ov.post_norm = false, ov.out_indices = std::vector<std::int64_t>{-1, 0};
   apply_overrides(o, ov, "x");
-  EXPECT_EQ(o.pos_grid_w, 6);
-  EXPECT_FALSE(o.post_norm);
-  EXPECT_EQ(o.out_indices, (std::vector<std::int64_t>{0, 2}));
+  EXPECT_EQ(o.arch.pos_grid_w, 6);
+  EXPECT_FALSE(o.arch.post_norm);
+  EXPECT_EQ(o.run.out_indices, (std::vector<std::int64_t>{0, 2}));
   ConfigOverrides bad;
   bad.out_indices = std::vector<std::int64_t>{3};
   EXPECT_THROW(apply_overrides(o, bad, "x"), Error);
   bad = {};
   bad.channel_gamma = 0.3;
   EXPECT_THROW(apply_overrides(o, bad, "x"), Error);
-  EXPECT_EQ(config_from_json(config_to_json(c), "x").head_hidden, c.head_hidden);
+  EXPECT_EQ(config_from_json(config_to_json(c), "x").arch.head_hidden, c.arch.head_hidden);
 }
 
 }  // namespace
@@ -166,8 +166,8 @@ namespace {
 TEST(Model, LoadsBackbonePartOfDenseCheckpoints) {
   std::mt19937 rng(15);
   Config c = variants()[0].config;
-  c.final_norm = false;
-  c.head = HeadKind::None;
+  c.arch.final_norm = false;
+  c.arch.head = HeadKind::None;
   const TensorMap sd = random_state_dict(c, rng);
   const std::string path = ::testing::TempDir() + "vrwkv_dense.safetensors";
   TensorMap dense = sd;
@@ -177,8 +177,8 @@ TEST(Model, LoadsBackbonePartOfDenseCheckpoints) {
   write_safetensors(path, dense);
   LoadReport report;
   const Model m = Model::load(path, {}, &report);
-  EXPECT_FALSE(m.config().final_norm);
-  EXPECT_EQ(m.config().head, HeadKind::None);
+  EXPECT_FALSE(m.config().arch.final_norm);
+  EXPECT_EQ(m.config().arch.head, HeadKind::None);
   EXPECT_EQ(report.ignored.size(), 4u);
 
   TensorMap prefixed, bare;

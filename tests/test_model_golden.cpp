@@ -27,18 +27,18 @@ Case load_case(const std::string& name) {
 void check_config(const Case& c) {
   const auto& bb = c.json.at("backbone");
   const Config& cfg = c.model.config();
-  EXPECT_EQ(cfg.embed_dims, bb.at("embed_dims").get<std::int64_t>());
-  EXPECT_EQ(cfg.depth, bb.at("depth").get<std::int64_t>());
-  EXPECT_EQ(cfg.patch_size, bb.at("patch_size").get<std::int64_t>());
-  EXPECT_EQ(cfg.hidden_dims, cfg.embed_dims * bb.at("hidden_rate").get<std::int64_t>());
-  EXPECT_EQ(cfg.post_norm, bb.at("post_norm").get<bool>());
-  EXPECT_EQ(cfg.key_norm, bb.at("key_norm").get<bool>());
-  EXPECT_EQ(cfg.final_norm, bb.at("final_norm").get<bool>());
-  EXPECT_EQ(cfg.shift_pixel, bb.at("shift_pixel").get<int>());
-  EXPECT_EQ(cfg.layer_scale, !bb.at("init_values").is_null());
-  EXPECT_EQ(cfg.num_classes, c.json.at("num_classes").get<std::int64_t>());
-  EXPECT_EQ(cfg.pos_grid_h, c.json.at("train_grid").at(0).get<std::int64_t>());
-  EXPECT_EQ(cfg.pos_grid_w, c.json.at("train_grid").at(1).get<std::int64_t>());
+  EXPECT_EQ(cfg.arch.embed_dims, bb.at("embed_dims").get<std::int64_t>());
+  EXPECT_EQ(cfg.arch.depth, bb.at("depth").get<std::int64_t>());
+  EXPECT_EQ(cfg.arch.patch_size, bb.at("patch_size").get<std::int64_t>());
+  EXPECT_EQ(cfg.arch.hidden_dims, cfg.arch.embed_dims * bb.at("hidden_rate").get<std::int64_t>());
+  EXPECT_EQ(cfg.arch.post_norm, bb.at("post_norm").get<bool>());
+  EXPECT_EQ(cfg.arch.key_norm, bb.at("key_norm").get<bool>());
+  EXPECT_EQ(cfg.arch.final_norm, bb.at("final_norm").get<bool>());
+  EXPECT_EQ(cfg.arch.shift_pixel, bb.at("shift_pixel").get<int>());
+  EXPECT_EQ(cfg.arch.layer_scale, !bb.at("init_values").is_null());
+  EXPECT_EQ(cfg.arch.num_classes, c.json.at("num_classes").get<std::int64_t>());
+  EXPECT_EQ(cfg.arch.pos_grid_h, c.json.at("train_grid").at(0).get<std::int64_t>());
+  EXPECT_EQ(cfg.arch.pos_grid_w, c.json.at("train_grid").at(1).get<std::int64_t>());
 }
 
 void check_outputs(const Case& c, bool reference) {
@@ -54,8 +54,8 @@ void check_outputs(const Case& c, bool reference) {
     ASSERT_TRUE(g.count(key)) << key;
     EXPECT_TRUE(test::close_to(out.blocks[i], g.at(key), test::kForwardTol)) << key << path;
   }
-  EXPECT_EQ(out.blocks.size(), static_cast<std::size_t>(c.model.config().depth));
-  const auto& idx = c.model.config().out_indices;
+  EXPECT_EQ(out.blocks.size(), static_cast<std::size_t>(c.model.config().arch.depth));
+  const auto& idx = c.model.config().run.out_indices;
   if (idx.size() > 1)
     for (std::size_t i = 0; i < idx.size(); ++i) {
       const std::string key = "features." + std::to_string(idx[i]);

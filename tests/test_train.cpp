@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "common.hpp"
+#include "vrwkv/presets.hpp"
 #include "train/optimizer.hpp"
 #include "train/trainer.hpp"
 #include "vrwkv/error.hpp"
@@ -23,16 +24,23 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// mmcls paramwise_cfg norm_decay_mult = bias_decay_mult = 0, by name: no
+// decay on biases and on LayerNorm weights (the 1-D ".weight" tensors).
+bool mmcls_decays(const std::string& name, const Shape& shape) {
+  if (name.ends_with(".bias")) return false;
+  return !(name.ends_with(".weight") && shape.size() == 1);
+}
+
 TEST(AdamW, MatchesPyTorchUpdateRule) {
   Config c;
-  c.embed_dims = 4, c.hidden_dims = 8, c.depth = 1, c.patch_size = 2, c.num_classes = 2, c.pos_grid_h = 1;
-  c.pos_grid_w = 1, c.out_indices = {0};
-  const auto shapes = parameter_shapes(c);
+  c.arch.embed_dims = 4, c.arch.hidden_dims = 8, c.arch.depth = 1, c.arch.patch_size = 2, c.arch.num_classes = 2, c.arch.pos_grid_h = 1;
+  c.arch.pos_grid_w = 1, c.run.out_indices = {0};
+  const auto shapes = parameter_shapes(c.arch);
   std::int64_t P = 0;
   for (const auto& [name, shape] : shapes) P += shape_numel(shape);
   train::AdamWOptions o;
   o.lr = 0.01, o.weight_decay = 0.1;
-  train::AdamW opt(c, o);
+  train::AdamW opt(c.arch, o);
   std::mt19937 rng(3);
   std::vector<float> theta = test::random_vector(P, rng), ref(theta.begin(), theta.end());
   std::vector<double> m(P), v(P);
@@ -47,7 +55,7 @@ TEST(AdamW, MatchesPyTorchUpdateRule) {
         m[i] = 0.9 * m[i] + 0.1 * g[i];
         v[i] = 0.999 * v[i] + 0.001 * double(g[i]) * g[i];
         double p = ref[i];
-        if (train::is_decayed(name, shape)) p *= 1 - lr * 0.1;
+        if (mmcls_decays(name, shape)) p *= 1 - lr * 0.1;
         p -= lr / (1 - std::pow(0.9, t)) * m[i] / (std::sqrt(v[i] / (1 - std::pow(0.999, t))) + 1e-8);
         ref[i] = static_cast<float>(p);
       }
@@ -57,16 +65,23 @@ TEST(AdamW, MatchesPyTorchUpdateRule) {
 }
 
 TEST(AdamW, NoDecayRulesOfMmcls) {
-  EXPECT_FALSE(train::is_decayed("backbone.layers.0.ln1.weight", {192}));
-  EXPECT_FALSE(train::is_decayed("backbone.layers.0.att.key_norm.bias", {192}));
-  EXPECT_FALSE(train::is_decayed("head.fc.bias", {1000}));
-  EXPECT_FALSE(train::is_decayed("backbone.patch_embed.projection.bias", {192}));
-  EXPECT_TRUE(train::is_decayed("backbone.layers.0.att.key.weight", {192, 192}));
-  EXPECT_TRUE(train::is_decayed("backbone.pos_embed", {1, 196, 192}));
-  EXPECT_TRUE(train::is_decayed("backbone.layers.0.att.spatial_decay", {192}));
-  EXPECT_TRUE(train::is_decayed("backbone.layers.0.att.spatial_mix_k", {1, 1, 192}));
-  EXPECT_TRUE(train::is_decayed("backbone.layers.0.gamma1", {192}));
-  EXPECT_TRUE(train::is_decayed("backbone.patch_embed.projection.weight", {192, 3, 16, 16}));
+  // VRWKV-L has every kind of parameter (layer scale, key norms, MLP head).
+  Architecture l = preset_config("vrwkv_l").arch;
+  EXPECT_FALSE(train::is_decayed(l, "backbone.layers.0.ln1.weight"));
+  EXPECT_FALSE(train::is_decayed(l, "backbone.layers.0.att.key_norm.bias"));
+  EXPECT_FALSE(train::is_decayed(l, "head.2.bias"));
+  EXPECT_FALSE(train::is_decayed(l, "backbone.patch_embed.projection.bias"));
+  EXPECT_TRUE(train::is_decayed(l, "backbone.layers.0.att.key.weight"));
+  EXPECT_TRUE(train::is_decayed(l, "backbone.pos_embed"));
+  EXPECT_TRUE(train::is_decayed(l, "backbone.layers.0.att.spatial_decay"));
+  EXPECT_TRUE(train::is_decayed(l, "backbone.layers.0.att.spatial_mix_k"));
+  EXPECT_TRUE(train::is_decayed(l, "backbone.layers.0.gamma1"));
+  EXPECT_TRUE(train::is_decayed(l, "backbone.patch_embed.projection.weight"));
+  EXPECT_THROW(train::is_decayed(l, "backbone.layers.0.att.nothing"), Error);
+  // The table's decay column is mmcls's rule for every parameter.
+  l.depth = 2;
+  for (const Architecture& a : std::vector<Architecture>{l, preset_config("vrwkv_t").arch})
+    for (const auto& [name, shape] : parameter_shapes(a)) EXPECT_EQ(train::is_decayed(a, name), mmcls_decays(name, shape)) << name;
 }
 
 TEST(Optimizer, ClipAndSchedule) {
@@ -114,8 +129,8 @@ TEST(TrainModel, FineTuneReplacesTheHead) {
   const auto data = train::open_dataset("imagefolder:" + dir);
   const Model m = train::initial_model(tc, *data);
   const Model start = Model::load(tc.init);
-  EXPECT_EQ(m.config().num_classes, 3);
-  EXPECT_EQ(m.config().wkv, WkvSemantics::Paper);
+  EXPECT_EQ(m.config().arch.num_classes, 3);
+  EXPECT_EQ(m.config().run.wkv, WkvSemantics::Paper);
   EXPECT_EQ(m.parameters().at("head.fc.weight").shape(), (Shape{3, 64}));
   const Tensor &a = m.parameters().at("backbone.layers.1.att.key.weight"),
                &b = start.parameters().at("backbone.layers.1.att.key.weight");

@@ -4,10 +4,26 @@
 Runs `vrwkv bench` for the given configurations, then the same configurations
 in PyTorch (Debian's python3-torch, float32, the same thread count), in one run,
 and prints a table. The PyTorch model is this file's own definition of VRWKV
-(VRWKV.md 1) with a vectorised O(T) Bi-WKV in the paper's semantics, the fastest
-form PyTorch offers on a CPU; weights are random (speed does not depend on them).
+(VRWKV.md 1) with a vectorised O(T) Bi-WKV in the paper's semantics (cumulative
+sums, no loop over tokens); weights are random (speed does not depend on them).
+Before timing, the model is checked against the golden VRWKV-T logits of the
+official code (../shared/golden/vrwkv_t_224_b2, when present) and the BLAS's
+sgemm against float64.
 
-  tools/compare_pytorch.py --vrwkv build/vrwkv --model vrwkv_t --batch 1,8 --res 224,1024 --threads 2
+PyTorch at its best here: Debian's torch calls the system BLAS (libblas.so.3),
+which must be OpenBLAS (tools/setup.sh installs libopenblas0-pthread; the
+reference BLAS is ~20x slower). OpenBLAS 0.3.21 does not recognise this
+machine's processor and falls back to its generic SSE3 kernels, so the script
+names the kernels for the CPU's instruction set (SKYLAKEX with AVX-512, HASWELL
+with AVX2), replacing an OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE workaround the
+environment may set. OpenBLAS gets as many threads as torch and vrwkv, with
+short spins on both thread pools (GOMP_SPINCOUNT=10000 as vrwkv uses,
+OPENBLAS_THREAD_TIMEOUT) so that they do not fight over the cores.
+The options --blas-threads/--openblas-coretype and the environment's
+OMP_WAIT_POLICY/GOMP_SPINCOUNT/OPENBLAS_THREAD_TIMEOUT override this. The
+settings are printed with the table.
+
+  tools/compare_pytorch.py --vrwkv build/vrwkv --model vrwkv_t,vit_t --batch 1,8 --res 224 --threads 2
 
 With --train both sides time one training step instead: forward, label-smoothed
 cross-entropy (0.1), backward, gradient clipping (max norm 5) and AdamW
@@ -16,6 +32,7 @@ cross-entropy (0.1), backward, gradient clipping (max norm 5) and AdamW
   tools/compare_pytorch.py --train --model vrwkv_t --batch 8 --res 224
 """
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -25,12 +42,79 @@ import sys
 import tempfile
 import time
 
-# PyTorch's best setting measured on this machine (Debian's torch calls the
-# system BLAS; with OpenBLAS's pthread build, 2 BLAS threads inside 2 OpenMP
-# threads ran VRWKV-T at 1.9 images/s, 1 BLAS thread with the Haswell kernels
-# at 5.5). Set before torch loads the library; the environment can override.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OPENBLAS_CORETYPE", "HASWELL")
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(l.split(":", 1)[1].split()) for l in f if l.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def detected_coretype():
+    """The kernels OpenBLAS picks by itself here (without OPENBLAS_CORETYPE), or None when the system BLAS
+    is not OpenBLAS."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    probe = ("import ctypes; f = ctypes.CDLL('libblas.so.3').openblas_get_corename; f.restype = ctypes.c_char_p; "
+             "print(f().decode())")
+    r = subprocess.run([sys.executable, "-c", probe], env=dict(env, OPENBLAS_NUM_THREADS="1"), capture_output=True,
+                       text=True)
+    return (r.stdout.strip() or None) if r.returncode == 0 else None
+
+
+def default_coretype():
+    """OpenBLAS kernels for this CPU: its own choice unless that is older than the CPU's instruction set
+    (OpenBLAS 0.3.21 takes processors it does not know, like this Xeon, for a Prescott: SSE3 kernels), then
+    the kernels of that set. None: OpenBLAS's own choice."""
+    detected = (detected_coretype() or "").lower()
+    flags = cpu_flags()
+    avx512 = {"skylakex", "cooperlake", "sapphirerapids"}
+    if not detected:
+        return None
+    if {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags and detected not in avx512:
+        return "SKYLAKEX"
+    if {"avx2", "fma"} <= flags and detected not in avx512 | {"haswell", "zen"}:
+        return "HASWELL"
+    return None
+
+
+# The BLAS reads its settings when torch loads it: set them first.
+_pre = argparse.ArgumentParser(add_help=False)
+_pre.add_argument("--threads", type=int, default=2)
+_pre.add_argument("--blas-threads", type=int)
+_pre.add_argument("--openblas-coretype")
+_pre_args, _ = _pre.parse_known_args()
+ENV_BEFORE = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+# The environment's OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are a workaround for older OpenBLAS builds on some
+# processors; they go as a pair, and check_sgemm() tests the kernels chosen instead.
+os.environ.pop("OPENBLAS_L2_SIZE", None)
+os.environ.pop("OPENBLAS_CORETYPE", None)
+_coretype = _pre_args.openblas_coretype or default_coretype()
+if _coretype and _coretype.lower() != "auto":
+    os.environ["OPENBLAS_CORETYPE"] = _coretype
+os.environ["OPENBLAS_NUM_THREADS"] = str(_pre_args.blas_threads or _pre_args.threads)  # as many as torch's
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"  # torch's OpenMP threads: the short spin vrwkv runs with
+# OpenBLAS's threads: spin 2^16 cycles (~20 us, like the OpenMP ones) after a call, not 2^28 (~0.1 s), so
+# that they leave the cores to torch's threads between matrix products.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+
+
+def keep_freed_memory():
+    """glibc malloc keeps freed blocks up to 32 MiB instead of returning them to the system, so that a new
+    tensor is not a fresh mapping with a page fault per 4 KiB (PyTorch's tuning guides use jemalloc or
+    tcmalloc for the same; measured here: VRWKV-T batch 8 1.5x faster)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        if libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30):
+            return "glibc malloc mmap threshold 32 MiB, trim threshold 1 GiB"
+    except OSError:
+        pass
+    return "default malloc"
+
+
+MALLOC = keep_freed_memory()
 
 import torch
 import torch.nn as nn
@@ -45,32 +129,64 @@ PRESETS = {  # embed dims, depth, post_norm / layer scale, key_norm
 
 
 def q_shift(x, H, W):
-    B, T, C = x.shape
+    """Quarter shift of tokens in [T,B,C] layout (t = row * W + column), zeros where a shift leaves the grid."""
+    T, B, C = x.shape
     q = C // 4
-    x = x.transpose(1, 2).reshape(B, C, H, W)
+    x = x.view(H, W, B, C)
     out = torch.zeros_like(x)
-    out[:, 0:q, :, 1:] = x[:, 0:q, :, :-1]
-    out[:, q:2 * q, :, :-1] = x[:, q:2 * q, :, 1:]
-    out[:, 2 * q:3 * q, 1:, :] = x[:, 2 * q:3 * q, :-1, :]
-    out[:, 3 * q:4 * q, :-1, :] = x[:, 3 * q:4 * q, 1:, :]
-    out[:, 4 * q:] = x[:, 4 * q:]
-    return out.flatten(2).transpose(1, 2)
+    out[:, 1:, :, 0:q] = x[:, :-1, :, 0:q]                    # from the left
+    out[:, :-1, :, q:2 * q] = x[:, 1:, :, q:2 * q]            # from the right
+    out[1:, :, :, 2 * q:3 * q] = x[:-1, :, :, 2 * q:3 * q]    # from above
+    out[:-1, :, :, 3 * q:4 * q] = x[1:, :, :, 3 * q:4 * q]    # from below
+    out[:, :, :, 4 * q:] = x[:, :, :, 4 * q:]
+    return out.view(T, B, C)
+
+
+_TRI = {}
+GEMM_TOKENS = 256
+
+
+def tri(n, upper, dtype):
+    """[n,n] strictly lower (upper) triangular matrix of ones."""
+    key = (n, upper, dtype)
+    if key not in _TRI:
+        ones = torch.ones(n, n, dtype=dtype)
+        _TRI[key] = torch.triu(ones, 1) if upper else torch.tril(ones, -1)
+    return _TRI[key]
+
+
+def exclusive_sum(X, upper):
+    """sum_{j<t} X_j (upper: sum_{j>t} X_j) along dim 0 of X [T,...]: up to GEMM_TOKENS tokens as one matrix
+    product with a triangular matrix (BLAS; torch's cumsum is 2-5x slower there), beyond by cumsum."""
+    T = X.shape[0]
+    if T <= GEMM_TOKENS:
+        return (tri(T, upper, X.dtype) @ X.reshape(T, -1)).view(X.shape)
+    if upper:
+        X = torch.flip(X, [0])
+    out = torch.cumsum(X, 0) - X
+    return torch.flip(out, [0]) if upper else out
 
 
 def bi_wkv(w, u, k, v):
-    """Paper Bi-WKV in O(T) with cumulative sums; w, u: [C], k, v: [B,T,C]."""
-    B, T, C = k.shape
+    """Paper Bi-WKV in O(T) memory, no loop over tokens; w, u: [C], k, v: [T,B,C].
+
+    y_t = (a_t P_t + b_t F_t + e^u E_t v_t) / (the same with v = 1, + 1e-6), E = e^{k - max_t k},
+    P_t = sum_{j<t} e^{jw} E_j v_j, F_t = sum_{j>t} e^{-jw} E_j v_j, a_t = e^{-(t-1)w}, b_t = e^{(t+1)w}
+    (so a_t e^{jw} = e^{-(t-j-1)w}; |jw| <= |spatial_decay|)."""
+    T, B, C = k.shape
     idx = torch.arange(T, dtype=k.dtype).unsqueeze(1)  # [T,1]
-    E = torch.exp(k - k.amax(dim=1, keepdim=True))
-    up, down = torch.exp(idx * w), torch.exp(-idx * w)  # e^{iw}, e^{-iw}: |iw| <= |spatial_decay|
-    past_n = torch.cumsum(up * E * v, 1) - up * E * v
-    past_d = torch.cumsum(up * E, 1) - up * E
-    fut_n = torch.flip(torch.cumsum(torch.flip(down * E * v, [1]), 1), [1]) - down * E * v
-    fut_d = torch.flip(torch.cumsum(torch.flip(down * E, [1]), 1), [1]) - down * E
-    a = torch.exp(-(idx - 1) * w)  # past weight e^{-(t-1)w}
-    b = torch.exp((idx + 1) * w)   # future weight e^{(t+1)w}
-    eu = torch.exp(u)
-    return (a * past_n + b * fut_n + eu * E * v) / (a * past_d + b * fut_d + eu * E + 1e-6)
+    E = torch.exp(k - k.amax(dim=0, keepdim=True))
+    S = torch.stack((E * v, E), 2)  # [T,B,2,C]: numerator and denominator terms
+    weights = lambda e: torch.exp(e).view(T, 1, 1, C)
+    P = exclusive_sum(S * weights(idx * w), upper=False)
+    Fu = exclusive_sum(S * weights(-idx * w), upper=True)
+    Y = torch.addcmul(torch.addcmul(torch.exp(u) * S, weights(-(idx - 1) * w), P), weights((idx + 1) * w), Fu)
+    return Y[:, :, 0] / (Y[:, :, 1] + 1e-6)
+
+
+def mix(x, xx, m):
+    """x * m + xx * (1 - m) for each row of m ([n,C]), as one [n,T,B,C] tensor."""
+    return torch.addcmul(xx, x - xx, m[:, None, None, :])
 
 
 class SpatialMix(nn.Module):
@@ -83,10 +199,9 @@ class SpatialMix(nn.Module):
         self.key_norm = nn.LayerNorm(C) if key_norm else None
 
     def forward(self, x, H, W):
-        xx = q_shift(x, H, W)
-        xk, xv, xr = (x * m + xx * (1 - m) for m in self.mix)
+        xk, xv, xr = mix(x, q_shift(x, H, W), self.mix)
         k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
-        T = x.shape[1]
+        T = x.shape[0]
         y = bi_wkv(self.spatial_decay / T, self.spatial_first / T, k, v)
         if self.key_norm is not None:
             y = self.key_norm(y)
@@ -102,9 +217,9 @@ class ChannelMix(nn.Module):
         self.key_norm = nn.LayerNorm(4 * C) if key_norm else None
 
     def forward(self, x, H, W):
-        xx = q_shift(x, H, W)
-        xk, xr = (x * m + xx * (1 - m) for m in self.mix)
-        k = torch.square(torch.relu(self.key(xk)))
+        xk, xr = mix(x, q_shift(x, H, W), self.mix)
+        k = torch.relu(self.key(xk))
+        k = k * k  # torch.square, without its slower pow kernel
         if self.key_norm is not None:
             k = self.key_norm(k)
         return torch.sigmoid(self.receptance(xr)) * self.value(k)
@@ -146,10 +261,41 @@ class VRWKV(nn.Module):
         B, C, H, W = x.shape
         pos = self.pos_embed if (H, W) == (self.grid, self.grid) else F.interpolate(
             self.pos_embed, size=(H, W), mode="bicubic", align_corners=False)
-        x = (x + pos).flatten(2).transpose(1, 2)
+        x = (x + pos).flatten(2).permute(2, 0, 1).contiguous()  # [T,B,C]: tokens outermost
         for layer in self.layers:
             x = layer(x, H, W)
-        return self.head(self.ln1(x).mean(1))
+        return self.head(self.ln1(x).mean(0))
+
+    def load_official(self, sd):
+        """Loads an official (mmcls) VRWKV state dict: backbone.* and head.fc.*."""
+        g = lambda k: sd[k].float()
+        with torch.no_grad():
+            self.patch_embed.weight.copy_(g("backbone.patch_embed.projection.weight"))
+            self.patch_embed.bias.copy_(g("backbone.patch_embed.projection.bias"))
+            C = self.pos_embed.shape[1]
+            self.pos_embed.copy_(g("backbone.pos_embed").reshape(1, self.grid, self.grid, C).permute(0, 3, 1, 2))
+            for i, blk in enumerate(self.layers):
+                p = f"backbone.layers.{i}."
+                for name, m in [("ln0", blk.ln0), ("ln1", blk.ln1), ("ln2", blk.ln2), ("att.key_norm", blk.att.key_norm),
+                                ("ffn.key_norm", blk.ffn.key_norm)]:
+                    if m is not None:
+                        m.weight.copy_(g(p + name + ".weight"))
+                        m.bias.copy_(g(p + name + ".bias"))
+                a, f = blk.att, blk.ffn
+                a.spatial_decay.copy_(g(p + "att.spatial_decay"))
+                a.spatial_first.copy_(g(p + "att.spatial_first"))
+                a.mix.copy_(torch.stack([g(p + f"att.spatial_mix_{c}").flatten() for c in "kvr"]))
+                f.mix.copy_(torch.stack([g(p + f"ffn.spatial_mix_{c}").flatten() for c in "kr"]))
+                for name in ("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.value",
+                             "ffn.receptance"):
+                    blk.get_submodule(name).weight.copy_(g(p + name + ".weight"))
+                if blk.post_norm:
+                    blk.gamma1.copy_(g(p + "gamma1") if p + "gamma1" in sd else torch.ones_like(blk.gamma1))
+                    blk.gamma2.copy_(g(p + "gamma2") if p + "gamma2" in sd else torch.ones_like(blk.gamma2))
+            self.ln1.weight.copy_(g("backbone.ln1.weight"))
+            self.ln1.bias.copy_(g("backbone.ln1.bias"))
+            self.head.weight.copy_(g("head.fc.weight"))
+            self.head.bias.copy_(g("head.fc.bias"))
 
 
 class ViT(nn.Module):
@@ -180,6 +326,85 @@ class ViT(nn.Module):
             x = x + b["proj"](att.transpose(1, 2).reshape(B, T, C))
             x = x + b["fc2"](F.gelu(b["fc1"](b["n2"](x))))
         return self.head(self.norm(x)[:, 0])
+
+
+def read_safetensors(path, names):
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header, base, out = json.loads(f.read(n)), 8 + n, {}
+        for name in names:
+            h = header[name]
+            lo, hi = h["data_offsets"]
+            f.seek(base + lo)
+            dtype = {"F32": torch.float32, "F64": torch.float64}[h["dtype"]]
+            out[name] = torch.frombuffer(bytearray(f.read(hi - lo)), dtype=dtype).reshape(h["shape"]).float()
+    return out
+
+
+def check_golden(golden_dir):
+    """The script's Bi-WKV (values and gradients) and VRWKV-T (logits) against the official code's float64
+    goldens (biwkv, biwkv_kernel16 paper forms, vrwkv_t_224_b2) with their tolerances."""
+    case = os.path.join(golden_dir, "vrwkv_t_224_b2")
+    if not os.path.exists(case + ".pth"):
+        return f"skipped ({case}.pth not found)"
+    worst = {}
+
+    def compare(what, got, want, tol):
+        err = (got - want).abs().max().item() / max(1.0, want.abs().max().item())
+        worst[what] = max(worst.get(what, 0.0), err)
+        if not err <= tol:
+            sys.exit(f"compare_pytorch: the PyTorch model is not the golden one ({what}: relative error {err:.3g})")
+
+    for name, form in (("biwkv", ""), ("biwkv_kernel16", "paper.")):
+        meta = json.load(open(os.path.join(golden_dir, name + ".json")))
+        for T in (t for t in meta["Ts"] if not form or form[:-1] in meta["forms"][str(t)]):
+            keys = [f"T{T}.{x}" for x in "wukvg"] + [f"T{T}.{form}{x}" for x in ("y", "grad.w", "grad.u", "grad.k",
+                                                                                 "grad.v")]
+            t = read_safetensors(os.path.join(golden_dir, name + ".safetensors"), keys)
+            w, u, k, v, g, y, *grads = (t[key] for key in keys)
+            inputs = [w.clone().requires_grad_(), u.clone().requires_grad_(),
+                      k.transpose(0, 1).contiguous().requires_grad_(), v.transpose(0, 1).contiguous().requires_grad_()]
+            out = bi_wkv(*inputs)
+            (out * g.transpose(0, 1)).sum().backward()
+            compare("Bi-WKV", out.detach().transpose(0, 1), y, 2e-5)
+            for x, want in zip(inputs, grads):
+                got = x.grad if x.dim() == 1 else x.grad.transpose(0, 1)
+                compare("Bi-WKV gradients", got, want, 5e-5)
+    model = VRWKV("vrwkv_t").eval()
+    model.load_official(torch.load(case + ".pth", map_location="cpu")["state_dict"])
+    t = read_safetensors(case + ".safetensors", ["input", "logits"])
+    with torch.inference_mode():
+        compare("VRWKV-T logits", model(t["input"]), t["logits"], 2e-5)
+    return "matches the official code's goldens (relative errors: " + ", ".join(
+        f"{k} {v:.1e}" for k, v in worst.items()) + ")"
+
+
+def check_sgemm():
+    """The BLAS's sgemm against float64 on shapes of the models (a wrong kernel fails here)."""
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for m, k, n in [(196, 192, 768), (1568, 768, 192), (197, 576, 192), (1000, 3, 777), (33, 1025, 65)]:
+        a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+        err = ((a @ b).double() - a.double() @ b.double()).abs().max().item() / math.sqrt(k)
+        worst = max(worst, err)
+    if not worst < 1e-5:
+        sys.exit(f"compare_pytorch: sgemm is wrong with OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')} "
+                 f"(error {worst:.3g}); choose other kernels with --openblas-coretype")
+    return worst
+
+
+def blas_info():
+    """Which BLAS torch loaded (its mapped libraries) and, for OpenBLAS, its kernels and threads."""
+    with open("/proc/self/maps") as f:
+        libs = sorted({l.split()[-1] for l in f if "blas" in l.split()[-1]})
+    desc = ", ".join(os.path.realpath(l) for l in libs) or "none mapped"
+    ob = next((l for l in libs if "openblas" in l), None)
+    if ob:
+        lib = ctypes.CDLL(ob)
+        lib.openblas_get_corename.restype = lib.openblas_get_config.restype = ctypes.c_char_p
+        desc = (f"{lib.openblas_get_config().decode()} ({desc}), kernels {lib.openblas_get_corename().decode()}, "
+                f"{lib.openblas_get_num_threads()} threads")
+    return desc, bool(ob)
 
 
 def time_pytorch_train(name, batch, h, w, warmup, reps):
@@ -224,31 +449,43 @@ def main():
     p.add_argument("--model", default="vrwkv_t", help="comma-separated presets (vrwkv_t/s/b/l, vit_t/s)")
     p.add_argument("--batch", default="1,8")
     p.add_argument("--res", default="224")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="threads of vrwkv and of PyTorch")
+    p.add_argument("--blas-threads", type=int, help="OpenBLAS threads (default: --threads)")
+    p.add_argument("--openblas-coretype", help="OpenBLAS kernels (OPENBLAS_CORETYPE), or 'auto' for its own "
+                   f"choice (here: {_coretype or 'auto'})")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--json", help="write vrwkv's and PyTorch's records here")
     p.add_argument("--train", action="store_true", help="time a training step (vrwkv bench --train)")
+    p.add_argument("--golden", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../shared/golden"),
+                   help="golden vectors to check the PyTorch model against")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    blas, is_openblas = blas_info()
+    sgemm_err = check_sgemm()
+    golden = check_golden(a.golden)
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         subprocess.run([a.vrwkv, "bench", "--model", a.model, "--batch", a.batch, "--res", a.res, "--threads",
                         str(a.threads), "--warmup", str(a.warmup), "--reps", str(a.reps), "--json", f.name] +
                        (["--train"] if a.train else []),
                        check=True, stdout=sys.stderr)
         records = json.load(open(f.name))
-    blas = subprocess.run(["update-alternatives", "--query", "libblas.so.3-x86_64-linux-gnu"], capture_output=True,
-                          text=True).stdout
-    blas = next((l.split(": ", 1)[1] for l in blas.splitlines() if l.startswith("Value:")), "unknown")
-    print(f"{'training step' if a.train else 'inference'}: "
-          f"PyTorch {torch.__version__}, {a.threads} threads, float32, BLAS {blas}, "
-          f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}\n")
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                                     "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+                   if k in os.environ) + ", " + MALLOC
+    before = " ".join(f"{k}={v}" for k, v in ENV_BEFORE.items() if v is not None)
+    print(f"{'training step' if a.train else 'inference'}: PyTorch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, float32\n"
+          f"BLAS: {blas}{'' if is_openblas else ' (not OpenBLAS: run VRWKV_PYTORCH=1 tools/setup.sh)'}; sgemm error {sgemm_err:.1e}\n"
+          f"settings: {env}{f' (the environment had {before})' if before else ''}\n"
+          f"PyTorch model: {golden}\n")
     print(f"{'model':10} {'batch':>5} {'resolution':>11} {'vrwkv img/s':>12} {'PyTorch img/s':>14} {'ratio':>7}")
     for r in records:
         timer = time_pytorch_train if a.train else time_pytorch
         ips, ms = timer(r["model"], r["batch"], r["height"], r["width"], a.warmup, a.reps)
         r["pytorch_images_per_second"], r["pytorch_latency_ms_median"] = ips, ms
         r["ratio"] = r["images_per_second"] / ips
+        r["pytorch_settings"] = {"blas": blas, "env": env, "threads": a.threads}
         print(f"{r['model']:10} {r['batch']:5} {r['height']:>5}x{r['width']:<5} {r['images_per_second']:12.2f} "
               f"{ips:14.2f} {r['ratio']:6.2f}x", flush=True)
     if a.json:

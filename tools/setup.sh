@@ -18,6 +18,9 @@ packages=(
 if [ "${VRWKV_FUZZ:-0}" = 1 ]; then
   packages+=(clang libclang-rt-14-dev)  # libFuzzer targets
 fi
+if [ "${VRWKV_PYTORCH:-0}" = 1 ]; then
+  packages+=(python3-torch libopenblas0-pthread)  # tools/compare_pytorch.py (torch's BLAS: OpenBLAS, not the reference BLAS)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

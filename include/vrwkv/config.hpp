@@ -1,30 +1,37 @@
-// The configuration of a VRWKV backbone and head (VRWKV.md 1.10, 4).
+// The configuration of a VRWKV model (VRWKV.md 1.10, 4), in four parts:
+//  - Architecture: what the tensors mean (shapes, block kind, norms, head);
+//  - Preprocessing: how an image becomes an input;
+//  - labels: the class names;
+//  - RunOptions: how the model runs unless a call says otherwise (Bi-WKV
+//    semantics, the blocks whose outputs are feature maps).
+// Files record all four (the safetensors metadata "vrwkv.config").
 #pragma once
 
-#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "vrwkv/preprocessing.hpp"
+#include "vrwkv/wkv.hpp"
+
 namespace vrwkv {
 
+// The block of the backbone. Vrwkv: Spatial Mix (Q-Shift, Bi-WKV, gate) +
+// Channel Mix (VRWKV.md 1.4-1.7). New kinds (VRWKV6, ablation variants) are
+// added here and in src/model/blocks/ (docs/ARCHITECTURE.md).
+enum class BlockKind { Vrwkv };
 enum class HeadKind { None, Linear, Mlp };  // none / head.fc / head.0-tanh-head.2 (VRWKV-L)
-enum class WkvSemantics { Paper, Official };
-// mmcls: short side 256, centre crop 224 (VRWKV-T/S/B); internimage: short
-// side 384, centre crop 384 (VRWKV-L); resize: models trained here — the
-// image in the model's channels, resized to the training grid × patch size,
-// normalised with Config::mean/std.
-enum class Preprocess { Mmcls, InternImage, Resize };
 
-struct Config {
+struct Architecture {
+  BlockKind block = BlockKind::Vrwkv;
   std::int64_t embed_dims = 192;
   std::int64_t depth = 12;
   std::int64_t patch_size = 16;
   std::int64_t in_channels = 3;
   std::int64_t hidden_dims = 768;  // ChannelMix hidden size, hidden_rate·embed_dims
   std::int64_t pos_grid_h = 14, pos_grid_w = 14;  // the training grid of pos_embed
-  int shift_pixel = 1;
+  int shift_pixel = 1;             // 0: no Q-Shift (and no spatial_mix tensors)
   double channel_gamma = 0.25;
   bool key_norm = false;
   bool post_norm = false;
@@ -33,12 +40,19 @@ struct Config {
   HeadKind head = HeadKind::Linear;
   std::int64_t num_classes = 1000;
   std::int64_t head_hidden = 0;  // Mlp head only
-  std::vector<std::int64_t> out_indices;  // block indices in [0, depth), ascending
+};
+
+struct RunOptions {
   WkvSemantics wkv = WkvSemantics::Official;
-  int wkv_chunks = 32;
-  Preprocess preprocess = Preprocess::Mmcls;
-  std::array<float, 3> mean{123.675f, 116.28f, 103.53f}, std{58.395f, 57.12f, 57.375f};  // 0..255, resize only
-  std::vector<std::string> class_names;  // empty: ImageNet names for 1000 classes, indices otherwise
+  int wkv_chunks = 32;                    // S, official semantics only
+  std::vector<std::int64_t> out_indices;  // block indices in [0, depth), ascending
+};
+
+struct Config {
+  Architecture arch;
+  Preprocessing preprocessing;
+  std::vector<std::string> labels;  // class names; empty: ImageNet names for 1000 classes, indices otherwise
+  RunOptions run;
 };
 
 // Values a user can set by hand over what was inferred from the tensors.
@@ -54,12 +68,10 @@ struct ConfigOverrides {
   std::optional<Preprocess> preprocess;
 };
 
-std::string to_string(HeadKind h);        // "none", "linear", "mlp"
-std::string to_string(WkvSemantics s);    // "paper", "official"
-std::string to_string(Preprocess p);      // "mmcls", "internimage", "resize"
-HeadKind head_from_string(const std::string& s);          // these throw Error(Input)
-WkvSemantics wkv_from_string(const std::string& s);
-Preprocess preprocess_from_string(const std::string& s);
+std::string to_string(BlockKind b);  // "vrwkv"
+std::string to_string(HeadKind h);   // "none", "linear", "mlp"
+BlockKind block_from_string(const std::string& s);  // these throw Error(Input)
+HeadKind head_from_string(const std::string& s);
 
 // JSON text carried in the safetensors metadata under "vrwkv.config".
 std::string config_to_json(const Config& config);

@@ -17,7 +17,8 @@ std::vector<std::string> preset_names();
 // of decay, first and the μ ramps; every Linear TruncNormal(std 0.02), bias 0;
 // LayerNorms (1, 0); the patch convolution with PyTorch's default uniform
 // init; pos_embed 0; layer-scale gammas at `init_values`. Deterministic for a
-// seed. (Depth 1 takes r01 = 0 where the official code divides by zero.)
-TensorMap initial_parameters(const Config& config, std::uint64_t seed, double init_values = 1e-5);
+// seed. (Depth 1 takes r01 = 0 where the official code divides by zero.) The
+// rules are the parameter table's (src/model/params.hpp).
+TensorMap initial_parameters(const Architecture& arch, std::uint64_t seed, double init_values = 1e-5);
 
 }  // namespace vrwkv

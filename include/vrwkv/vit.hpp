@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "vrwkv/context.hpp"
 #include "vrwkv/tensor.hpp"
 
 namespace vrwkv {
@@ -30,7 +31,7 @@ class Vit {
   double flops(std::int64_t height, std::int64_t width) const;
   // input: F32 [B,3,H,W] with H, W multiples of 16; returns logits [B,K].
   // Calls on one Vit are serialised.
-  Tensor forward(const Tensor& input) const;
+  Tensor forward(const Tensor& input, const Context& ctx = {}) const;
 
  private:
   struct Packed;  // the block linears packed for oneDNN, made on the first forward

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "threads.hpp"
 #include "train/optimizer.hpp"
 #include "vrwkv/backward.hpp"
 #include "vrwkv/error.hpp"
@@ -64,7 +65,7 @@ double measure_fma_peak(int threads, double seconds) {
 }
 
 Record run(const Spec& spec) {
-  omp_set_num_threads(spec.threads);
+  const Context ctx{spec.threads};
   Record rec;
   rec.spec = spec;
   Tensor input(DType::F32, {spec.batch, 3, spec.height, spec.width});
@@ -87,7 +88,7 @@ Record run(const Spec& spec) {
     rec.flops_per_image = vit.flops(spec.height, spec.width);
     rec.parameters = vit.parameter_count();
     if (spec.train) input_error("--train is available for VRWKV models only");
-    step = [&] { vit.forward(input); };
+    step = [&] { vit.forward(input, ctx); };
   } else {
     const auto presets = preset_names();
     ConfigOverrides o;
@@ -95,7 +96,7 @@ Record run(const Spec& spec) {
     if (std::find(presets.begin(), presets.end(), spec.model) != presets.end()) {
       Config c = preset_config(spec.model);
       apply_overrides(c, o, spec.model);
-      model = Model::from_state_dict(initial_parameters(c, 0), c, spec.model);
+      model = Model::from_state_dict(initial_parameters(c.arch, 0), c, spec.model);
     } else {
       model = Model::load(spec.model, o);
     }
@@ -108,21 +109,22 @@ Record run(const Spec& spec) {
       rec.flops_per_image *= 3;
       grads = std::make_unique<Gradients>(model);
       backprop = std::make_unique<Backprop>(model);
-      adamw = std::make_unique<train::AdamW>(model.config(), train::AdamWOptions{});
+      adamw = std::make_unique<train::AdamW>(model.architecture(), train::AdamWOptions{});
       params = model.parameter_storage();
       Tensor labels(DType::I64, {spec.batch});
-      for (std::int64_t b = 0; b < spec.batch; ++b) labels.data<std::int64_t>()[b] = b % model.config().num_classes;
-      targets = one_hot(labels, model.config().num_classes);
+      for (std::int64_t b = 0; b < spec.batch; ++b) labels.data<std::int64_t>()[b] = b % model.architecture().num_classes;
+      targets = one_hot(labels, model.architecture().num_classes);
       step = [&] {
         grads->zero();
         BackwardOptions bo;
         bo.recompute = spec.recompute;
-        backprop->run(input, targets, *grads, bo);
+        backprop->run(input, targets, *grads, bo, ctx);
+        const ThreadScope scope(ctx);
         train::clip_grad_norm(grads->storage.f32(), grads->storage.numel(), 5.0);
         adamw->step(params.f32(), grads->storage.f32(), 1e-4);
       };
     } else {
-      step = [&] { model.forward(input, options); };
+      step = [&] { model.forward(input, options, ctx); };
     }
   }
   for (int i = 0; i < spec.warmup; ++i) step();

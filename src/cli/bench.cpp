@@ -118,7 +118,7 @@ void add_bench(CLI::App& app) {
   cmd->add_flag("--worker", opt->worker, "(internal) measure one configuration and print it as JSON")
       ->group("");
   cmd->callback([opt] {
-    const int threads = opt->threads > 0 ? opt->threads : omp_threads();
+    const int threads = Context{opt->threads}.resolved_threads();
     if (!opt->plot.empty() && !opt->plot.ends_with(".png") && !opt->plot.ends_with(".svg"))
       input_error("--plot: expected a .png or .svg file name, got '", opt->plot, "'");
     std::vector<bench::Spec> specs;

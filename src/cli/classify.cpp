@@ -7,6 +7,8 @@
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/image.hpp"
+#include "vrwkv/labels.hpp"
 
 namespace vrwkv::cli {
 
@@ -25,14 +27,15 @@ void add_classify(CLI::App& app) {
   cmd->add_option("images", opt->images, "JPEG or PNG images")->required();
   cmd->callback([opt] {
     const Model model = opt->model.load();
-    const Config& cfg = model.config();
+    const Architecture& cfg = model.architecture();
     if (cfg.head == HeadKind::None) input_error(opt->model.model.empty() ? kDefaultModel : opt->model.model.c_str(), ": the model has no classification head");
-    const std::vector<std::string> names = class_names(cfg);
+    const std::vector<std::string> names = class_names(model.config());
     const int k = static_cast<int>(std::min<std::int64_t>(opt->topk, cfg.num_classes));
     for (std::size_t start = 0; start < opt->images.size(); start += opt->batch) {
       const std::size_t end = std::min(opt->images.size(), start + opt->batch);
       const std::vector<std::string> paths(opt->images.begin() + start, opt->images.begin() + end);
-      const Outputs out = model.forward(load_images(paths, cfg), opt->model.forward_options());
+      const Outputs out = model.forward(load_images(paths, model.config()), opt->model.forward_options(),
+                                        opt->model.context());
       for (std::size_t i = 0; i < paths.size(); ++i) {
         const float* logits = out.logits.f32() + i * cfg.num_classes;
         const double top = *std::max_element(logits, logits + cfg.num_classes);

@@ -1,6 +1,5 @@
 #include "cli/common.hpp"
 
-#include <omp.h>
 #include <unistd.h>
 
 #include <sstream>
@@ -8,8 +7,6 @@
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::cli {
-
-extern const char* const kImagenetClasses;  // generated from data/imagenet_classes.txt
 
 namespace {
 std::optional<bool> parse_bool(const std::string& text, const std::string& option) {
@@ -83,33 +80,12 @@ ForwardOptions ModelOptions::forward_options() const {
 }
 
 Model ModelOptions::load(LoadReport* report) const {
-  set_threads(threads);
   if (model.empty()) {
     if (access(kDefaultModel, R_OK) != 0)
       input_error("no --model given, and the default model ", kDefaultModel, " is not there");
     return Model::load(kDefaultModel, overrides(), report);
   }
   return Model::load(model, overrides(), report);
-}
-
-void set_threads(int threads) {
-  if (threads > 0) omp_set_num_threads(threads);
-}
-
-int omp_threads() { return omp_get_max_threads(); }
-
-std::vector<std::string> class_names(const Config& config) {
-  if (!config.class_names.empty()) return config.class_names;
-  std::vector<std::string> names;
-  if (config.num_classes == 1000) {
-    std::istringstream in(kImagenetClasses);
-    for (std::string line; std::getline(in, line);) names.push_back(line);
-  }
-  if (static_cast<std::int64_t>(names.size()) != config.num_classes) {
-    names.clear();
-    for (std::int64_t i = 0; i < config.num_classes; ++i) names.push_back("class " + std::to_string(i));
-  }
-  return names;
 }
 
 std::pair<std::int64_t, std::int64_t> parse_resolution(const std::string& text, const std::string& option) {
@@ -142,22 +118,3 @@ std::vector<std::int64_t> parse_index_list(const std::string& text, const std::s
 
 }  // namespace vrwkv::cli
 
-#include <cstring>
-
-#include "io/image.hpp"
-#include "io/preprocess.hpp"
-
-namespace vrwkv::cli {
-
-Tensor load_images(const std::vector<std::string>& paths, const Config& config) {
-  const auto [H, W] = preprocess_size(config);
-  const std::int64_t n = static_cast<std::int64_t>(paths.size()), size = config.in_channels * H * W;
-  Tensor batch(DType::F32, {n, config.in_channels, H, W});
-  for (std::int64_t i = 0; i < n; ++i) {
-    const Tensor one = preprocess_image(decode_image(paths[i]), config);
-    std::memcpy(batch.f32() + i * size, one.f32(), one.nbytes());
-  }
-  return batch;
-}
-
-}  // namespace vrwkv::cli

@@ -26,16 +26,10 @@ struct ModelOptions {
   void add_to(CLI::App& app, bool model_optional = false);
   ConfigOverrides overrides() const;
   ForwardOptions forward_options() const;
-  // Loads the model (the default model when none is given; printing nothing) and applies --threads.
+  Context context() const { return {threads}; }
+  // Loads the model (the default model when none is given; printing nothing).
   Model load(LoadReport* report = nullptr) const;
 };
-
-void set_threads(int threads);
-// The thread count OpenMP will use.
-int omp_threads();
-
-// Class names of a model: its own (metadata), ImageNet's for 1000 classes, indices otherwise.
-std::vector<std::string> class_names(const Config& config);
 
 // Parses "N" (square) or "HxW" into {H, W}, each in 1..16384.
 std::pair<std::int64_t, std::int64_t> parse_resolution(const std::string& text, const std::string& option);
@@ -43,10 +37,4 @@ std::pair<std::int64_t, std::int64_t> parse_resolution(const std::string& text, 
 // Parses "0,5,11" (negative allowed).
 std::vector<std::int64_t> parse_index_list(const std::string& text, const std::string& option);
 
-}  // namespace vrwkv::cli
-
-namespace vrwkv::cli {
-// Decodes and preprocesses images into one F32 [N,3,S,S] batch.
-// Decodes and preprocesses images (the model's preprocessing) into one F32 [N,C,H,W] batch.
-Tensor load_images(const std::vector<std::string>& paths, const Config& config);
 }  // namespace vrwkv::cli

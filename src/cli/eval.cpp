@@ -31,7 +31,7 @@ void add_eval(CLI::App& app) {
     const bool tty = !opt->json && isatty(STDERR_FILENO);
     const train::EvalResult r = train::evaluate(model, *data, opt->batch, opt->limit, [&](std::int64_t done, std::int64_t total) {
       if (tty) std::fprintf(stderr, "\r%lld/%lld images\033[K", static_cast<long long>(done), static_cast<long long>(total));
-    }, opt->model.forward_options());
+    }, opt->model.forward_options(), opt->model.context());
     if (tty) std::fprintf(stderr, "\r\033[K");
     if (opt->json) {
       std::printf("%s\n", nlohmann::json{{"top1", r.top1}, {"top5", r.top5}, {"images", r.images}, {"loss", r.loss}}

@@ -49,7 +49,8 @@ void add_grad(CLI::App& app) {
     Backprop backprop(model);
     BackwardOptions bo;
     bo.label_smoothing = opt->smoothing;
-    const LossResult r = backprop.run(input, one_hot(labels, model.config().num_classes), grads, bo);
+    const LossResult r = backprop.run(input, one_hot(labels, model.architecture().num_classes), grads, bo,
+                                        opt->model.context());
     TensorMap out;
     out["loss"] = Tensor(DType::F32, {});
     out["loss"].f32()[0] = static_cast<float>(r.loss);

@@ -20,10 +20,12 @@ void add_info(CLI::App& app) {
   cmd->callback([opt] {
     LoadReport report;
     const Model model = opt->model.load(&report);
-    const Config& c = model.config();
+    const Architecture& c = model.architecture();
+    const RunOptions& run = model.config().run;
     long long h = c.pos_grid_h * c.patch_size, w = c.pos_grid_w * c.patch_size;
     if (!opt->res.empty()) std::tie(h, w) = parse_resolution(opt->res, "--res");
     std::printf("file          %s (%s)\n", opt->model.model.c_str(), report.layout.c_str());
+    std::printf("block         %s\n", to_string(c.block).c_str());
     std::printf("embed_dims    %lld\ndepth         %lld\npatch_size    %lld\nhidden_dims   %lld\n",
                 (long long)c.embed_dims, (long long)c.depth, (long long)c.patch_size, (long long)c.hidden_dims);
     std::printf("pos_grid      %lldx%lld\n", (long long)c.pos_grid_h, (long long)c.pos_grid_w);
@@ -33,10 +35,10 @@ void add_info(CLI::App& app) {
     std::printf("head          %s", to_string(c.head).c_str());
     if (c.head != HeadKind::None) std::printf(" (%lld classes)", (long long)c.num_classes);
     std::printf("\nout_indices  ");
-    for (auto i : c.out_indices) std::printf(" %lld", (long long)i);
-    std::printf("\nwkv           %s", to_string(c.wkv).c_str());
-    if (c.wkv == WkvSemantics::Official) std::printf(" (S = %d)", c.wkv_chunks);
-    std::printf("\npreprocess    %s\n", to_string(c.preprocess).c_str());
+    for (auto i : run.out_indices) std::printf(" %lld", (long long)i);
+    std::printf("\nwkv           %s", to_string(run.wkv).c_str());
+    if (run.wkv == WkvSemantics::Official) std::printf(" (S = %d)", run.wkv_chunks);
+    std::printf("\npreprocess    %s\n", to_string(model.config().preprocessing.kind).c_str());
     std::printf("parameters    %lld (%.1fM)\n", (long long)model.parameter_count(), model.parameter_count() / 1e6);
     std::printf("FLOPs         %.3f G at %lldx%lld (multiply-adds + 29·T·C per block, as the paper counts)\n",
                 model.flops(h, w) / 1e9, h, w);

@@ -4,6 +4,7 @@
 #include "cli/common.hpp"
 #include "io/safetensors.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/image.hpp"
 
 namespace vrwkv::cli {
 
@@ -37,12 +38,12 @@ void add_run(CLI::App& app) {
       input = load_images(opt->images, model.config());
       result["input"] = input;
     }
-    const Outputs out = model.forward(input, opt->model.forward_options());
-    const auto& idx = model.config().out_indices;
+    const Outputs out = model.forward(input, opt->model.forward_options(), opt->model.context());
+    const auto& idx = model.config().run.out_indices;
     result["features"] = out.features.back();
     if (idx.size() > 1)
       for (std::size_t i = 0; i < idx.size(); ++i) result["features." + std::to_string(idx[i])] = out.features[i];
-    if (model.config().head != HeadKind::None) result["logits"] = out.logits;
+    if (model.architecture().head != HeadKind::None) result["logits"] = out.logits;
     write_safetensors(opt->output, result);
   });
 }

@@ -43,9 +43,9 @@ void add_train(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--no-progress", opt->no_progress, "Log lines instead of a progress bar on a terminal");
   cmd->callback([opt, cmd] {
-    set_threads(opt->threads);
     train::TrainRun run;
     run.out_dir = opt->out, run.resume = opt->resume, run.progress_bar = !opt->no_progress;
+    run.ctx.threads = opt->threads;
     run.stop_after = opt->stop_after;
     train::TrainConfig config;
     if (opt->resume) {

@@ -1,9 +1,10 @@
-// The VRWKV backward pass: a forward that keeps what the backward needs (per
-// block, or only block inputs with recomputation), the label-smoothed
-// cross-entropy, and the reverse pass through head, final norm, blocks and
-// embedding (VRWKV.md 1.1-1.8; the Bi-WKV gradient of either semantics, 2.6).
-// Every op's backward lives next to its forward in src/ops; this file only
-// wires them together.
+// The backward pass: the backbone's training forward (embedding, then the
+// block kind's training blocks keeping their tapes, or only their inputs with
+// recomputation), its backward from gradients on any block outputs, and the
+// classifier's pieces (final norm, pooling, head, label-smoothed
+// cross-entropy), each with its backward (VRWKV.md 1.1-1.8, 2.6). Every op's
+// backward lives next to its forward in src/ops; the blocks' in their kind's
+// file under blocks/.
 #include "vrwkv/backward.hpp"
 
 #include <algorithm>
@@ -11,20 +12,19 @@
 #include <cmath>
 #include <cstring>
 
-#include "ops/biwkv.hpp"
-#include "ops/fast_math.hpp"
+#include "model/weights.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
 #include "ops/patch_embed.hpp"
 #include "ops/pos_embed.hpp"
-#include "ops/qshift.hpp"
+#include "threads.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv {
 
 Gradients::Gradients(const Model& model) : storage(DType::F32, {model.parameter_count()}) {
   std::int64_t offset = 0;
-  for (const auto& [name, shape] : parameter_shapes(model.config())) {
+  for (const auto& [name, shape] : parameter_shapes(model.architecture())) {
     tensors.emplace(name, storage.view(offset, shape));
     offset += shape_numel(shape);
   }
@@ -48,30 +48,24 @@ Tensor one_hot(const Tensor& labels, std::int64_t K) {
 namespace {
 
 using ops::Grid;
-using Buf = std::vector<float>;
 
-void zero(Buf& b) { std::fill(b.begin(), b.end(), 0.0f); }
+void check_gradients(const Model& model, const Gradients& g) {
+  if (g.storage.dtype() != DType::F32 || g.storage.numel() != model.parameter_count())
+    input_error("gradients hold ", g.storage.numel(), " values, expected one per parameter (",
+                model.parameter_count(), ")");
+}
 
-// What the backward of one block needs (names follow VRWKV.md 1.4-1.7).
-// Pre-norm: a = ln1(x), b = ln2(x_mid); post-norm mixes the residual stream
-// itself and normalises the branch outputs (on, fn).
-struct BlockTape {
-  Buf a, xk, xv, xr, k, v, r, y, yn, z, o, on, x_mid, b, fk, fr, hk, sq, sqn, kv, r2, f, fn;
-  void allocate(std::int64_t N, std::int64_t C, std::int64_t Hd, const Config& c) {
-    for (Buf* p : {&xk, &xv, &xr, &k, &v, &r, &y, &z, &o, &x_mid, &fk, &fr, &kv, &r2, &f}) p->resize(N * C);
-    for (Buf* p : {&hk, &sq}) p->resize(N * Hd);
-    if (!c.post_norm) a.resize(N * C), b.resize(N * C);
-    if (c.post_norm) on.resize(N * C), fn.resize(N * C);
-    if (c.key_norm) yn.resize(N * C), sqn.resize(N * Hd);
-  }
-  std::int64_t bytes() const {
-    std::int64_t n = 0;
-    for (const Buf* p : {&a, &xk, &xv, &xr, &k, &v, &r, &y, &yn, &z, &o, &on, &x_mid, &b, &fk, &fr, &hk, &sq, &sqn,
-                         &kv, &r2, &f, &fn})
-      n += static_cast<std::int64_t>(p->size());
-    return n * static_cast<std::int64_t>(sizeof(float));
-  }
-};
+// The gradient buffer's version of a struct of parameter pointers.
+template <class S, class Rows>
+S grads_of(const Model& model, const S& weights, const Rows& rows, Gradients& g) {
+  return model::rebase(weights, rows, model.state().base, g.storage.f32());
+}
+
+void check_tokens(const Model& model, const Tensor& t, const char* what) {
+  if (t.dtype() != DType::F32 || t.ndim() != 3 || t.dim(2) != model.architecture().embed_dims)
+    input_error(what, " have shape ", shape_str(t.shape()), " (", dtype_name(t.dtype()), "), expected F32 [B,T,",
+                model.architecture().embed_dims, "]");
+}
 
 // splitmix64: the drop-path coin of (seed, block, branch, sample).
 std::uint64_t mix64(std::uint64_t z) {
@@ -83,251 +77,161 @@ std::uint64_t mix64(std::uint64_t z) {
 
 }  // namespace
 
+// ---- the classifier's pieces ----
+
+Tensor final_norm(const Model& model, const Tensor& tokens, const Context& ctx) {
+  check_tokens(model, tokens, "tokens");
+  if (!model.architecture().final_norm) input_error("the model has no final norm (backbone.ln1)");
+  const ThreadScope threads(ctx);
+  const model::BackboneWeights& w = model.state().backbone;
+  Tensor out(DType::F32, tokens.shape());
+  ops::layernorm(tokens.f32(), w.norm_weight, w.norm_bias, out.f32(), tokens.dim(0) * tokens.dim(1), tokens.dim(2),
+                 ops::kLayerNormEps);
+  return out;
+}
+
+Tensor final_norm_backward(const Model& model, const Tensor& tokens, const Tensor& d_out, Gradients& grads,
+                           const Context& ctx) {
+  check_tokens(model, tokens, "tokens");
+  if (d_out.shape() != tokens.shape()) input_error("gradient has shape ", shape_str(d_out.shape()), ", expected ",
+                                                   shape_str(tokens.shape()));
+  check_gradients(model, grads);
+  const ThreadScope threads(ctx);
+  const model::BackboneWeights& w = model.state().backbone;
+  const model::BackboneWeights g = grads_of(model, w, model::backbone_rows_after_blocks(), grads);
+  Tensor d_in(DType::F32, tokens.shape());
+  ops::layernorm_backward(tokens.f32(), w.norm_weight, d_out.f32(), d_in.f32(), g.norm_weight, g.norm_bias,
+                          tokens.dim(0) * tokens.dim(1), tokens.dim(2), ops::kLayerNormEps);
+  return d_in;
+}
+
+Tensor token_pool(const Tensor& tokens) {
+  if (tokens.dtype() != DType::F32 || tokens.ndim() != 3)
+    input_error("tokens have shape ", shape_str(tokens.shape()), ", expected F32 [B,T,C]");
+  const std::int64_t B = tokens.dim(0), T = tokens.dim(1), C = tokens.dim(2);
+  Tensor pooled(DType::F32, {B, C});
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t ch = 0; ch < C; ++ch) {
+      double s = 0;
+      for (std::int64_t t = 0; t < T; ++t) s += tokens.f32()[(b * T + t) * C + ch];
+      pooled.f32()[b * C + ch] = static_cast<float>(s / T);
+    }
+  return pooled;
+}
+
+Tensor token_pool_backward(const Tensor& d_pooled, std::int64_t T) {
+  if (d_pooled.dtype() != DType::F32 || d_pooled.ndim() != 2 || T < 1)
+    input_error("pooled gradient has shape ", shape_str(d_pooled.shape()), ", expected F32 [B,C]");
+  const std::int64_t B = d_pooled.dim(0), C = d_pooled.dim(1);
+  Tensor d(DType::F32, {B, T, C});
+  for (std::int64_t n = 0; n < B * T; ++n)
+    for (std::int64_t ch = 0; ch < C; ++ch) d.f32()[n * C + ch] = d_pooled.f32()[(n / T) * C + ch] / T;
+  return d;
+}
+
+HeadActivations head_forward(const Model& model, const Tensor& pooled, const Context& ctx) {
+  const Architecture& a = model.architecture();
+  HeadActivations out;
+  if (a.head == HeadKind::Mlp) {
+    // The hidden activation is kept: the logits are computed from it here.
+    if (pooled.dtype() != DType::F32 || pooled.ndim() != 2 || pooled.dim(1) != a.embed_dims)
+      input_error("pooled features have shape ", shape_str(pooled.shape()), ", expected F32 [B,", a.embed_dims, "]");
+    const ThreadScope threads(ctx);
+    const model::HeadWeights& w = model.state().head;
+    const std::int64_t B = pooled.dim(0);
+    out.hidden = Tensor(DType::F32, {B, a.head_hidden});
+    ops::linear(pooled.f32(), w.fc0_weight, w.fc0_bias, out.hidden.f32(), B, a.head_hidden, a.embed_dims);
+    for (std::int64_t j = 0; j < out.hidden.numel(); ++j) out.hidden.f32()[j] = std::tanh(out.hidden.f32()[j]);
+    out.logits = Tensor(DType::F32, {B, a.num_classes});
+    ops::linear(out.hidden.f32(), w.fc2_weight, w.fc2_bias, out.logits.f32(), B, a.num_classes, a.head_hidden);
+    return out;
+  }
+  out.logits = model.head(pooled, {}, ctx);
+  return out;
+}
+
+Tensor head_backward(const Model& model, const Tensor& pooled, const HeadActivations& head, const Tensor& d_logits,
+                     Gradients& grads, const Context& ctx) {
+  const Architecture& a = model.architecture();
+  if (a.head == HeadKind::None) input_error("the model has no classification head");
+  const std::int64_t B = pooled.dim(0), C = a.embed_dims, K = a.num_classes, Hh = a.head_hidden;
+  if (d_logits.dtype() != DType::F32 || d_logits.shape() != Shape{B, K})
+    input_error("logit gradient has shape ", shape_str(d_logits.shape()), ", expected F32 [", B, ",", K, "]");
+  check_gradients(model, grads);
+  const ThreadScope threads(ctx);
+  const model::HeadWeights& w = model.state().head;
+  const model::HeadWeights g = grads_of(model, w, model::head_rows(), grads);
+  Tensor d_pooled(DType::F32, {B, C});
+  if (a.head == HeadKind::Linear) {
+    ops::linear_backward(pooled.f32(), w.fc_weight, d_logits.f32(), d_pooled.f32(), g.fc_weight, g.fc_bias, B, K, C);
+  } else {
+    Tensor d_hidden(DType::F32, {B, Hh});
+    ops::linear_backward(head.hidden.f32(), w.fc2_weight, d_logits.f32(), d_hidden.f32(), g.fc2_weight, g.fc2_bias,
+                         B, K, Hh);
+    for (std::int64_t j = 0; j < B * Hh; ++j) d_hidden.f32()[j] *= 1.0f - head.hidden.f32()[j] * head.hidden.f32()[j];
+    ops::linear_backward(pooled.f32(), w.fc0_weight, d_hidden.f32(), d_pooled.f32(), g.fc0_weight, g.fc0_bias, B, Hh,
+                         C);
+  }
+  return d_pooled;
+}
+
+double label_smoothed_cross_entropy(const Tensor& logits, const Tensor& targets, double eps, Tensor* d_logits) {
+  if (logits.dtype() != DType::F32 || logits.ndim() != 2 || targets.dtype() != DType::F32 ||
+      targets.shape() != logits.shape())
+    input_error("targets have shape ", shape_str(targets.shape()), ", expected F32 ", shape_str(logits.shape()));
+  const std::int64_t B = logits.dim(0), K = logits.dim(1);
+  if (d_logits) *d_logits = Tensor(DType::F32, {B, K});
+  double loss = 0;
+  for (std::int64_t b = 0; b < B; ++b) {
+    const float* z = logits.f32() + b * K;
+    const double zmax = *std::max_element(z, z + K);
+    double se = 0;
+    for (std::int64_t k = 0; k < K; ++k) se += std::exp(z[k] - zmax);
+    const double lse = zmax + std::log(se);
+    for (std::int64_t k = 0; k < K; ++k) {
+      const double target = (1.0 - eps) * targets.f32()[b * K + k] + eps / K;
+      loss -= target * (z[k] - lse);
+      if (d_logits) d_logits->f32()[b * K + k] = static_cast<float>((std::exp(z[k] - lse) - target) / B);
+    }
+  }
+  return loss / B;
+}
+
+// ---- the backbone ----
+
 struct Backprop::Impl {
   const Model& model;
-  const Config& c;
-  std::int64_t B = 0, H = 0, W = 0, N = 0, C = 0, Hd = 0, T = 0, last = 0;
+  const Architecture& a;
+  std::unique_ptr<model::TrainBlocks> blocks;
+  std::int64_t B = 0, H = 0, W = 0, N = 0, C = 0, T = 0, last = -1;
   bool recompute = false;
   Grid grid, train_grid;
-  // xs[i]: input of block i (xs[0] is the embedding, before ln0); xs[last+1]: output of the last block used.
-  std::vector<Buf> xs;
-  Buf x0;  // ln0(embedding): block 0's residual stream
-  std::vector<BlockTape> tapes;  // one per block, or a single one reused when recomputing
-  Buf feat, pooled, head_hidden, pos, cols, wu;
-  Buf g[8], gh[2], dx, dpos, dpooled, dhidden, dlogits, gwu;
+  ops::Wkv wkv;
+  Tensor input;            // of the last forward
+  std::vector<Tensor> xs;  // xs[0]: the embedding; xs[i + 1]: the output of block i
+  std::int64_t taped = -1;  // with recompute: the block whose activations the one tape holds
+  std::vector<float> cols, pos, dpos, dcur, dnext;
+  std::vector<std::array<std::vector<float>, 2>> keep;  // [block][branch][sample] drop-path scale
 
-  Impl(const Model& m) : model(m), c(m.config()) {}
+  explicit Impl(const Model& m)
+      : model(m),
+        a(m.architecture()),
+        blocks(model::block_kind(a.block).make_train(a, model::lookup_in(m.parameters()), m.state().base)) {}
 
-  const float* P(const std::string& name) const { return model.parameters().at(name).f32(); }
+  std::int64_t tape(std::int64_t i) const { return recompute ? 0 : i; }
+  model::DropPath scales(std::int64_t i) const { return {keep[i][0].data(), keep[i][1].data()}; }
 
-  void plan(const Tensor& input, bool recompute_) {
-    const std::int64_t b = input.dim(0), h = input.dim(2), w = input.dim(3);
-    if (b == B && h == H && w == W && recompute_ == recompute && !xs.empty()) return;
-    B = b, H = h, W = w, recompute = recompute_;
-    grid = ops::patch_grid(H, W, c.patch_size), train_grid = {c.pos_grid_h, c.pos_grid_w};
-    T = grid.tokens(), N = B * T, C = c.embed_dims, Hd = c.hidden_dims;
-    last = c.out_indices.back();
-    xs.assign(last + 2, Buf(N * C));
-    x0.resize(N * C);
-    tapes.clear();
-    tapes.resize(recompute ? 1 : last + 1);
-    for (BlockTape& t : tapes) t.allocate(N, C, Hd, c);
-    feat.resize(N * C), pooled.resize(B * C), pos.resize(T * C), wu.resize(2 * C), gwu.resize(2 * C);
-    cols.resize(N * c.in_channels * c.patch_size * c.patch_size);
-    for (Buf& s : g) s.resize(N * C);
-    for (Buf& s : gh) s.resize(N * Hd);
-    dx.resize(N * C), dpos.resize(T * C), dpooled.resize(B * C);
-    head_hidden.resize(B * std::max<std::int64_t>(c.head_hidden, 1));
-    dhidden.resize(head_hidden.size());
-    dlogits.resize(B * c.num_classes);
-  }
-
-  BlockTape& tape(std::int64_t i) { return tapes[recompute ? 0 : i]; }
-  float* block_input(std::int64_t i) { return i == 0 ? x0.data() : xs[i].data(); }
-
-  void norm(const std::string& prefix, const float* x, float* y, std::int64_t width) const {
-    ops::layernorm(x, P(prefix + ".weight"), P(prefix + ".bias"), y, N, width, ops::kLayerNormEps);
-  }
-  void linear(const std::string& weight, const float* x, float* y, std::int64_t n, std::int64_t k) const {
-    ops::linear(x, P(weight), nullptr, y, N, n, k);
-  }
-
-  // Q-Shift + mixing of `x` into the tape buffers `outs` (a copy with shift_pixel 0).
-  void shift_mix(const float* x, const std::string& prefix, std::initializer_list<const char*> names,
-                 std::initializer_list<Buf*> outs) {
-    float* bufs[3];
-    const float* mu[3];
-    int n = 0;
-    for (Buf* o : outs) bufs[n++] = o->data();
-    if (c.shift_pixel == 0) {
-      for (int i = 0; i < n; ++i) std::memcpy(bufs[i], x, N * C * sizeof(float));
-      return;
-    }
-    n = 0;
-    for (const char* name : names) mu[n++] = P(prefix + name);
-    ops::q_shift_mix(x, B, grid, C, c.shift_pixel, c.channel_gamma, n, mu, bufs);
-  }
-
-  // w = spatial_decay/T, u = spatial_first/T for this input (VRWKV.md 1.6).
-  void decay_first(const std::string& l) {
-    const float Tf = static_cast<float>(T);
-    const float *decay = P(l + "att.spatial_decay"), *first = P(l + "att.spatial_first");
-    for (std::int64_t ch = 0; ch < C; ++ch) wu[ch] = decay[ch] / Tf, wu[C + ch] = first[ch] / Tf;
-  }
-
-  // x_out = x + keep·γ ⊙ branch (γ = 1 without layer scale).
-  void residual(const float* x, const float* branch, const std::vector<float>& keep, const std::string& gamma,
-                float* x_out) const {
-    const float* gm = c.layer_scale ? P(gamma) : nullptr;
-#pragma omp parallel for schedule(static)
-    for (std::int64_t n = 0; n < N; ++n) {
-      const float s = keep[n / T];
-      for (std::int64_t ch = 0; ch < C; ++ch)
-        x_out[n * C + ch] = x[n * C + ch] + s * (gm ? gm[ch] : 1.0f) * branch[n * C + ch];
-    }
-  }
-
-  // Block i forward (VRWKV.md 1.4), keeping its activations in `t`.
-  void block_forward(std::int64_t i, BlockTape& t) {
-    const std::string l = "backbone.layers." + std::to_string(i) + ".";
-    const float* x = block_input(i);
-    const bool pre = !c.post_norm;
-    // Spatial Mix (1.6).
-    if (pre) norm(l + "ln1", x, t.a.data(), C);
-    shift_mix(pre ? t.a.data() : x, l + "att.", {"spatial_mix_k", "spatial_mix_v", "spatial_mix_r"},
-              {&t.xk, &t.xv, &t.xr});
-    linear(l + "att.key.weight", t.xk.data(), t.k.data(), C, C);
-    linear(l + "att.value.weight", t.xv.data(), t.v.data(), C, C);
-    linear(l + "att.receptance.weight", t.xr.data(), t.r.data(), C, C);
-    decay_first(l);
-    ops::biwkv(wu.data(), wu.data() + C, t.k.data(), t.v.data(), t.y.data(), B, T, C, {c.wkv, c.wkv_chunks});
-    const float* yn = t.y.data();
-    if (c.key_norm) norm(l + "att.key_norm", t.y.data(), t.yn.data(), C), yn = t.yn.data();
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * C; ++j) t.z[j] = ops::sigmoid_fast(t.r[j]) * yn[j];
-    linear(l + "att.output.weight", t.z.data(), t.o.data(), C, C);
-    if (!pre) norm(l + "ln1", t.o.data(), t.on.data(), C);
-    residual(x, pre ? t.o.data() : t.on.data(), keep[i][0], l + "gamma1", t.x_mid.data());
-    // Channel Mix (1.7).
-    if (pre) norm(l + "ln2", t.x_mid.data(), t.b.data(), C);
-    shift_mix(pre ? t.b.data() : t.x_mid.data(), l + "ffn.", {"spatial_mix_k", "spatial_mix_r"}, {&t.fk, &t.fr});
-    linear(l + "ffn.receptance.weight", t.fr.data(), t.r2.data(), C, C);
-    linear(l + "ffn.key.weight", t.fk.data(), t.hk.data(), Hd, C);
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * Hd; ++j) {
-      const float a = std::max(t.hk[j], 0.0f);
-      t.sq[j] = a * a;
-    }
-    const float* sqn = t.sq.data();
-    if (c.key_norm)
-      ops::layernorm(t.sq.data(), P(l + "ffn.key_norm.weight"), P(l + "ffn.key_norm.bias"), t.sqn.data(), N, Hd),
-          sqn = t.sqn.data();
-    linear(l + "ffn.value.weight", sqn, t.kv.data(), C, Hd);
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * C; ++j) t.f[j] = ops::sigmoid_fast(t.r2[j]) * t.kv[j];
-    if (!pre) norm(l + "ln2", t.f.data(), t.fn.data(), C);
-    residual(t.x_mid.data(), pre ? t.f.data() : t.fn.data(), keep[i][1], l + "gamma2", xs[i + 1].data());
-  }
-
-  // The gradient of x + keep·γ⊙branch: dbranch = keep·γ⊙dx, dγ += Σ keep·dx⊙branch.
-  void residual_backward(const float* branch, const std::vector<float>& keep, const std::string& gamma, Gradients& G,
-                         float* dbranch) const {
-    const float* gm = c.layer_scale ? P(gamma) : nullptr;
-#pragma omp parallel for schedule(static)
-    for (std::int64_t n = 0; n < N; ++n) {
-      const float s = keep[n / T];
-      for (std::int64_t ch = 0; ch < C; ++ch) dbranch[n * C + ch] = s * (gm ? gm[ch] : 1.0f) * dx[n * C + ch];
-    }
-    if (!gm) return;
-    float* dg = G.tensors.at(gamma).f32();
-    for (std::int64_t ch = 0; ch < C; ++ch) {
-      float acc = 0;
-      for (std::int64_t n = 0; n < N; ++n) acc += keep[n / T] * dx[n * C + ch] * branch[n * C + ch];
-      dg[ch] += acc;
-    }
-  }
-
-  void norm_backward(const std::string& prefix, const float* x, const float* dy, float* dxo, Gradients& G,
-                     std::int64_t width) const {
-    ops::layernorm_backward(x, P(prefix + ".weight"), dy, dxo, G.tensors.at(prefix + ".weight").f32(),
-                            G.tensors.at(prefix + ".bias").f32(), N, width, ops::kLayerNormEps);
-  }
-  void linear_backward(const std::string& weight, const float* x, const float* dy, float* dxo, Gradients& G,
-                       std::int64_t n, std::int64_t k) const {
-    ops::linear_backward(x, P(weight), dy, dxo, G.tensors.at(weight).f32(), nullptr, N, n, k);
-  }
-  void mix_backward(const float* x, const std::string& prefix, std::initializer_list<const char*> names,
-                    std::initializer_list<const float*> douts, float* dxo, Gradients& G) const {
-    const float* mu[3];
-    const float* d[3];
-    float* dmu[3];
-    int n = 0;
-    for (const float* p : douts) d[n++] = p;
-    int m = 0;
-    if (c.shift_pixel > 0)
-      for (const char* name : names) mu[m] = P(prefix + name), dmu[m] = G.tensors.at(prefix + name).f32(), ++m;
-    ops::q_shift_mix_backward(x, B, grid, C, c.shift_pixel, c.channel_gamma, n, mu, d, dxo, dmu);
-  }
-
-  // Block i backward: dx holds dL/d(block output) and becomes dL/d(block input).
-  void block_backward(std::int64_t i, BlockTape& t, Gradients& G) {
-    const std::string l = "backbone.layers." + std::to_string(i) + ".";
-    const float* x = block_input(i);
-    const bool pre = !c.post_norm;
-    const auto sig = [](float v) { return ops::sigmoid_fast(v); };
-
-    // Channel Mix: x_out = x_mid + keep2·γ2 ⊙ (pre ? f : ln2(f)).
-    residual_backward(pre ? t.f.data() : t.fn.data(), keep[i][1], l + "gamma2", G, g[0].data());
-    float* gF = g[0].data();
-    if (!pre) zero(g[1]), norm_backward(l + "ln2", t.f.data(), g[0].data(), g[1].data(), G, C), gF = g[1].data();
-    float *gKv = g[2].data(), *gR2 = g[3].data();
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * C; ++j) {
-      const float s = sig(t.r2[j]);
-      gKv[j] = gF[j] * s;
-      gR2[j] = gF[j] * t.kv[j] * s * (1.0f - s);
-    }
-    zero(gh[0]);
-    linear_backward(l + "ffn.value.weight", c.key_norm ? t.sqn.data() : t.sq.data(), gKv, gh[0].data(), G, C, Hd);
-    float* gSq = gh[0].data();
-    if (c.key_norm) {
-      zero(gh[1]);
-      ops::layernorm_backward(t.sq.data(), P(l + "ffn.key_norm.weight"), gh[0].data(), gh[1].data(),
-                              G.tensors.at(l + "ffn.key_norm.weight").f32(),
-                              G.tensors.at(l + "ffn.key_norm.bias").f32(), N, Hd);
-      gSq = gh[1].data();
-    }
-    // d relu(h)² / dh = 2·relu(h) (0 at the kink).
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * Hd; ++j) gSq[j] *= 2.0f * std::max(t.hk[j], 0.0f);
-    zero(g[4]), zero(g[5]);
-    linear_backward(l + "ffn.key.weight", t.fk.data(), gSq, g[4].data(), G, Hd, C);
-    linear_backward(l + "ffn.receptance.weight", t.fr.data(), gR2, g[5].data(), G, C, C);
-    if (pre) {
-      zero(g[0]);
-      mix_backward(t.b.data(), l + "ffn.", {"spatial_mix_k", "spatial_mix_r"}, {g[4].data(), g[5].data()},
-                   g[0].data(), G);
-      norm_backward(l + "ln2", t.x_mid.data(), g[0].data(), dx.data(), G, C);
-    } else {
-      mix_backward(t.x_mid.data(), l + "ffn.", {"spatial_mix_k", "spatial_mix_r"}, {g[4].data(), g[5].data()},
-                   dx.data(), G);
-    }
-
-    // Spatial Mix: x_mid = x + keep1·γ1 ⊙ (pre ? o : ln1(o)).
-    residual_backward(pre ? t.o.data() : t.on.data(), keep[i][0], l + "gamma1", G, g[0].data());
-    float* gO = g[0].data();
-    if (!pre) zero(g[1]), norm_backward(l + "ln1", t.o.data(), g[0].data(), g[1].data(), G, C), gO = g[1].data();
-    zero(g[2]);
-    linear_backward(l + "att.output.weight", t.z.data(), gO, g[2].data(), G, C, C);
-    const float* yn = c.key_norm ? t.yn.data() : t.y.data();
-    float *gYn = g[3].data(), *gR = g[4].data();
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * C; ++j) {
-      const float s = sig(t.r[j]);
-      gYn[j] = g[2][j] * s;
-      gR[j] = g[2][j] * yn[j] * s * (1.0f - s);
-    }
-    float* gY = gYn;
-    if (c.key_norm) zero(g[5]), norm_backward(l + "att.key_norm", t.y.data(), gYn, g[5].data(), G, C), gY = g[5].data();
-    decay_first(l);
-    zero(g[6]), zero(g[7]), std::fill(gwu.begin(), gwu.end(), 0.0f);
-    ops::biwkv_backward(wu.data(), wu.data() + C, t.k.data(), t.v.data(), gY, gwu.data(), gwu.data() + C,
-                        g[6].data(), g[7].data(), B, T, C, {c.wkv, c.wkv_chunks});
-    // w = spatial_decay/T, u = spatial_first/T.
-    float *gd = G.tensors.at(l + "att.spatial_decay").f32(), *gf = G.tensors.at(l + "att.spatial_first").f32();
-    for (std::int64_t ch = 0; ch < C; ++ch) gd[ch] += gwu[ch] / T, gf[ch] += gwu[C + ch] / T;
-    zero(g[0]), zero(g[1]), zero(g[2]);
-    linear_backward(l + "att.key.weight", t.xk.data(), g[6].data(), g[0].data(), G, C, C);
-    linear_backward(l + "att.value.weight", t.xv.data(), g[7].data(), g[1].data(), G, C, C);
-    linear_backward(l + "att.receptance.weight", t.xr.data(), gR, g[2].data(), G, C, C);
-    const std::initializer_list<const char*> mixes = {"spatial_mix_k", "spatial_mix_v", "spatial_mix_r"};
-    if (pre) {
-      zero(g[3]);
-      mix_backward(t.a.data(), l + "att.", mixes, {g[0].data(), g[1].data(), g[2].data()}, g[3].data(), G);
-      norm_backward(l + "ln1", x, g[3].data(), dx.data(), G, C);
-    } else {
-      mix_backward(x, l + "att.", mixes, {g[0].data(), g[1].data(), g[2].data()}, dx.data(), G);
-    }
+  void plan(const Tensor& x, std::int64_t last_, bool recompute_) {
+    const std::int64_t b = x.dim(0), h = x.dim(2), w = x.dim(3);
+    if (b == B && h == H && w == W && recompute_ == recompute && last_ == last) return;
+    B = b, H = h, W = w, recompute = recompute_, last = last_;
+    grid = ops::patch_grid(H, W, a.patch_size), train_grid = {a.pos_grid_h, a.pos_grid_w};
+    T = grid.tokens(), N = B * T, C = a.embed_dims;
+    xs.assign(last + 2, Tensor());
+    for (Tensor& t : xs) t = Tensor(DType::F32, {B, T, C});
+    blocks->plan(B, grid, recompute ? 1 : last + 1);
+    pos.resize(T * C), dpos.resize(T * C), dcur.resize(N * C), dnext.resize(N * C);
+    cols.resize(N * a.in_channels * a.patch_size * a.patch_size);
   }
 
   // DropPath (VRWKV.md 1.4): per block, branch and sample, keep with
@@ -347,133 +251,136 @@ struct Backprop::Impl {
         }
     }
   }
-  std::vector<std::array<std::vector<float>, 2>> keep;  // [block][branch][sample] drop-path scale
 
-  LossResult run(const Tensor& input, const Tensor& targets, Gradients& G, const BackwardOptions& o) {
-    if (c.head == HeadKind::None) input_error("the model has no classification head, so there is no loss to derive");
-    if (input.dtype() != DType::F32 || input.ndim() != 4 || input.dim(1) != c.in_channels || input.dim(0) < 1 ||
-        input.dim(2) < 1 || input.dim(3) < 1)
-      input_error("input has shape ", shape_str(input.shape()), " (", dtype_name(input.dtype()), "), expected F32 [B,",
-                  c.in_channels, ",H,W]");
-    const std::int64_t K = c.num_classes;
-    if (targets.dtype() != DType::F32 || targets.shape() != Shape{input.dim(0), K})
-      input_error("targets have shape ", shape_str(targets.shape()), ", expected F32 [", input.dim(0), ",", K, "]");
-    plan(input, o.recompute);
+  void forward(const Tensor& x, std::int64_t last_, const BackwardOptions& o) {
+    if (x.dtype() != DType::F32 || x.ndim() != 4 || x.dim(1) != a.in_channels || x.dim(0) < 1 || x.dim(2) < 1 ||
+        x.dim(3) < 1)
+      input_error("input has shape ", shape_str(x.shape()), " (", dtype_name(x.dtype()), "), expected F32 [B,",
+                  a.in_channels, ",H,W]");
+    if (last_ < 0 || last_ >= a.depth)
+      input_error("block ", last_, " is not one of the model's ", a.depth, " blocks");
+    plan(x, last_, o.recompute);
     draw_drop_path(o);
+    input = x;
+    wkv = {model.config().run.wkv, model.config().run.wkv_chunks};
 
-    // Embedding (1.2, 1.3) and ln0.
-    float* e = xs[0].data();
-    ops::patch_embed(input.f32(), P("backbone.patch_embed.projection.weight"),
-                     P("backbone.patch_embed.projection.bias"), e, B, c.in_channels, H, W, C, c.patch_size,
-                     cols.data());
-    const bool resized = grid.H != train_grid.H || grid.W != train_grid.W;
-    const float* pe = P("backbone.pos_embed");
-    if (resized) ops::resize_pos_embed(pe, train_grid, pos.data(), grid, C), pe = pos.data();
+    // Embedding (1.2, 1.3).
+    const model::BackboneWeights& w = model.state().backbone;
+    float* e = xs[0].f32();
+    ops::patch_embed(x.f32(), w.patch_weight, w.patch_bias, e, B, a.in_channels, H, W, C, a.patch_size, cols.data());
+    const float* pe = w.pos_embed;
+    if (grid.H != train_grid.H || grid.W != train_grid.W)
+      ops::resize_pos_embed(pe, train_grid, pos.data(), grid, C), pe = pos.data();
 #pragma omp parallel for schedule(static)
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t ch = 0; ch < C; ++ch) e[n * C + ch] += pe[(n % T) * C + ch];
-    norm("backbone.layers.0.ln0", e, x0.data(), C);
 
-    for (std::int64_t i = 0; i <= last; ++i) block_forward(i, tape(i));
+    for (std::int64_t i = 0; i <= last; ++i)
+      blocks->forward(i, xs[i].f32(), xs[i + 1].f32(), tape(i), scales(i), model::fast_block_ops(), wkv);
+    taped = last;
+  }
 
-    // Final norm (after the last block only), pooling, head, loss (1.8).
-    const bool final_norm = c.final_norm && last == c.depth - 1;
-    const float* xl = xs[last + 1].data();
-    if (final_norm) norm("backbone.ln1", xl, feat.data(), C);
-    else std::memcpy(feat.data(), xl, N * C * sizeof(float));
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t ch = 0; ch < C; ++ch) {
-        double s = 0;
-        for (std::int64_t t = 0; t < T; ++t) s += feat[(b * T + t) * C + ch];
-        pooled[b * C + ch] = static_cast<float>(s / T);
-      }
-    LossResult result;
-    result.logits = Tensor(DType::F32, {B, K});
-    float* logits = result.logits.f32();
-    const std::int64_t Hh = c.head_hidden;
-    if (c.head == HeadKind::Linear) {
-      ops::linear(pooled.data(), P("head.fc.weight"), P("head.fc.bias"), logits, B, K, C);
-    } else {
-      ops::linear(pooled.data(), P("head.0.weight"), P("head.0.bias"), head_hidden.data(), B, Hh, C);
-      for (std::int64_t j = 0; j < B * Hh; ++j) head_hidden[j] = std::tanh(head_hidden[j]);
-      ops::linear(head_hidden.data(), P("head.2.weight"), P("head.2.bias"), logits, B, K, Hh);
+  void backward(const std::map<std::int64_t, Tensor>& d_outputs, Gradients& G, Tensor* d_input) {
+    if (last < 0) input_error("backward without a forward");
+    check_gradients(model, G);
+    std::int64_t top = -1;
+    for (const auto& [i, d] : d_outputs) {
+      if (i < 0 || i > last) input_error("gradient for block ", i, ", but the forward ran blocks 0..", last);
+      if (d.dtype() != DType::F32 || d.shape() != Shape{B, T, C})
+        input_error("gradient for block ", i, " has shape ", shape_str(d.shape()), ", expected F32 [", B, ",", T,
+                    ",", C, "]");
+      top = std::max(top, i);
     }
-    // mmcls LabelSmoothLoss, mode 'original': target' = (1−ε)·target + ε/K,
-    // loss = mean_b −Σ_k target'·log_softmax(logits); dlogits = (softmax − target')/B.
-    const double eps = o.label_smoothing;
-    double loss = 0;
-    for (std::int64_t b = 0; b < B; ++b) {
-      const float* z = logits + b * K;
-      const double zmax = *std::max_element(z, z + K);
-      double se = 0;
-      for (std::int64_t k = 0; k < K; ++k) se += std::exp(z[k] - zmax);
-      const double lse = zmax + std::log(se);
-      for (std::int64_t k = 0; k < K; ++k) {
-        const double target = (1.0 - eps) * targets.f32()[b * K + k] + eps / K;
-        loss -= target * (z[k] - lse);
-        dlogits[b * K + k] = static_cast<float>((std::exp(z[k] - lse) - target) / B);
-      }
-    }
-    result.loss = loss / B;
-
-    // Backward: head, pooling, final norm.
-    std::fill(dpooled.begin(), dpooled.end(), 0.0f);
-    const auto grad = [&](const char* name) { return G.tensors.at(name).f32(); };
-    if (c.head == HeadKind::Linear) {
-      ops::linear_backward(pooled.data(), P("head.fc.weight"), dlogits.data(), dpooled.data(), grad("head.fc.weight"),
-                           grad("head.fc.bias"), B, K, C);
-    } else {
-      std::fill(dhidden.begin(), dhidden.end(), 0.0f);
-      ops::linear_backward(head_hidden.data(), P("head.2.weight"), dlogits.data(), dhidden.data(),
-                           grad("head.2.weight"), grad("head.2.bias"), B, K, Hh);
-      for (std::int64_t j = 0; j < B * Hh; ++j) dhidden[j] *= 1.0f - head_hidden[j] * head_hidden[j];
-      ops::linear_backward(pooled.data(), P("head.0.weight"), dhidden.data(), dpooled.data(), grad("head.0.weight"),
-                           grad("head.0.bias"), B, Hh, C);
-    }
-    float* dfeat = g[0].data();
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t ch = 0; ch < C; ++ch) dfeat[n * C + ch] = dpooled[(n / T) * C + ch] / T;
-    if (final_norm) zero(dx), norm_backward("backbone.ln1", xl, dfeat, dx.data(), G, C);
-    else std::memcpy(dx.data(), dfeat, N * C * sizeof(float));
-
+    std::fill(dcur.begin(), dcur.end(), 0.0f);
     // Blocks, last to first (recomputing each block's activations if asked).
-    for (std::int64_t i = last; i >= 0; --i) {
-      if (recompute) block_forward(i, tapes[0]);
-      block_backward(i, tape(i), G);
+    for (std::int64_t i = top; i >= 0; --i) {
+      const auto it = d_outputs.find(i);
+      if (it != d_outputs.end())
+        for (std::int64_t j = 0; j < N * C; ++j) dcur[j] += it->second.f32()[j];
+      if (recompute && taped != i) blocks->forward(i, xs[i].f32(), xs[i + 1].f32(), 0, scales(i), model::fast_block_ops(), wkv);
+      taped = i;
+      blocks->backward(i, xs[i].f32(), dcur.data(), dnext.data(), tape(i), scales(i), wkv, G.storage.f32());
+      std::swap(dcur, dnext);
     }
+    if (!recompute) taped = last;
 
-    // ln0, position embedding, patch embedding.
-    zero(g[1]);
-    norm_backward("backbone.layers.0.ln0", e, dx.data(), g[1].data(), G, C);
-    const float* de = g[1].data();
+    // Position embedding, patch embedding (and the input).
+    const model::BackboneWeights& w = model.state().backbone;
+    const model::BackboneWeights g = grads_of(model, w, model::backbone_rows_before_blocks(), G);
+    const float* de = dcur.data();
     std::fill(dpos.begin(), dpos.end(), 0.0f);
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t ch = 0; ch < C; ++ch) dpos[(n % T) * C + ch] += de[n * C + ch];
-    float* dpe = grad("backbone.pos_embed");
-    if (resized) ops::resize_pos_embed_backward(dpos.data(), grid, dpe, train_grid, C);
+    if (grid.H != train_grid.H || grid.W != train_grid.W)
+      ops::resize_pos_embed_backward(dpos.data(), grid, g.pos_embed, train_grid, C);
     else
-      for (std::int64_t j = 0; j < T * C; ++j) dpe[j] += dpos[j];
-    ops::patch_embed_backward(input.f32(), de, grad("backbone.patch_embed.projection.weight"),
-                              grad("backbone.patch_embed.projection.bias"), B, c.in_channels, H, W, C, c.patch_size,
+      for (std::int64_t j = 0; j < T * C; ++j) g.pos_embed[j] += dpos[j];
+    ops::patch_embed_backward(input.f32(), de, g.patch_weight, g.patch_bias, B, a.in_channels, H, W, C, a.patch_size,
                               cols.data());
+    if (d_input) {
+      *d_input = Tensor(DType::F32, input.shape());
+      ops::patch_embed_backward_input(w.patch_weight, de, d_input->f32(), B, a.in_channels, H, W, C, a.patch_size);
+    }
+  }
+
+  LossResult run(const Tensor& x, const Tensor& targets, Gradients& G, const BackwardOptions& o,
+                 const Context& ctx) {
+    if (a.head == HeadKind::None) input_error("the model has no classification head, so there is no loss to derive");
+    const std::int64_t K = a.num_classes;
+    if (targets.dtype() != DType::F32 || targets.ndim() != 2 || targets.dim(1) != K ||
+        (x.ndim() >= 1 && targets.dim(0) != x.dim(0)))
+      input_error("targets have shape ", shape_str(targets.shape()), ", expected F32 [",
+                  x.ndim() >= 1 ? x.dim(0) : 0, ",", K, "]");
+    check_gradients(model, G);
+    forward(x, model.config().run.out_indices.back(), o);
+    // Final norm (after the last block only), pooling, head, loss (1.8), and their backward.
+    const bool norm = a.final_norm && last == a.depth - 1;
+    const Tensor& tokens = xs[last + 1];
+    const Tensor feat = norm ? final_norm(model, tokens, ctx) : tokens;
+    const Tensor pooled = token_pool(feat);
+    const HeadActivations head = head_forward(model, pooled, ctx);
+    Tensor d_logits;
+    LossResult result;
+    result.loss = label_smoothed_cross_entropy(head.logits, targets, o.label_smoothing, &d_logits);
+    result.logits = head.logits;
+    const Tensor d_feat = token_pool_backward(head_backward(model, pooled, head, d_logits, G, ctx), T);
+    backward({{last, norm ? final_norm_backward(model, tokens, d_feat, G, ctx) : d_feat}}, G, nullptr);
     return result;
   }
 
   std::int64_t activation_bytes() const {
     std::int64_t n = 0;
-    for (const Buf& b : xs) n += static_cast<std::int64_t>(b.size());
-    n += static_cast<std::int64_t>(x0.size());
-    n *= sizeof(float);
-    for (const BlockTape& t : tapes) n += t.bytes();
-    return n;
+    for (const Tensor& t : xs) n += static_cast<std::int64_t>(t.nbytes());
+    return n + blocks->tape_bytes();
   }
 };
 
 Backprop::Backprop(const Model& model) : impl_(std::make_unique<Impl>(model)) {}
 Backprop::~Backprop() = default;
 
-LossResult Backprop::run(const Tensor& input, const Tensor& targets, Gradients& grads, const BackwardOptions& options) {
-  return impl_->run(input, targets, grads, options);
+void Backprop::forward(const Tensor& input, std::int64_t last, const BackwardOptions& options, const Context& ctx) {
+  const ThreadScope threads(ctx);
+  impl_->forward(input, last, options);
+}
+
+Tensor Backprop::block_output(std::int64_t i) const {
+  if (i < 0 || i > impl_->last) input_error("block ", i, " was not run by the last forward (blocks 0..", impl_->last, ")");
+  return impl_->xs[i + 1];
+}
+
+std::int64_t Backprop::grid_h() const { return impl_->grid.H; }
+std::int64_t Backprop::grid_w() const { return impl_->grid.W; }
+
+void Backprop::backward(const std::map<std::int64_t, Tensor>& d_outputs, Gradients& grads, const Context& ctx,
+                        Tensor* d_input) {
+  const ThreadScope threads(ctx);
+  impl_->backward(d_outputs, grads, d_input);
+}
+
+LossResult Backprop::run(const Tensor& input, const Tensor& targets, Gradients& grads, const BackwardOptions& options,
+                         const Context& ctx) {
+  const ThreadScope threads(ctx);
+  return impl_->run(input, targets, grads, options, ctx);
 }
 
 std::int64_t Backprop::activation_bytes() const { return impl_->activation_bytes(); }

@@ -6,6 +6,18 @@
 
 namespace vrwkv {
 
+std::string to_string(BlockKind b) {
+  switch (b) {
+    case BlockKind::Vrwkv: return "vrwkv";
+  }
+  return "?";
+}
+
+BlockKind block_from_string(const std::string& s) {
+  if (s == "vrwkv") return BlockKind::Vrwkv;
+  input_error("unknown block kind '", s, "' (expected vrwkv)");
+}
+
 std::string to_string(HeadKind h) {
   switch (h) {
     case HeadKind::None: return "none";
@@ -45,8 +57,12 @@ Preprocess preprocess_from_string(const std::string& s) {
   input_error("unknown preprocessing '", s, "' (expected mmcls, internimage or resize)");
 }
 
-std::string config_to_json(const Config& c) {
+// The JSON keeps one flat object (the files written before the configuration
+// was split read the same); "block" is absent in those and means vrwkv.
+std::string config_to_json(const Config& config) {
+  const Architecture& c = config.arch;
   nlohmann::json j = {
+      {"block", to_string(c.block)},
       {"embed_dims", c.embed_dims},   {"depth", c.depth},
       {"patch_size", c.patch_size},   {"in_channels", c.in_channels},
       {"hidden_dims", c.hidden_dims}, {"pos_grid", {c.pos_grid_h, c.pos_grid_w}},
@@ -54,19 +70,22 @@ std::string config_to_json(const Config& c) {
       {"key_norm", c.key_norm},       {"post_norm", c.post_norm},
       {"layer_scale", c.layer_scale}, {"final_norm", c.final_norm},
       {"head", to_string(c.head)},    {"num_classes", c.num_classes},
-      {"head_hidden", c.head_hidden}, {"out_indices", c.out_indices},
-      {"wkv", to_string(c.wkv)},      {"wkv_chunks", c.wkv_chunks},
-      {"preprocess", to_string(c.preprocess)},
+      {"head_hidden", c.head_hidden}, {"out_indices", config.run.out_indices},
+      {"wkv", to_string(config.run.wkv)},      {"wkv_chunks", config.run.wkv_chunks},
+      {"preprocess", to_string(config.preprocessing.kind)},
   };
-  if (!c.class_names.empty()) j["class_names"] = c.class_names;
-  if (c.preprocess == Preprocess::Resize) j["mean"] = c.mean, j["std"] = c.std;
+  if (!config.labels.empty()) j["class_names"] = config.labels;
+  if (config.preprocessing.kind == Preprocess::Resize)
+    j["mean"] = config.preprocessing.mean, j["std"] = config.preprocessing.std;
   return j.dump();
 }
 
 Config config_from_json(const std::string& text, const std::string& source) {
   try {
     const nlohmann::json j = nlohmann::json::parse(text);
-    Config c;
+    Config config;
+    Architecture& c = config.arch;
+    if (j.contains("block")) c.block = block_from_string(j.at("block"));
     c.embed_dims = j.at("embed_dims");
     c.depth = j.at("depth");
     c.patch_size = j.at("patch_size");
@@ -83,16 +102,16 @@ Config config_from_json(const std::string& text, const std::string& source) {
     c.head = head_from_string(j.at("head"));
     c.num_classes = j.at("num_classes");
     c.head_hidden = j.at("head_hidden");
-    c.out_indices = j.at("out_indices").get<std::vector<std::int64_t>>();
-    c.wkv = wkv_from_string(j.at("wkv"));
-    c.wkv_chunks = j.at("wkv_chunks");
-    c.preprocess = preprocess_from_string(j.at("preprocess"));
-    if (j.contains("class_names")) c.class_names = j.at("class_names").get<std::vector<std::string>>();
-    if (j.contains("mean")) c.mean = j.at("mean").get<std::array<float, 3>>();
-    if (j.contains("std")) c.std = j.at("std").get<std::array<float, 3>>();
-    for (float s : c.std)
+    config.run.out_indices = j.at("out_indices").get<std::vector<std::int64_t>>();
+    config.run.wkv = wkv_from_string(j.at("wkv"));
+    config.run.wkv_chunks = j.at("wkv_chunks");
+    config.preprocessing.kind = preprocess_from_string(j.at("preprocess"));
+    if (j.contains("class_names")) config.labels = j.at("class_names").get<std::vector<std::string>>();
+    if (j.contains("mean")) config.preprocessing.mean = j.at("mean").get<std::array<float, 3>>();
+    if (j.contains("std")) config.preprocessing.std = j.at("std").get<std::array<float, 3>>();
+    for (float s : config.preprocessing.std)
       if (!(s > 0)) input_error(source, ": vrwkv.config has a non-positive std ", s);
-    return c;
+    return config;
   } catch (const nlohmann::json::exception& e) {
     input_error(source, ": invalid vrwkv.config metadata (", e.what(), ")");
   }

@@ -1,204 +1,327 @@
-// The parameter table of a VRWKV model under the official names (VRWKV.md 5.1,
-// 5.2), configuration inference from those names, overrides and FLOPs.
+// The backbone's and the head's parameter rows, and what reads the table:
+// the parameter list, configuration inference, overrides, binding at load and
+// FLOPs (VRWKV.md 5.1, 5.2). Initialisation by the rows is in presets.cpp.
+#include "model/params.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <set>
 
-#include "ops/qshift.hpp"
+#include "model/block.hpp"
+#include "model/weights.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/model.hpp"
 
 namespace vrwkv {
 
-std::vector<std::pair<std::string, Shape>> parameter_shapes(const Config& c) {
-  const std::int64_t C = c.embed_dims, H = c.hidden_dims;
-  std::vector<std::pair<std::string, Shape>> p;
-  p.push_back({"backbone.pos_embed", {1, c.pos_grid_h * c.pos_grid_w, C}});
-  p.push_back({"backbone.patch_embed.projection.weight", {C, c.in_channels, c.patch_size, c.patch_size}});
-  p.push_back({"backbone.patch_embed.projection.bias", {C}});
-  for (std::int64_t i = 0; i < c.depth; ++i) {
-    const std::string l = "backbone.layers." + std::to_string(i) + ".";
-    if (c.layer_scale) {
-      p.push_back({l + "gamma1", {C}});
-      p.push_back({l + "gamma2", {C}});
-    }
-    for (const char* ln : {"ln1", "ln2"}) {
-      p.push_back({l + ln + ".weight", {C}});
-      p.push_back({l + ln + ".bias", {C}});
-    }
-    if (i == 0) {
-      p.push_back({l + "ln0.weight", {C}});
-      p.push_back({l + "ln0.bias", {C}});
-    }
-    p.push_back({l + "att.spatial_decay", {C}});
-    p.push_back({l + "att.spatial_first", {C}});
-    if (c.shift_pixel > 0)
-      for (const char* mix : {"k", "v", "r"}) p.push_back({l + "att.spatial_mix_" + mix, {1, 1, C}});
-    for (const char* lin : {"key", "value", "receptance", "output"}) p.push_back({l + "att." + lin + ".weight", {C, C}});
-    if (c.key_norm) {
-      p.push_back({l + "att.key_norm.weight", {C}});
-      p.push_back({l + "att.key_norm.bias", {C}});
-    }
-    if (c.shift_pixel > 0)
-      for (const char* mix : {"k", "r"}) p.push_back({l + "ffn.spatial_mix_" + mix, {1, 1, C}});
-    p.push_back({l + "ffn.key.weight", {H, C}});
-    p.push_back({l + "ffn.receptance.weight", {C, C}});
-    p.push_back({l + "ffn.value.weight", {C, H}});
-    if (c.key_norm) {
-      p.push_back({l + "ffn.key_norm.weight", {H}});
-      p.push_back({l + "ffn.key_norm.bias", {H}});
-    }
+namespace model {
+
+bool present(When when, const Architecture& a, std::int64_t layer) {
+  switch (when) {
+    case When::Always: return true;
+    case When::FirstBlock: return layer == 0;
+    case When::LayerScale: return a.layer_scale;
+    case When::KeyNorm: return a.key_norm;
+    case When::Shift: return a.shift_pixel > 0;
+    case When::FinalNorm: return a.final_norm;
+    case When::HeadLinear: return a.head == HeadKind::Linear;
+    case When::HeadMlp: return a.head == HeadKind::Mlp;
   }
-  if (c.final_norm) {
-    p.push_back({"backbone.ln1.weight", {C}});
-    p.push_back({"backbone.ln1.bias", {C}});
+  return false;
+}
+
+std::int64_t dim_value(Dim d, const Architecture& a) {
+  switch (d) {
+    case Dim::One: return 1;
+    case Dim::C: return a.embed_dims;
+    case Dim::Hidden: return a.hidden_dims;
+    case Dim::InChannels: return a.in_channels;
+    case Dim::Patch: return a.patch_size;
+    case Dim::PosTokens: return a.pos_grid_h * a.pos_grid_w;
+    case Dim::Classes: return a.num_classes;
+    case Dim::HeadHidden: return a.head_hidden;
   }
-  if (c.head == HeadKind::Linear) {
-    p.push_back({"head.fc.weight", {c.num_classes, C}});
-    p.push_back({"head.fc.bias", {c.num_classes}});
-  } else if (c.head == HeadKind::Mlp) {
-    p.push_back({"head.0.weight", {c.head_hidden, C}});
-    p.push_back({"head.0.bias", {c.head_hidden}});
-    p.push_back({"head.2.weight", {c.num_classes, c.head_hidden}});
-    p.push_back({"head.2.bias", {c.num_classes}});
-  }
-  return p;
+  return 0;
+}
+
+Shape shape_of(const ParamInfo& info, const Architecture& a) {
+  Shape s;
+  for (Dim d : info.shape) s.push_back(dim_value(d, a));
+  return s;
+}
+
+std::string param_name(const ParamInfo& info, std::int64_t layer) {
+  return layer < 0 ? std::string(info.name) : "backbone.layers." + std::to_string(layer) + "." + info.name;
 }
 
 namespace {
-const Tensor& require(const TensorMap& sd, const std::string& name, int ndim, const std::string& source) {
-  const auto it = sd.find(name);
-  if (it == sd.end()) input_error(source, ": missing tensor '", name, "' (not a Vision-RWKV checkpoint?)");
-  if (it->second.ndim() != ndim)
-    input_error(source, ": tensor '", name, "' has shape ", shape_str(it->second.shape()), ", expected ", ndim,
-                " dimensions");
-  return it->second;
+using D = Dim;
+template <class S>
+std::vector<ParamRow<S>> rows(std::vector<ParamRow<S>> r) {
+  return r;
 }
+}  // namespace
+
+const std::vector<ParamRow<BackboneWeights>>& backbone_rows_before_blocks() {
+  using B = BackboneWeights;
+  static const auto r = rows<B>({
+      {{"backbone.pos_embed", {D::One, D::PosTokens, D::C}, When::Always, Init::Zero, Cost::None, true},
+       &B::pos_embed},
+      {{"backbone.patch_embed.projection.weight", {D::C, D::InChannels, D::Patch, D::Patch}, When::Always,
+        Init::PatchUniform, Cost::PerToken, true},
+       &B::patch_weight},
+      {{"backbone.patch_embed.projection.bias", {D::C}, When::Always, Init::PatchUniform, Cost::PerToken, false},
+       &B::patch_bias},
+  });
+  return r;
+}
+
+const std::vector<ParamRow<BackboneWeights>>& backbone_rows_after_blocks() {
+  using B = BackboneWeights;
+  static const auto r = rows<B>({
+      {{"backbone.ln1.weight", {D::C}, When::FinalNorm, Init::One, Cost::Norm, false}, &B::norm_weight},
+      {{"backbone.ln1.bias", {D::C}, When::FinalNorm, Init::Zero, Cost::None, false}, &B::norm_bias},
+  });
+  return r;
+}
+
+const std::vector<ParamRow<HeadWeights>>& head_rows() {
+  using H = HeadWeights;
+  static const auto r = rows<H>({
+      {{"head.fc.weight", {D::Classes, D::C}, When::HeadLinear, Init::TruncNormal, Cost::PerImage, true},
+       &H::fc_weight},
+      {{"head.fc.bias", {D::Classes}, When::HeadLinear, Init::Zero, Cost::None, false}, &H::fc_bias},
+      {{"head.0.weight", {D::HeadHidden, D::C}, When::HeadMlp, Init::TruncNormal, Cost::PerImage, true},
+       &H::fc0_weight},
+      {{"head.0.bias", {D::HeadHidden}, When::HeadMlp, Init::Zero, Cost::None, false}, &H::fc0_bias},
+      {{"head.2.weight", {D::Classes, D::HeadHidden}, When::HeadMlp, Init::TruncNormal, Cost::PerImage, true},
+       &H::fc2_weight},
+      {{"head.2.bias", {D::Classes}, When::HeadMlp, Init::Zero, Cost::None, false}, &H::fc2_bias},
+  });
+  return r;
+}
+
+namespace {
+// Every row of a configuration with its layer (-1 outside the blocks), in storage order.
+template <class F>
+void for_each_row(const Architecture& a, const std::vector<ParamInfo>& block_rows, F&& f) {
+  for (const auto& r : backbone_rows_before_blocks()) f(r.info, -1);
+  for (std::int64_t i = 0; i < a.depth; ++i)
+    for (const ParamInfo& info : block_rows) f(info, i);
+  for (const auto& r : backbone_rows_after_blocks()) f(r.info, -1);
+  for (const auto& r : head_rows()) f(r.info, -1);
+}
+
+// The block rows of a kind, made once.
+const std::vector<ParamInfo>& kind_rows(BlockKind kind) {
+  static const std::vector<ParamInfo> vrwkv = block_kind(BlockKind::Vrwkv).rows();
+  switch (kind) {
+    case BlockKind::Vrwkv: return vrwkv;
+  }
+  return vrwkv;
+}
+}  // namespace
+
+std::vector<Param> parameter_list(const Architecture& a) {
+  std::vector<Param> out;
+  for_each_row(a, kind_rows(a.block), [&](const ParamInfo& info, std::int64_t layer) {
+    if (present(info.when, a, layer)) out.push_back({param_name(info, layer), shape_of(info, a), &info, layer});
+  });
+  return out;
+}
+
+const std::vector<ParamInfo>& block_rows(BlockKind kind) { return kind_rows(kind); }
+
+}  // namespace model
+
+using model::Dim;
+using model::When;
+
+std::vector<std::pair<std::string, Shape>> parameter_shapes(const Architecture& arch) {
+  std::vector<std::pair<std::string, Shape>> out;
+  for (model::Param& p : model::parameter_list(arch)) out.emplace_back(std::move(p.name), std::move(p.shape));
+  return out;
+}
+
+namespace {
+
+// The first row of `rows` present under `when` (the one whose presence tells the flag).
+const model::ParamInfo* first_row(const std::vector<model::ParamInfo>& rows, When when) {
+  for (const model::ParamInfo& r : rows)
+    if (r.when == when) return &r;
+  return nullptr;
+}
+
+// Binds the shape rules' symbols to a checkpoint's tensor shapes, checking
+// every present tensor against every earlier one.
+struct Unifier {
+  const std::string& source;
+  std::map<Dim, std::int64_t> bound{{Dim::One, 1}};
+  std::map<Dim, std::string> by;  // the tensor that bound each symbol
+
+  void unify(const std::string& name, const model::ParamInfo& info, const Tensor& t) {
+    if (t.ndim() != static_cast<int>(info.shape.size()))
+      input_error(source, ": tensor '", name, "' has shape ", shape_str(t.shape()), ", expected ", info.shape.size(),
+                  " dimensions");
+    for (std::size_t k = 0; k < info.shape.size(); ++k) {
+      const Dim d = info.shape[k];
+      const auto it = bound.find(d);
+      if (it == bound.end()) {
+        if (t.dim(static_cast<int>(k)) < 1)
+          input_error(source, ": tensor '", name, "' has shape ", shape_str(t.shape()), ", expected sizes >= 1");
+        bound[d] = t.dim(static_cast<int>(k)), by[d] = name;
+      } else if (it->second != t.dim(static_cast<int>(k))) {
+        input_error(source, ": tensor '", name, "' has shape ", shape_str(t.shape()), ", inconsistent with ",
+                    by.count(d) ? "'" + by[d] + "'" : std::string("a size of 1"), " (dimension ", k, " should be ",
+                    it->second, ")");
+      }
+    }
+  }
+};
+
 }  // namespace
 
 Config infer_config(const TensorMap& sd, const std::string& source) {
   Config c;
-  const Tensor& proj = require(sd, "backbone.patch_embed.projection.weight", 4, source);
-  c.embed_dims = proj.dim(0);
-  c.in_channels = proj.dim(1);
-  c.patch_size = proj.dim(2);
-  if (proj.dim(3) != c.patch_size)
-    input_error(source, ": patch embedding ", shape_str(proj.shape()), " is not square");
+  Architecture& a = c.arch;
+  const std::vector<model::ParamInfo>& rows = model::block_rows(a.block);
+  const auto has = [&](const std::string& name) { return sd.count(name) > 0; };
+  const auto block_has = [&](When when, std::int64_t layer) {
+    const model::ParamInfo* r = first_row(rows, when);
+    return r && has(model::param_name(*r, layer));
+  };
+  const std::string first_param = model::backbone_rows_before_blocks()[1].info.name;
+  if (!has(first_param)) input_error(source, ": missing tensor '", first_param, "' (not a Vision-RWKV checkpoint?)");
   std::int64_t depth = 0;
-  while (sd.count("backbone.layers." + std::to_string(depth) + ".ln1.weight")) ++depth;
-  if (depth == 0) input_error(source, ": no blocks found (expected backbone.layers.0.ln1.weight)");
-  c.depth = depth;
-  c.hidden_dims = require(sd, "backbone.layers.0.ffn.key.weight", 2, source).dim(0);
-  const Tensor& pos = require(sd, "backbone.pos_embed", 3, source);
-  const std::int64_t n0 = pos.dim(1);
+  while (block_has(When::Always, depth)) ++depth;
+  if (depth == 0)
+    input_error(source, ": no blocks found (expected ", model::param_name(*first_row(rows, When::Always), 0), ")");
+  a.depth = depth;
+  a.shift_pixel = block_has(When::Shift, 0) ? 1 : 0;
+  a.key_norm = block_has(When::KeyNorm, 0);
+  a.layer_scale = block_has(When::LayerScale, 0);
+  a.post_norm = a.layer_scale;  // true of every released model
+  a.final_norm = has(model::backbone_rows_after_blocks()[0].info.name);
+  const auto head_has = [&](When when) {  // the first row of a head kind tells it
+    for (const auto& r : model::head_rows())
+      if (r.info.when == when) return has(r.info.name);
+    return false;
+  };
+  a.head = head_has(When::HeadLinear) ? HeadKind::Linear : head_has(When::HeadMlp) ? HeadKind::Mlp : HeadKind::None;
+
+  // Every tensor the flags call for, with its shape rule: binds the sizes.
+  Unifier u{source, {{Dim::One, 1}}, {}};
+  for (const model::Param& p : model::parameter_list(a)) {
+    const auto it = sd.find(p.name);
+    if (it == sd.end()) input_error(source, ": missing tensor '", p.name, "' required by the model configuration");
+    u.unify(p.name, *p.info, it->second);
+  }
+  const auto size = [&](Dim d, std::int64_t otherwise) { return u.bound.count(d) ? u.bound.at(d) : otherwise; };
+  a.embed_dims = size(Dim::C, 0);
+  a.in_channels = size(Dim::InChannels, 0);
+  a.patch_size = size(Dim::Patch, 0);
+  a.hidden_dims = size(Dim::Hidden, 0);
+  a.num_classes = size(Dim::Classes, 0);
+  a.head_hidden = size(Dim::HeadHidden, 0);
+  const std::int64_t n0 = size(Dim::PosTokens, 0);
   const auto side = static_cast<std::int64_t>(std::llround(std::sqrt(static_cast<double>(n0))));
   // A non-square training grid cannot be told from the tensor: --pos-grid sets it.
-  c.pos_grid_h = c.pos_grid_w = side * side == n0 ? side : 0;
-  if (c.pos_grid_h == 0) c.pos_grid_h = n0, c.pos_grid_w = 1;
-  c.shift_pixel = sd.count("backbone.layers.0.att.spatial_mix_k") ? 1 : 0;
-  c.key_norm = sd.count("backbone.layers.0.att.key_norm.weight") > 0;
-  c.layer_scale = sd.count("backbone.layers.0.gamma1") > 0;
-  c.post_norm = c.layer_scale;  // true of every released model
-  c.final_norm = sd.count("backbone.ln1.weight") > 0;
-  if (sd.count("head.fc.weight")) {
-    c.head = HeadKind::Linear;
-    c.num_classes = require(sd, "head.fc.weight", 2, source).dim(0);
-  } else if (sd.count("head.0.weight") && sd.count("head.2.weight")) {
-    c.head = HeadKind::Mlp;
-    c.head_hidden = require(sd, "head.0.weight", 2, source).dim(0);
-    c.num_classes = require(sd, "head.2.weight", 2, source).dim(0);
-  } else {
-    c.head = HeadKind::None;
-    c.num_classes = 0;
-  }
-  c.out_indices = {c.depth - 1};
+  a.pos_grid_h = a.pos_grid_w = side * side == n0 ? side : 0;
+  if (a.pos_grid_h == 0) a.pos_grid_h = n0, a.pos_grid_w = 1;
+  c.run.out_indices = {a.depth - 1};
   // VRWKV-L (InternImage code base, key_norm) was evaluated with the InternImage transform.
-  c.preprocess = c.key_norm ? Preprocess::InternImage : Preprocess::Mmcls;
+  c.preprocessing.kind = a.key_norm ? Preprocess::InternImage : Preprocess::Mmcls;
   return c;
 }
 
 void apply_overrides(Config& c, const ConfigOverrides& o, const std::string& source) {
-  if (o.post_norm) c.post_norm = *o.post_norm;
-  if (o.key_norm) c.key_norm = *o.key_norm;
-  if (o.layer_scale) c.layer_scale = *o.layer_scale;
-  if (o.final_norm) c.final_norm = *o.final_norm;
-  if (o.shift_pixel) c.shift_pixel = *o.shift_pixel;
-  if (o.channel_gamma) c.channel_gamma = *o.channel_gamma;
-  if (o.pos_grid_h) c.pos_grid_h = *o.pos_grid_h;
-  if (o.pos_grid_w) c.pos_grid_w = *o.pos_grid_w;
+  Architecture& a = c.arch;
+  if (o.post_norm) a.post_norm = *o.post_norm;
+  if (o.key_norm) a.key_norm = *o.key_norm;
+  if (o.layer_scale) a.layer_scale = *o.layer_scale;
+  if (o.final_norm) a.final_norm = *o.final_norm;
+  if (o.shift_pixel) a.shift_pixel = *o.shift_pixel;
+  if (o.channel_gamma) a.channel_gamma = *o.channel_gamma;
+  if (o.pos_grid_h) a.pos_grid_h = *o.pos_grid_h;
+  if (o.pos_grid_w) a.pos_grid_w = *o.pos_grid_w;
   if (o.head) {
-    if (*o.head != HeadKind::None && c.head == HeadKind::None)
+    if (*o.head != HeadKind::None && a.head == HeadKind::None)
       input_error(source, ": the model has no head, so --head ", to_string(*o.head), " is impossible");
-    c.head = *o.head;
+    a.head = *o.head;
   }
-  if (o.wkv) c.wkv = *o.wkv;
-  if (o.wkv_chunks) c.wkv_chunks = *o.wkv_chunks;
-  if (o.preprocess) c.preprocess = *o.preprocess;
+  if (o.wkv) c.run.wkv = *o.wkv;
+  if (o.wkv_chunks) c.run.wkv_chunks = *o.wkv_chunks;
+  if (o.preprocess) c.preprocessing.kind = *o.preprocess;
   if (o.out_indices) {
     std::set<std::int64_t> idx;
     for (std::int64_t i : *o.out_indices) {
-      const std::int64_t j = i < 0 ? i + c.depth : i;
-      if (j < 0 || j >= c.depth)
-        input_error("--out-indices: block index ", i, " is out of range for a model of depth ", c.depth);
+      const std::int64_t j = i < 0 ? i + a.depth : i;
+      if (j < 0 || j >= a.depth)
+        input_error("--out-indices: block index ", i, " is out of range for a model of depth ", a.depth);
       idx.insert(j);
     }
     if (idx.empty()) input_error("--out-indices: expected at least one block index");
-    c.out_indices.assign(idx.begin(), idx.end());
+    c.run.out_indices.assign(idx.begin(), idx.end());
   }
-  if (c.shift_pixel < 0) input_error("--shift-pixel must be 0 or more, got ", c.shift_pixel);
-  if (!(c.channel_gamma > 0 && c.channel_gamma <= 0.25))
-    input_error("--channel-gamma must be in (0, 1/4], got ", c.channel_gamma);
-  if (c.wkv_chunks < 1) input_error("--wkv-chunks must be at least 1, got ", c.wkv_chunks);
-  if (c.pos_grid_h < 1 || c.pos_grid_w < 1)
-    input_error("--pos-grid must be positive, got ", c.pos_grid_h, "x", c.pos_grid_w);
+  if (a.shift_pixel < 0) input_error("--shift-pixel must be 0 or more, got ", a.shift_pixel);
+  if (!(a.channel_gamma > 0 && a.channel_gamma <= 0.25))
+    input_error("--channel-gamma must be in (0, 1/4], got ", a.channel_gamma);
+  if (c.run.wkv_chunks < 1) input_error("--wkv-chunks must be at least 1, got ", c.run.wkv_chunks);
+  if (a.pos_grid_h < 1 || a.pos_grid_w < 1)
+    input_error("--pos-grid must be positive, got ", a.pos_grid_h, "x", a.pos_grid_w);
 }
 
 Model Model::from_state_dict(const TensorMap& sd, const Config& config, const std::string& source) {
-  Model m;
-  m.config_ = config;
-  m.cache_ = new_cache();
-  const auto shapes = parameter_shapes(config);
+  const std::vector<model::Param> params = model::parameter_list(config.arch);
+  // Every tensor is checked before the parameter memory is allocated.
   std::int64_t total = 0;
-  for (const auto& [name, shape] : shapes) total += shape_numel(shape);
-  m.storage_ = Tensor(DType::F32, {total});
-  std::int64_t offset = 0;
-  for (const auto& [name, shape] : shapes) {
-    const auto it = sd.find(name);
-    if (it == sd.end()) input_error(source, ": missing tensor '", name, "' required by the model configuration");
+  for (const model::Param& p : params) {
+    const auto it = sd.find(p.name);
+    if (it == sd.end()) input_error(source, ": missing tensor '", p.name, "' required by the model configuration");
     const Tensor& src = it->second;
-    if (src.shape() != shape)
-      input_error(source, ": tensor '", name, "' has shape ", shape_str(src.shape()), ", expected ",
-                  shape_str(shape));
+    if (src.shape() != p.shape)
+      input_error(source, ": tensor '", p.name, "' has shape ", shape_str(src.shape()), ", expected ",
+                  shape_str(p.shape));
     if (src.dtype() != DType::F32 && src.dtype() != DType::F64 && src.dtype() != DType::F16 &&
         src.dtype() != DType::BF16)
-      input_error(source, ": tensor '", name, "' is ", dtype_name(src.dtype()), ", expected floating point");
-    Tensor view = m.storage_.view(offset, shape);
-    const Tensor f = src.to_f32();
-    std::memcpy(view.raw(), f.raw(), view.nbytes());
-    m.params_.emplace(name, view);
-    offset += shape_numel(shape);
+      input_error(source, ": tensor '", p.name, "' is ", dtype_name(src.dtype()), ", expected floating point");
+    total += shape_numel(p.shape);
   }
+  Model m;
+  m.config_ = config;
+  m.storage_ = Tensor(DType::F32, {total});
+  std::int64_t offset = 0;
+  for (const model::Param& p : params) {
+    Tensor view = m.storage_.view(offset, p.shape);
+    const Tensor f = sd.at(p.name).to_f32();
+    std::memcpy(view.raw(), f.raw(), view.nbytes());
+    m.params_.emplace(p.name, view);
+    offset += shape_numel(p.shape);
+  }
+  m.state_ = model::bind(m.config_, m.params_, m.storage_.f32());
   return m;
 }
 
 std::int64_t Model::parameter_count() const { return storage_.numel(); }
 
 double Model::flops(std::int64_t height, std::int64_t width) const {
-  const Config& c = config_;
-  const double C = c.embed_dims, Hd = c.hidden_dims, p = c.patch_size;
-  const double T = static_cast<double>(((height + c.patch_size - 1) / c.patch_size) *
-                                       ((width + c.patch_size - 1) / c.patch_size));
-  double f = T * C * (c.in_channels * p * p) + T * C;  // patch conv + its bias
-  const double per_block = 4 * T * C * C                // att key, value, receptance, output
-                           + T * C * Hd * 2 + T * C * C  // ffn key, value, receptance
-                           + 2 * (2 * T * C)             // ln1, ln2
-                           + (c.key_norm ? 2 * T * C + 2 * T * Hd : 0) + 29 * T * C;
-  f += c.depth * per_block + 2 * T * C;  // ln0
-  if (c.final_norm) f += 2 * T * C;
-  if (c.head != HeadKind::None) f += T * C;  // global average pooling
-  if (c.head == HeadKind::Linear) f += C * c.num_classes;
-  if (c.head == HeadKind::Mlp) f += C * c.head_hidden + c.head_hidden * c.num_classes;
+  const Architecture& a = config_.arch;
+  const double T = static_cast<double>(((height + a.patch_size - 1) / a.patch_size) *
+                                       ((width + a.patch_size - 1) / a.patch_size));
+  double f = 0;
+  for (const model::Param& p : model::parameter_list(a)) {
+    const double n = static_cast<double>(shape_numel(p.shape));
+    switch (p.info->cost) {
+      case model::Cost::None: break;
+      case model::Cost::PerToken: f += T * n; break;
+      case model::Cost::Norm: f += 2 * T * n; break;
+      case model::Cost::PerImage: f += n; break;
+    }
+  }
+  f += a.depth * model::block_kind(a.block).extra_flops(a, T);
+  if (a.head != HeadKind::None) f += T * a.embed_dims;  // global average pooling
   return f;
 }
 

@@ -16,6 +16,7 @@
 #include "ops/patch_embed.hpp"
 #include "ops/pos_embed.hpp"
 #include <dnnl.h>
+#include "threads.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv {
@@ -88,8 +89,9 @@ double Vit::flops(std::int64_t height, std::int64_t width) const {
   return 2 * macs;
 }
 
-Tensor Vit::forward(const Tensor& input) const {
+Tensor Vit::forward(const Tensor& input, const Context& ctx) const {
   const VitConfig& c = config_;
+  const ThreadScope threads(ctx);
   if (input.dtype() != DType::F32 || input.ndim() != 4 || input.dim(1) != 3)
     input_error("input has shape ", shape_str(input.shape()), ", expected F32 [B,3,H,W]");
   const std::int64_t B = input.dim(0), H = input.dim(2), W = input.dim(3), C = c.embed_dims, M = c.mlp_dims;

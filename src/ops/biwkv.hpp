@@ -15,7 +15,7 @@
 
 #include <cstdint>
 
-#include "vrwkv/config.hpp"
+#include "vrwkv/wkv.hpp"
 
 namespace vrwkv::ops {
 

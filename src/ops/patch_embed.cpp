@@ -89,4 +89,21 @@ void patch_embed_backward(const float* x, const float* dy, float* dweight, float
   linear_backward(scratch, nullptr, dy, nullptr, dweight, dbias, B * patch_grid(H, W, p).tokens(), C, Cin * p * p);
 }
 
+void patch_embed_backward_input(const float* weight, const float* dy, float* dx, std::int64_t B, std::int64_t Cin,
+                                std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p) {
+  const Grid g = patch_grid(H, W, p);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t ci = 0; ci < Cin; ++ci)
+      for (std::int64_t ih = 0; ih < H; ++ih)
+        for (std::int64_t iw = 0; iw < W; ++iw) {
+          const std::int64_t kh = ih % p, kw = iw % p;
+          const float* d = dy + ((b * g.H + ih / p) * g.W + iw / p) * C;
+          double acc = 0;
+          for (std::int64_t co = 0; co < C; ++co)
+            acc += static_cast<double>(d[co]) * weight[((co * Cin + ci) * p + kh) * p + kw];
+          dx[((b * Cin + ci) * H + ih) * W + iw] += static_cast<float>(acc);
+        }
+}
+
 }  // namespace vrwkv::ops

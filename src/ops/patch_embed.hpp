@@ -29,4 +29,8 @@ void patch_embed_backward(const float* x, const float* dy, float* dweight, float
                           std::int64_t Cin, std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p,
                           float* scratch);
 
+// dx += dL/dx for input x [B,Cin,H,W] from dy [B,T,C] (float64 accumulation).
+void patch_embed_backward_input(const float* weight, const float* dy, float* dx, std::int64_t B, std::int64_t Cin,
+                                std::int64_t H, std::int64_t W, std::int64_t C, std::int64_t p);
+
 }  // namespace vrwkv::ops

@@ -14,8 +14,9 @@
 #include <mutex>
 #include <utility>
 
-#include "io/image.hpp"
+#include "image/image.hpp"
 #include "train/augment.hpp"
+#include "vrwkv/context.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::train {
@@ -373,7 +374,7 @@ Loader::Loader(const Dataset& data, Transform transform, Mixing mixing, std::int
   if (drop_last && data.size() < batch_size)
     input_error(data.name(), ": ", data.size(), " samples make no full batch of ", batch_size,
                 " (drop_last): expected at least one");
-  if (threads < 0) input_error(data.name(), ": loader threads ", threads, ", expected ≥ 0 (0 = the OpenMP count)");
+  if (threads < 0) input_error(data.name(), ": loader threads ", threads, ",expected ≥ 0 (0 = every core)");
   impl_ = std::make_unique<Impl>(data, transform, mixing, batch_size, seed, shuffle, drop_last, threads);
 }
 
@@ -410,7 +411,7 @@ Batch Loader::batch(std::int64_t epoch, std::int64_t index) const {
   // split over threads cannot change the batch. Errors are collected and the
   // first sample's error rethrown.
   std::vector<std::exception_ptr> errors(B);
-  const int threads = im.threads > 0 ? im.threads : omp_get_max_threads();
+  const int threads = Context{im.threads}.resolved_threads();
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (std::int64_t j = 0; j < B; ++j) {
     try {

@@ -94,7 +94,7 @@ struct Batch {
 class Loader {
  public:
   // batch_size ≥ 1; shuffle: a new permutation each epoch; drop_last: only full batches.
-  // threads: decoding/augmentation workers (0 = the OpenMP thread count).
+  // threads: decoding/augmentation workers (0 = every core, as Context).
   // Keeps a reference to `data`, which must outlive the loader. Bad options throw Error(Input).
   Loader(const Dataset& data, Transform transform, Mixing mixing, std::int64_t batch_size, std::uint64_t seed,
          bool shuffle, bool drop_last, int threads = 0);

@@ -3,18 +3,20 @@
 #include <cmath>
 #include <numbers>
 
+#include "model/params.hpp"
+#include "vrwkv/error.hpp"
+
 namespace vrwkv::train {
 
-bool is_decayed(const std::string& name, const Shape& shape) {
-  if (name.ends_with(".bias")) return false;
-  // LayerNorm weights are the 1-D ".weight" tensors (ln0, ln1, ln2, key_norm, the final ln1).
-  if (name.ends_with(".weight") && shape.size() == 1) return false;
-  return true;
+bool is_decayed(const Architecture& arch, const std::string& name) {
+  for (const model::Param& p : model::parameter_list(arch))
+    if (p.name == name) return p.info->decay;
+  input_error("'", name, "' is not a parameter of the model");
 }
 
-AdamW::AdamW(const Config& config, AdamWOptions options) : o_(options) {
-  for (const auto& [name, shape] : parameter_shapes(config))
-    decay_.insert(decay_.end(), static_cast<std::size_t>(shape_numel(shape)), is_decayed(name, shape) ? 1 : 0);
+AdamW::AdamW(const Architecture& arch, AdamWOptions options) : o_(options) {
+  for (const model::Param& p : model::parameter_list(arch))
+    decay_.insert(decay_.end(), static_cast<std::size_t>(shape_numel(p.shape)), p.info->decay ? 1 : 0);
   const std::int64_t n = static_cast<std::int64_t>(decay_.size());
   m_ = Tensor(DType::F32, {n});
   v_ = Tensor(DType::F32, {n});

@@ -18,13 +18,15 @@ struct AdamWOptions {
 
 // mmcls paramwise_cfg norm_decay_mult = bias_decay_mult = 0: no weight decay
 // on LayerNorm weights and biases or on any bias; everything else (pos_embed,
-// spatial_decay/first, spatial_mix_*, gamma1/2, linear and conv weights) is decayed.
-bool is_decayed(const std::string& name, const Shape& shape);
+// spatial_decay/first, spatial_mix_*, gamma1/2, linear and conv weights) is
+// decayed. The parameter table's decay column says which; throws
+// Error(Input) for a name that is not a parameter of the architecture.
+bool is_decayed(const Architecture& arch, const std::string& name);
 
 class AdamW {
  public:
   // Per-element decay mask from the model's parameter table.
-  AdamW(const Config& config, AdamWOptions options);
+  AdamW(const Architecture& arch, AdamWOptions options);
   // One step at learning rate `lr` on params (F32 [P]) with grads (F32 [P]):
   //   m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g², θ ← θ − lr·wd·θ (decayed only),
   //   θ ← θ − lr·(m/(1−β1^t)) / (√(v/(1−β2^t)) + eps)            (PyTorch AdamW)

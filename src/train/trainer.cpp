@@ -15,9 +15,11 @@
 #include <sstream>
 
 #include "io/atomic_file.hpp"
-#include "io/image.hpp"
-#include "io/preprocess.hpp"
+#include "image/image.hpp"
+#include "image/input.hpp"
+#include "image/preprocess.hpp"
 #include "io/safetensors.hpp"
+#include "threads.hpp"
 #include "train/augment.hpp"
 #include "vrwkv/backward.hpp"
 #include "vrwkv/error.hpp"
@@ -106,7 +108,7 @@ TrainConfig train_config_from_json(const std::string& text, const std::string& s
   Section top(j, "", source);
   if (top.has("model")) {
     Section m(top.at("model"), "model.", source);
-    Config& a = c.model;
+    Architecture& a = c.model;
     m.get("init", c.init);
     m.get("preset", c.preset);
     m.get("embed_dims", a.embed_dims);
@@ -205,7 +207,7 @@ TrainConfig train_config_from_json(const std::string& text, const std::string& s
 }
 
 std::string train_config_to_json(const TrainConfig& c) {
-  const Config& a = c.model;
+  const Architecture& a = c.model;
   json model = {{"embed_dims", a.embed_dims},
                 {"depth", a.depth},
                 {"patch_size", a.patch_size},
@@ -271,14 +273,15 @@ std::string train_config_to_json(const TrainConfig& c) {
 Model initial_model(const TrainConfig& tc, const Dataset& data) {
   const std::int64_t K = static_cast<std::int64_t>(data.class_names().size());
   const std::string source = tc.init.empty() ? "training configuration" : tc.init;
-  Config c;
+  Config config;
+  Architecture& c = config.arch;
   TensorMap params;
   if (!tc.init.empty()) {
     // Fine-tuning: gradients need the paper semantics; a new head when the class count differs.
     ConfigOverrides o;
     o.wkv = WkvSemantics::Paper;
     const Model start = Model::load(tc.init, o);
-    c = start.config();
+    config = start.config();
     for (const auto& [name, t] : start.parameters()) params.emplace(name, t.clone());
     if (c.head != HeadKind::Linear || c.num_classes != K) {
       for (auto it = params.begin(); it != params.end();)
@@ -295,21 +298,20 @@ Model initial_model(const TrainConfig& tc, const Dataset& data) {
       params["head.fc.bias"] = Tensor(DType::F32, {K});
     }
   } else {
-    c = tc.preset.empty() ? tc.model : preset_config(tc.preset);
+    if (tc.preset.empty()) c = tc.model;
+    else config = preset_config(tc.preset);
     if (!tc.preset.empty()) {  // a preset takes the input geometry of the configuration
       c.in_channels = tc.model.in_channels;
       c.pos_grid_h = tc.model.pos_grid_h, c.pos_grid_w = tc.model.pos_grid_w;
     }
     c.head = HeadKind::Linear, c.num_classes = K, c.head_hidden = 0;
-    c.out_indices = {c.depth - 1};
-    c.wkv = WkvSemantics::Paper;
+    config.run.out_indices = {c.depth - 1};
     params = initial_parameters(c, tc.seed, tc.init_values);
   }
-  c.wkv = WkvSemantics::Paper;
-  c.preprocess = Preprocess::Resize;
-  c.mean = tc.transform.mean, c.std = tc.transform.std;
-  c.class_names = data.class_names();
-  return Model::from_state_dict(params, c, source);
+  config.run.wkv = WkvSemantics::Paper;
+  config.preprocessing = {Preprocess::Resize, tc.transform.mean, tc.transform.std};
+  config.labels = data.class_names();
+  return Model::from_state_dict(params, config, source);
 }
 
 namespace {
@@ -327,11 +329,14 @@ Image to_image(const Image8& in) {
 }  // namespace
 
 EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_size, std::int64_t limit,
-                    const std::function<void(std::int64_t, std::int64_t)>& progress, const ForwardOptions& options) {
-  const Config& c = model.config();
+                    const std::function<void(std::int64_t, std::int64_t)>& progress, const ForwardOptions& options,
+                    const Context& ctx) {
+  const Architecture& c = model.architecture();
   if (c.head == HeadKind::None) input_error("the model has no classification head to evaluate");
+  const ThreadScope threads(ctx);
+  const InputFormat format = input_format(model.config());
   const std::int64_t n = limit > 0 ? std::min(limit, data.size()) : data.size(), K = c.num_classes;
-  const auto [H, W] = preprocess_size(c);
+  const auto [H, W] = preprocess_size(format);
   const std::int64_t plane = c.in_channels * H * W;
   EvalResult r;
   double loss = 0;
@@ -343,7 +348,7 @@ EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_
 #pragma omp parallel for schedule(dynamic)
     for (std::int64_t b = 0; b < B; ++b) {
       try {
-        const Tensor one = preprocess_image(to_image(data.image(start + b)), c);
+        const Tensor one = preprocess_image(to_image(data.image(start + b)), format);
         std::copy(one.f32(), one.f32() + plane, input.f32() + b * plane);
       } catch (...) {
         errors[b] = std::current_exception();
@@ -351,7 +356,7 @@ EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_
     }
     for (const std::exception_ptr& e : errors)
       if (e) std::rethrow_exception(e);
-    const Outputs out = model.forward(input, options);
+    const Outputs out = model.forward(input, options, ctx);
     for (std::int64_t b = 0; b < B; ++b) {
       const std::int64_t label = data.label(start + b);
       if (label < 0 || label >= K)
@@ -430,6 +435,7 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
   namespace fs = std::filesystem;
   const std::string ckpt_path = run.out_dir + "/checkpoint.safetensors";
   const std::string metrics_path = run.out_dir + "/metrics.jsonl";
+  const ThreadScope scope(run.ctx);
   std::error_code ec;
   fs::create_directories(run.out_dir, ec);
   if (ec || !fs::is_directory(run.out_dir))
@@ -445,7 +451,7 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
   TrainConfig tc = given;
   TensorMap resumed;
   std::int64_t resumed_step = 0;
-  const int threads = omp_get_max_threads();
+  const int threads = run.ctx.resolved_threads();
   if (run.resume) {
     Metadata meta;
     resumed = read_safetensors(ckpt_path, &meta);
@@ -469,7 +475,7 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
   const std::unique_ptr<Dataset> train_set = open_dataset(tc.train_data);
   const std::unique_ptr<Dataset> val_set = tc.val_data.empty() ? nullptr : open_dataset(tc.val_data);
   Model model = initial_model(tc, *train_set);
-  const Config& mc = model.config();
+  const Architecture& mc = model.architecture();
   const std::int64_t P = model.parameter_count();
 
   // Data: a view of the first train_limit images when asked.
@@ -484,9 +490,9 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
     Image8 image(std::int64_t i) const override { return base.image(i); }
   } train_data(*train_set, tc.train_limit);
   Transform transform = tc.transform;
-  const auto [H, W] = preprocess_size(mc);
+  const auto [H, W] = preprocess_size(input_format(model.config()));
   transform.height = H, transform.width = W, transform.channels = static_cast<int>(mc.in_channels);
-  const Loader loader(train_data, transform, tc.mixing, tc.batch_size, tc.seed, true, true);
+  const Loader loader(train_data, transform, tc.mixing, tc.batch_size, tc.seed, true, true, threads);
   const std::int64_t per_epoch = loader.batches_per_epoch();
   if (per_epoch < 1)
     input_error(tc.train_data, ": ", train_data.size(), " images are fewer than one batch of ", tc.batch_size);
@@ -540,12 +546,12 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
     if (!val_set) return {};
     if (!st.ema.numel()) {
       model.parameters_updated();  // the optimizer wrote the weights in place
-      return evaluate(model, *val_set, 256, tc.val_limit);
+      return evaluate(model, *val_set, 256, tc.val_limit, {}, {}, run.ctx);
     }
-    Model ema_model = Model::from_state_dict(model.parameters(), mc);
+    Model ema_model = Model::from_state_dict(model.parameters(), model.config());
     Tensor s = ema_model.parameter_storage();
     std::copy(st.ema.f32(), st.ema.f32() + P, s.f32());
-    return evaluate(ema_model, *val_set, 256, tc.val_limit);
+    return evaluate(ema_model, *val_set, 256, tc.val_limit, {}, {}, run.ctx);
   };
 
   using clock = std::chrono::steady_clock;
@@ -563,7 +569,7 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
     bo.drop_path = drop_path;
     bo.seed = mix_seed({0x44524f50ull, tc.seed, static_cast<std::uint64_t>(st.step)});
     bo.recompute = tc.recompute;
-    const LossResult r = backprop.run(batch.input, batch.targets, grads, bo);
+    const LossResult r = backprop.run(batch.input, batch.targets, grads, bo, run.ctx);
     if (!std::isfinite(r.loss))
       runtime_error("training diverged at step ", st.step, " (loss ", r.loss, "); lower optim.lr");
     const double norm = clip_grad_norm(grads.storage.f32(), P, tc.clip_grad);
@@ -634,7 +640,7 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
         offset += shape_numel(shape);
       }
     }
-    write_safetensors(run.out_dir + "/model.safetensors", weights, model_metadata(mc));
+    write_safetensors(run.out_dir + "/model.safetensors", weights, model_metadata(model.config()));
     std::fprintf(stderr, "vrwkv train: done in %s; model written to %s/model.safetensors\n",
                  format_duration(std::chrono::duration<double>(clock::now() - t_start).count()).c_str(),
                  run.out_dir.c_str());

@@ -21,7 +21,7 @@ struct TrainConfig {
   // Model: `init` (a checkpoint to fine-tune; its head is replaced when the
   // class count differs), else `preset` (vrwkv_t/s/b/l), else `model`.
   std::string init, preset;
-  Config model;               // architecture; num_classes and class names come from the data
+  Architecture model;         // num_classes and class names come from the data
   double init_values = 1e-5;  // layer-scale gammas' initial value (layer_scale only)
   // Data.
   std::string train_data = "fashion-mnist:train", val_data = "fashion-mnist:test";
@@ -58,13 +58,14 @@ struct EvalResult {
 // options: the forward's (e.g. bf16).
 EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_size, std::int64_t limit = 0,
                     const std::function<void(std::int64_t, std::int64_t)>& progress = {},
-                    const ForwardOptions& options = {});
+                    const ForwardOptions& options = {}, const Context& ctx = {});
 
 struct TrainRun {
   std::string out_dir;  // checkpoint.safetensors, metrics.jsonl, model.safetensors
   bool resume = false;  // continue from out_dir/checkpoint.safetensors (with its stored configuration)
   bool progress_bar = true;
   std::int64_t stop_after = 0;  // > 0: stop (with a checkpoint) after this many steps in total
+  Context ctx;                  // threads of the training step, the loader and evaluation
 };
 
 // Runs training; returns the final evaluation (when a validation set is given).

@@ -7,7 +7,7 @@
 // function that called setjmp and holds no C++ objects with destructors), which
 // returns false; the caller then throws. The decompressor structs are owned by
 // classes whose destructors free them, so no error path leaks.
-#include "io/image.hpp"
+#include "image/image.hpp"
 
 // clang-format off
 #include <cstdio>    // jpeglib.h needs FILE and size_t declared first

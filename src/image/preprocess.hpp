@@ -3,14 +3,17 @@
 // Pillow bicubic resampler both of them use.
 #pragma once
 
-#include "io/image.hpp"
-#include "vrwkv/config.hpp"
+#include "image/image.hpp"
+#include <cstdint>
+#include <utility>
+
+#include "vrwkv/preprocessing.hpp"
 #include "vrwkv/tensor.hpp"
 
 namespace vrwkv {
 
 // Preprocess (Mmcls: VRWKV-T/S/B, short side 256, centre crop 224; InternImage:
-// VRWKV-L, short side 384, centre crop 384) is declared in vrwkv/config.hpp.
+// VRWKV-L, short side 384, centre crop 384) is declared in vrwkv/preprocessing.hpp.
 
 // Pillow 9.4's Image.resize(size, Image.BICUBIC), bit for bit: antialiased
 // Keys cubic (a = -0.5) whose support grows with the reduction factor,
@@ -32,12 +35,19 @@ Tensor preprocess_image(const Image& in, Preprocess p);
 // S: 224 (Mmcls) or 384 (InternImage).
 int preprocess_size(Preprocess p);
 
+// What a model takes as input: its preprocessing, its channels and, for
+// Preprocess::Resize, the size (the training grid × patch size).
+struct InputFormat {
+  Preprocessing preprocessing;
+  std::int64_t channels = 3, height = 0, width = 0;
+};
+
 // The model's own preprocessing: the two official pipelines above, or
 // Preprocess::Resize: the image in the model's channels (grey by Pillow's
-// convert("L") luma), Pillow-bicubic resized to the training grid × patch
-// size, then (v − mean)/std per channel. Returns F32 [1, in_channels, H, W].
-Tensor preprocess_image(const Image& in, const Config& config);
-// The input size that preprocess_image(·, config) produces: {H, W}.
-std::pair<int, int> preprocess_size(const Config& config);
+// convert("L") luma), Pillow-bicubic resized to height × width, then
+// (v − mean)/std per channel. Returns F32 [1, channels, H, W].
+Tensor preprocess_image(const Image& in, const InputFormat& format);
+// The input size that preprocess_image(·, format) produces: {H, W}.
+std::pair<int, int> preprocess_size(const InputFormat& format);
 
 }  // namespace vrwkv

@@ -7,7 +7,7 @@
 // contraction of a*b+c into fused multiply-adds is switched off for this file:
 // with -march=native the compiler would otherwise fuse, e.g., the cubic
 // polynomial and change weights in their last bit.
-#include "io/preprocess.hpp"
+#include "image/preprocess.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -255,33 +255,37 @@ Image preprocess_uint8(const Image& in, Preprocess p) {
 
 int preprocess_size(Preprocess p) { return pipeline_sizes(p).crop; }
 
-std::pair<int, int> preprocess_size(const Config& c) {
-  if (c.preprocess != Preprocess::Resize) return {preprocess_size(c.preprocess), preprocess_size(c.preprocess)};
-  return {static_cast<int>(c.pos_grid_h * c.patch_size), static_cast<int>(c.pos_grid_w * c.patch_size)};
+std::pair<int, int> preprocess_size(const InputFormat& f) {
+  const Preprocess p = f.preprocessing.kind;
+  if (p != Preprocess::Resize) return {preprocess_size(p), preprocess_size(p)};
+  if (f.height < 1 || f.width < 1 || f.height > 16384 || f.width > 16384)
+    input_error("the resize preprocessing needs an input size in 1..16384, got ", f.height, "x", f.width);
+  return {static_cast<int>(f.height), static_cast<int>(f.width)};
 }
 
-Tensor preprocess_image(const Image& in, const Config& c) {
-  if (c.preprocess != Preprocess::Resize) {
-    if (c.in_channels != 3) input_error("the ", to_string(c.preprocess), " preprocessing makes RGB input, but the model takes ", c.in_channels, " channels");
-    return preprocess_image(in, c.preprocess);
+Tensor preprocess_image(const Image& in, const InputFormat& f) {
+  const Preprocessing& pre = f.preprocessing;
+  if (pre.kind != Preprocess::Resize) {
+    if (f.channels != 3) input_error("the ", to_string(pre.kind), " preprocessing makes RGB input, but the model takes ", f.channels, " channels");
+    return preprocess_image(in, pre.kind);
   }
   check_image(in);
-  if (c.in_channels != 1 && c.in_channels != 3)
-    input_error("the resize preprocessing makes grey or RGB input, but the model takes ", c.in_channels, " channels");
+  if (f.channels != 1 && f.channels != 3)
+    input_error("the resize preprocessing makes grey or RGB input, but the model takes ", f.channels, " channels");
   Image src = in;
-  if (c.in_channels == 1)  // Pillow convert("L"), kept in all three channels so one resampler serves both
+  if (f.channels == 1)  // Pillow convert("L"), kept in all three channels so one resampler serves both
     for (std::size_t i = 0; i < src.rgb.size(); i += 3) {
       const std::uint8_t l = static_cast<std::uint8_t>(
           (19595u * src.rgb[i] + 38470u * src.rgb[i + 1] + 7471u * src.rgb[i + 2] + 32768u) >> 16);
       src.rgb[i] = src.rgb[i + 1] = src.rgb[i + 2] = l;
     }
-  const auto [height, width] = preprocess_size(c);
+  const auto [height, width] = preprocess_size(f);
   const Image pixels = resize_bicubic_pillow(src, width, height);
-  const std::int64_t channels = c.in_channels, plane = std::int64_t{width} * height;
+  const std::int64_t channels = f.channels, plane = std::int64_t{width} * height;
   Tensor out(DType::F32, {1, channels, height, width});
   for (std::int64_t ch = 0; ch < channels; ++ch)
     for (std::int64_t i = 0; i < plane; ++i)
-      out.f32()[ch * plane + i] = (static_cast<float>(pixels.rgb[i * 3 + ch]) - c.mean[ch]) / c.std[ch];
+      out.f32()[ch * plane + i] = (static_cast<float>(pixels.rgb[i * 3 + ch]) - pre.mean[ch]) / pre.std[ch];
   return out;
 }
 

@@ -1,0 +1,31 @@
+// The public images API (vrwkv/image.hpp): a model configuration's input
+// format, and files through it.
+#include <cstring>
+
+#include "image/input.hpp"
+
+#include "image/image.hpp"
+#include "vrwkv/image.hpp"
+
+namespace vrwkv {
+
+InputFormat input_format(const Config& c) {
+  return {c.preprocessing, c.arch.in_channels, c.arch.pos_grid_h * c.arch.patch_size,
+          c.arch.pos_grid_w * c.arch.patch_size};
+}
+
+std::pair<int, int> input_size(const Config& config) { return preprocess_size(input_format(config)); }
+
+Tensor load_images(const std::vector<std::string>& paths, const Config& config) {
+  const InputFormat format = input_format(config);
+  const auto [H, W] = preprocess_size(format);
+  const std::int64_t n = static_cast<std::int64_t>(paths.size()), size = format.channels * H * W;
+  Tensor batch(DType::F32, {n, format.channels, H, W});
+  for (std::int64_t i = 0; i < n; ++i) {
+    const Tensor one = preprocess_image(decode_image(paths[i]), format);
+    std::memcpy(batch.f32() + i * size, one.f32(), one.nbytes());
+  }
+  return batch;
+}
+
+}  // namespace vrwkv
