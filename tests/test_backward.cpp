@@ -364,3 +364,91 @@ TEST(ModelBackward, RefusesWhatItCannotDerive) {
 
 }  // namespace
 }  // namespace vrwkv
+
+namespace vrwkv {
+namespace {
+
+// The backbone's backward from gradients on any set of block outputs (the
+// seam dense heads use), and the input gradient: L = Σ_i <G_i, y_i> for
+// blocks 0 and 2 of 3, against finite differences of the same forward, pre-
+// and post-norm.
+TEST(ModelBackward, FromBlockOutputsToParametersAndInput) {
+  for (const bool post : {false, true}) {
+    Config c;
+    c.arch.embed_dims = 16, c.arch.hidden_dims = 24, c.arch.depth = 3, c.arch.patch_size = 4;
+    c.arch.pos_grid_h = c.arch.pos_grid_w = 2;
+    c.arch.post_norm = c.arch.layer_scale = post;
+    c.arch.head = HeadKind::None, c.arch.num_classes = 0;
+    c.run.out_indices = {2};
+    c.run.wkv = WkvSemantics::Paper;
+    TensorMap p = initial_parameters(c.arch, 5, 0.6);
+    std::mt19937 rng(post ? 21 : 20);
+    for (auto& [name, t] : p)
+      for (std::int64_t i = 0; i < t.numel(); ++i) t.f32()[i] += 0.2f * test::random_vector(1, rng)[0];
+    Model model = Model::from_state_dict(p, c);
+    Tensor input(DType::F32, {2, 3, 9, 8});  // grid 3×2 (padded): the position grid is resized
+    const Vec in = test::random_vector(input.numel(), rng);
+    std::copy(in.begin(), in.end(), input.f32());
+    Backprop backprop(model);
+    backprop.forward(input, 2);
+    const std::int64_t n = backprop.block_output(0).numel();
+    std::map<std::int64_t, Tensor> d;
+    for (std::int64_t i : {0, 2}) {
+      d[i] = Tensor(DType::F32, backprop.block_output(i).shape());
+      const Vec g = test::random_vector(n, rng);
+      std::copy(g.begin(), g.end(), d[i].f32());
+    }
+    Gradients grads(model);
+    Tensor d_input;
+    backprop.backward(d, grads, {}, &d_input);
+    ASSERT_EQ(d_input.shape(), input.shape());
+
+    Tensor storage = model.parameter_storage();
+    Vec theta(storage.f32(), storage.f32() + storage.numel()), x(in);
+    const auto loss = [&] {
+      std::copy(theta.begin(), theta.end(), storage.f32());
+      std::copy(x.begin(), x.end(), input.f32());
+      backprop.forward(input, 2);
+      double l = 0;
+      for (const auto& [i, g] : d) {
+        const Tensor y = backprop.block_output(i);
+        for (std::int64_t j = 0; j < n; ++j) l += static_cast<double>(g.f32()[j]) * y.f32()[j];
+      }
+      return l;
+    };
+    // L sums ~200 float32 products of O(1): h = 1e-2, tolerance 3e-3 of max(1, |grad|) (check_fd).
+    const Vec grad(grads.storage.f32(), grads.storage.f32() + grads.storage.numel());
+    check_fd(theta, grad, loss, rng, post ? "post-norm parameters" : "pre-norm parameters", 40, 1e-2f, 3e-3);
+    const Vec gx(d_input.f32(), d_input.f32() + d_input.numel());
+    check_fd(x, gx, loss, rng, post ? "post-norm input" : "pre-norm input", 24, 1e-2f, 3e-3);
+  }
+}
+
+// Gradients only on block 0: the blocks above it take no part, and a bad seam is refused.
+TEST(ModelBackward, SeamChecksItsArguments) {
+  Config c;
+  c.arch.embed_dims = 8, c.arch.hidden_dims = 16, c.arch.depth = 2, c.arch.patch_size = 4, c.arch.num_classes = 3;
+  c.arch.pos_grid_h = c.arch.pos_grid_w = 2;
+  c.run.out_indices = {1};
+  c.run.wkv = WkvSemantics::Paper;
+  const Model model = Model::from_state_dict(initial_parameters(c.arch, 1), c);
+  Backprop backprop(model);
+  Gradients g(model);
+  EXPECT_THROW(backprop.backward({}, g), Error);  // no forward yet
+  Tensor input(DType::F32, {1, 3, 8, 8});
+  backprop.forward(input, 1);
+  EXPECT_THROW(backprop.backward({{2, backprop.block_output(1)}}, g), Error);             // block 2 was not run
+  EXPECT_THROW(backprop.backward({{0, Tensor(DType::F32, {1, 4, 7})}}, g), Error);        // wrong shape
+  EXPECT_THROW(backprop.forward(input, 2), Error);                                          // past the last block
+  Tensor ones(DType::F32, backprop.block_output(0).shape());
+  std::fill(ones.f32(), ones.f32() + ones.numel(), 1.0f);
+  backprop.backward({{0, ones}}, g);
+  // Block 1's parameters get no gradient from block 0's output.
+  for (const auto& [name, t] : g.tensors) {
+    if (name.starts_with("backbone.layers.1.")) EXPECT_EQ(test::max_abs(t.f32(), t.numel()), 0.0) << name;
+  }
+  EXPECT_GT(test::max_abs(g.tensors.at("backbone.layers.0.att.key.weight").f32(), 64), 0.0);
+}
+
+}  // namespace
+}  // namespace vrwkv

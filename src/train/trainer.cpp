@@ -19,6 +19,7 @@
 #include "image/input.hpp"
 #include "image/preprocess.hpp"
 #include "io/safetensors.hpp"
+#include "model/params.hpp"
 #include "threads.hpp"
 #include "train/augment.hpp"
 #include "vrwkv/backward.hpp"
@@ -284,18 +285,21 @@ Model initial_model(const TrainConfig& tc, const Dataset& data) {
     config = start.config();
     for (const auto& [name, t] : start.parameters()) params.emplace(name, t.clone());
     if (c.head != HeadKind::Linear || c.num_classes != K) {
-      for (auto it = params.begin(); it != params.end();)
-        it = it->first.starts_with("head.") ? params.erase(it) : std::next(it);
+      for (const auto& row : model::head_rows()) params.erase(row.info.name);
       c.head = HeadKind::Linear, c.num_classes = K, c.head_hidden = 0;
-      Rng rng(mix_seed({0x4845414455ull, tc.seed}));  // TruncNormal(0.02) like every mmcls Linear, bias 0
-      Tensor w(DType::F32, {K, c.embed_dims});
-      for (std::int64_t i = 0; i < w.numel(); ++i) {
-        double v;
-        do v = rng.normal(); while (std::abs(v) > 2.0 / 0.02);
-        w.f32()[i] = static_cast<float>(0.02 * v);
+      // The new head's rows: TruncNormal(0.02) like every mmcls Linear, biases 0.
+      Rng rng(mix_seed({0x4845414455ull, tc.seed}));
+      for (const model::Param& p : model::parameter_list(c)) {
+        if (params.count(p.name)) continue;
+        Tensor t(DType::F32, p.shape);
+        if (p.info->init == model::Init::TruncNormal)
+          for (std::int64_t i = 0; i < t.numel(); ++i) {
+            double v;
+            do v = rng.normal(); while (std::abs(v) > 2.0 / 0.02);
+            t.f32()[i] = static_cast<float>(0.02 * v);
+          }
+        params[p.name] = t;
       }
-      params["head.fc.weight"] = w;
-      params["head.fc.bias"] = Tensor(DType::F32, {K});
     }
   } else {
     if (tc.preset.empty()) c = tc.model;
