@@ -1,10 +1,14 @@
 // The model beyond the goldens: configurations, resolutions and batch sizes the
 // goldens do not cover, fast path against reference path; loading errors.
 #include <omp.h>
+#include <cmath>
+#include <functional>
+#include <limits>
 
 #include "common.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/model.hpp"
+#include "vrwkv/presets.hpp"
 
 namespace vrwkv {
 namespace {
@@ -192,6 +196,70 @@ TEST(Model, LoadsBackbonePartOfDenseCheckpoints) {
     EXPECT_EQ(v.parameter_count(), m.parameter_count());
   }
   std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace vrwkv
+
+namespace vrwkv {
+namespace {
+
+// Impossible values are refused by one check, whatever their source (file
+// metadata, flags, a training configuration), before parameters are allocated.
+TEST(ModelConfig, ImpossibleValuesAreRefusedBeforeAllocation) {
+  Config good;
+  good.run.out_indices = {11};
+  check_config(good, "x");
+  const auto refused = [&](const std::function<void(Config&)>& change, const char* what) {
+    Config c = good;
+    change(c);
+    EXPECT_THROW(check_config(c, "x"), Error) << what;
+    // The same value in safetensors metadata.
+    EXPECT_THROW(config_from_json(config_to_json(c), "m.safetensors"), Error) << what;
+  };
+  refused([](Config& c) { c.arch.depth = 0; }, "depth 0");
+  refused([](Config& c) { c.arch.depth = -1; }, "depth -1");
+  refused([](Config& c) { c.arch.depth = 1000000; }, "depth 1e6");
+  refused([](Config& c) { c.arch.embed_dims = 2147483648LL; }, "embed_dims 2^31");
+  refused([](Config& c) { c.arch.patch_size = 0; }, "patch 0");
+  refused([](Config& c) { c.arch.pos_grid_h = 20000; }, "pos grid");
+  refused([](Config& c) { c.run.out_indices = {99}; }, "out index 99");
+  refused([](Config& c) { c.run.out_indices = {}; }, "no out index");
+  refused([](Config& c) { c.run.out_indices = {5, 3}; }, "descending out indices");
+  refused([](Config& c) { c.run.wkv_chunks = 0; }, "chunks 0");
+  refused([](Config& c) { c.arch.channel_gamma = 0.5; }, "gamma 0.5");
+  refused([](Config& c) { c.arch.num_classes = 0; }, "a head of no classes");
+  refused([](Config& c) { c.labels = {"a", "b"}; }, "2 names for 1000 classes");
+  refused([](Config& c) { c.preprocessing = {Preprocess::Resize, {0, std::nanf(""), 0}, {1, 1, 1}}; }, "NaN mean");
+}
+
+// A non-finite weight is refused at load, a non-finite input at the forward.
+TEST(ModelConfig, NonFiniteWeightsAndInputsAreRefused) {
+  Config c;
+  c.arch.embed_dims = 8, c.arch.hidden_dims = 16, c.arch.depth = 1, c.arch.patch_size = 4, c.arch.num_classes = 3;
+  c.arch.pos_grid_h = c.arch.pos_grid_w = 2;
+  c.run.out_indices = {0};
+  TensorMap p = initial_parameters(c.arch, 1);
+  const Model model = Model::from_state_dict(p, c);
+  Tensor input(DType::F32, {1, 3, 8, 8});
+  input.f32()[17] = std::numeric_limits<float>::infinity();
+  try {
+    model.forward(input);
+    ADD_FAILURE() << "an infinite pixel was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), Error::Kind::Input);
+    EXPECT_NE(std::string(e.what()).find("element 17"), std::string::npos) << e.what();
+  }
+  p.at("backbone.layers.0.att.key.weight").f32()[3] = std::nanf("");
+  try {
+    Model::from_state_dict(p, c, "m.pth");
+    ADD_FAILURE() << "a NaN weight was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), Error::Kind::Input);
+    EXPECT_NE(std::string(e.what()).find("m.pth: tensor 'backbone.layers.0.att.key.weight' holds a non-finite"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -126,6 +126,13 @@ Config infer_config(const TensorMap& state_dict, const std::string& source);
 // Applies overrides and checks the result is a model that can run.
 void apply_overrides(Config& config, const ConfigOverrides& overrides, const std::string& source);
 
+// Every value in range and consistent (sizes, depth, out indices, chunks,
+// mean/std, class names), whether it came from a file, a flag or a training
+// configuration; throws Error(Input) naming `source` and the value. Runs
+// before any parameter memory is allocated.
+void check_architecture(const Architecture& arch, const std::string& source);
+void check_config(const Config& config, const std::string& source);
+
 // Global average pooling of a feature map F32 [B,C,h,w] to F32 [B,C].
 Tensor average_pool(const Tensor& feature_map);
 

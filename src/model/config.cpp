@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vrwkv/error.hpp"
+#include "vrwkv/model.hpp"
 
 namespace vrwkv {
 
@@ -111,6 +112,7 @@ Config config_from_json(const std::string& text, const std::string& source) {
     if (j.contains("std")) config.preprocessing.std = j.at("std").get<std::array<float, 3>>();
     for (float s : config.preprocessing.std)
       if (!(s > 0)) input_error(source, ": vrwkv.config has a non-positive std ", s);
+    check_config(config, source + " (vrwkv.config)");
     return config;
   } catch (const nlohmann::json::exception& e) {
     input_error(source, ": invalid vrwkv.config metadata (", e.what(), ")");

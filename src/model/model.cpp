@@ -59,6 +59,15 @@ void to_feature_map(const float* x, std::int64_t B, std::int64_t T, std::int64_t
       for (std::int64_t c = 0; c < C; ++c) out[(b * C + c) * T + t] = x[(b * T + t) * C + c];
 }
 
+// The first non-finite value of t, reported as an error of `kind`.
+void check_finite(const Tensor& t, const char* what, Error::Kind kind) {
+  const float* v = t.f32();
+  for (std::int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(v[i]))
+      throw Error(kind, cat(what, " holds a non-finite value (", v[i], " at element ", i, " of ", shape_str(t.shape()),
+                            ")", kind == Error::Kind::Runtime ? ": the computation overflowed" : ""));
+}
+
 void check_tokens(const Tokens& tokens, const Architecture& a) {
   const Tensor& x = tokens.x;
   if (x.dtype() != DType::F32 || x.ndim() != 3 || x.dim(0) < 1 || tokens.grid_h < 1 || tokens.grid_w < 1 ||
@@ -86,6 +95,7 @@ Tokens Model::embed(const Tensor& input, const ForwardOptions& options, const Co
                 a.in_channels, ",H,W]");
   const std::int64_t B = input.dim(0), H = input.dim(2), W = input.dim(3), C = a.embed_dims;
   if (B < 1 || H < 1 || W < 1) input_error("input has shape ", shape_str(input.shape()), ", expected B, H, W >= 1");
+  check_finite(input, "input", Error::Kind::Input);
   const ThreadScope threads(ctx);
   const model::BackboneWeights& w = state_->backbone;
   const Grid grid = ops::patch_grid(H, W, a.patch_size), train_grid{a.pos_grid_h, a.pos_grid_w};
@@ -246,6 +256,9 @@ Outputs Model::forward(const Tensor& input, const ForwardOptions& options, const
   }
   out.pooled = average_pool(out.features.back());
   if (a.head != HeadKind::None) out.logits = head(out.pooled, options, ctx);
+  // Never a class or a feature claimed for an overflow.
+  for (const Tensor& f : out.features) check_finite(f, "a feature map", Error::Kind::Runtime);
+  if (a.head != HeadKind::None) check_finite(out.logits, "the logits", Error::Kind::Runtime);
   return out;
 }
 

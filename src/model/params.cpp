@@ -236,6 +236,45 @@ Config infer_config(const TensorMap& sd, const std::string& source) {
   return c;
 }
 
+void check_architecture(const Architecture& a, const std::string& source) {
+  const auto range = [&](const char* what, double v, double lo, double hi) {
+    if (!(v >= lo && v <= hi)) input_error(source, ": ", what, " ", v, " is outside ", lo, "..", hi);
+  };
+  range("embed_dims", static_cast<double>(a.embed_dims), 1, 1 << 16);
+  range("depth", static_cast<double>(a.depth), 1, 1024);
+  range("patch_size", static_cast<double>(a.patch_size), 1, 1024);
+  range("in_channels", static_cast<double>(a.in_channels), 1, 64);
+  range("hidden_dims", static_cast<double>(a.hidden_dims), 1, 1 << 20);
+  range("pos_grid height", static_cast<double>(a.pos_grid_h), 1, 16384);
+  range("pos_grid width", static_cast<double>(a.pos_grid_w), 1, 16384);
+  range("shift_pixel", a.shift_pixel, 0, 1024);
+  if (!(a.channel_gamma > 0 && a.channel_gamma <= 0.25))
+    input_error(source, ": channel_gamma must be in (0, 1/4], got ", a.channel_gamma);
+  if (a.head != HeadKind::None) range("num_classes", static_cast<double>(a.num_classes), 1, 1 << 24);
+  if (a.head == HeadKind::Mlp) range("head_hidden", static_cast<double>(a.head_hidden), 1, 1 << 20);
+}
+
+void check_config(const Config& c, const std::string& source) {
+  check_architecture(c.arch, source);
+  if (c.run.out_indices.empty()) input_error(source, ": out_indices is empty, expected at least one block index");
+  for (std::size_t i = 0; i < c.run.out_indices.size(); ++i) {
+    const std::int64_t j = c.run.out_indices[i];
+    if (j < 0 || j >= c.arch.depth)
+      input_error(source, ": out index ", j, " is outside 0..", c.arch.depth - 1, " (the model's blocks)");
+    if (i > 0 && j <= c.run.out_indices[i - 1])
+      input_error(source, ": out_indices must be ascending and distinct, got ", c.run.out_indices[i - 1], " then ", j);
+  }
+  if (c.run.wkv_chunks < 1 || c.run.wkv_chunks > 65536)
+    input_error(source, ": wkv_chunks ", c.run.wkv_chunks, " is outside 1..65536");
+  for (int k = 0; k < 3; ++k)
+    if (!std::isfinite(c.preprocessing.mean[k]) || !std::isfinite(c.preprocessing.std[k]) ||
+        !(c.preprocessing.std[k] > 0))
+      input_error(source, ": preprocessing mean/std must be finite with std > 0, got mean ", c.preprocessing.mean[k],
+                  " std ", c.preprocessing.std[k]);
+  if (!c.labels.empty() && static_cast<std::int64_t>(c.labels.size()) != c.arch.num_classes)
+    input_error(source, ": ", c.labels.size(), " class names for ", c.arch.num_classes, " classes");
+}
+
 void apply_overrides(Config& c, const ConfigOverrides& o, const std::string& source) {
   Architecture& a = c.arch;
   if (o.post_norm) a.post_norm = *o.post_norm;
@@ -271,9 +310,11 @@ void apply_overrides(Config& c, const ConfigOverrides& o, const std::string& sou
   if (c.run.wkv_chunks < 1) input_error("--wkv-chunks must be at least 1, got ", c.run.wkv_chunks);
   if (a.pos_grid_h < 1 || a.pos_grid_w < 1)
     input_error("--pos-grid must be positive, got ", a.pos_grid_h, "x", a.pos_grid_w);
+  check_config(c, source);
 }
 
 Model Model::from_state_dict(const TensorMap& sd, const Config& config, const std::string& source) {
+  check_config(config, source);
   const std::vector<model::Param> params = model::parameter_list(config.arch);
   // Every tensor is checked before the parameter memory is allocated.
   std::int64_t total = 0;
@@ -297,6 +338,10 @@ Model Model::from_state_dict(const TensorMap& sd, const Config& config, const st
     Tensor view = m.storage_.view(offset, p.shape);
     const Tensor f = sd.at(p.name).to_f32();
     std::memcpy(view.raw(), f.raw(), view.nbytes());
+    const float* v = view.f32();
+    for (std::int64_t i = 0; i < view.numel(); ++i)
+      if (!std::isfinite(v[i]))
+        input_error(source, ": tensor '", p.name, "' holds a non-finite value (", v[i], " at element ", i, ")");
     m.params_.emplace(p.name, view);
     offset += shape_numel(p.shape);
   }
