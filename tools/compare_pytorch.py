@@ -3,25 +3,31 @@
 
 Runs `vrwkv bench` for the given configurations, then the same configurations
 in PyTorch (Debian's python3-torch, float32, the same thread count), in one run,
-and prints a table. The PyTorch model is this file's own definition of VRWKV
-(VRWKV.md 1) with a vectorised O(T) Bi-WKV in the paper's semantics (cumulative
-sums, no loop over tokens); weights are random (speed does not depend on them).
-Before timing, the model is checked against the golden VRWKV-T logits of the
-official code (../shared/golden/vrwkv_t_224_b2, when present) and the BLAS's
-sgemm against float64.
+and prints a table. Needs `VRWKV_PYTORCH=1 tools/setup.sh` (python3-torch and
+OpenBLAS). Weights are random (speed does not depend on them).
+
+The PyTorch VRWKV is this file's own definition (VRWKV.md 1) with the official
+block's operations (q_shift, mixes, bias-free linears, LayerNorms) and a Bi-WKV
+in the paper's semantics without any loop over tokens: the past and future sums
+are matrix products with triangular matrices (BLAS) up to 256 tokens and
+cumulative sums beyond. (The official code has no CPU Bi-WKV: it always calls
+its CUDA kernel.) Tokens are kept outermost ([T,B,C]) so that each such sum is
+one matrix product for the whole batch. Before timing, the script checks its
+Bi-WKV (values and gradients) and VRWKV-T (logits) against the official code's
+goldens (../shared/golden, when present), and the BLAS's sgemm against float64.
 
 PyTorch at its best here: Debian's torch calls the system BLAS (libblas.so.3),
-which must be OpenBLAS (tools/setup.sh installs libopenblas0-pthread; the
-reference BLAS is ~20x slower). OpenBLAS 0.3.21 does not recognise this
-machine's processor and falls back to its generic SSE3 kernels, so the script
-names the kernels for the CPU's instruction set (SKYLAKEX with AVX-512, HASWELL
-with AVX2), replacing an OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE workaround the
-environment may set. OpenBLAS gets as many threads as torch and vrwkv, with
-short spins on both thread pools (GOMP_SPINCOUNT=10000 as vrwkv uses,
-OPENBLAS_THREAD_TIMEOUT) so that they do not fight over the cores.
-The options --blas-threads/--openblas-coretype and the environment's
-OMP_WAIT_POLICY/GOMP_SPINCOUNT/OPENBLAS_THREAD_TIMEOUT override this. The
-settings are printed with the table.
+which should be OpenBLAS (the reference BLAS is ~15x slower on these models).
+OpenBLAS 0.3.21 takes processors it does not know (like this Xeon) for a
+Prescott and runs SSE3 kernels; the script then names the kernels of the CPU's
+instruction set (SKYLAKEX with AVX-512, HASWELL with AVX2), in place of any
+OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE workaround the environment sets. OpenBLAS
+gets as many threads as torch and vrwkv, both thread pools spin briefly before
+sleeping (GOMP_SPINCOUNT=10000, as vrwkv runs; OPENBLAS_THREAD_TIMEOUT=16) so
+that they do not fight over the cores, and malloc keeps freed memory (no page
+faults on every new tensor). --blas-threads, --openblas-coretype and the
+environment's OMP_WAIT_POLICY/GOMP_SPINCOUNT/OPENBLAS_THREAD_TIMEOUT override
+these; the BLAS and the settings used are printed above the table.
 
   tools/compare_pytorch.py --vrwkv build/vrwkv --model vrwkv_t,vit_t --batch 1,8 --res 224 --threads 2
 
@@ -157,7 +163,7 @@ def tri(n, upper, dtype):
 
 def exclusive_sum(X, upper):
     """sum_{j<t} X_j (upper: sum_{j>t} X_j) along dim 0 of X [T,...]: up to GEMM_TOKENS tokens as one matrix
-    product with a triangular matrix (BLAS; torch's cumsum is 2-5x slower there), beyond by cumsum."""
+    product with a triangular matrix (BLAS; torch's cumsum takes about twice as long there), beyond by cumsum."""
     T = X.shape[0]
     if T <= GEMM_TOKENS:
         return (tri(T, upper, X.dtype) @ X.reshape(T, -1)).view(X.shape)
@@ -176,12 +182,16 @@ def bi_wkv(w, u, k, v):
     T, B, C = k.shape
     idx = torch.arange(T, dtype=k.dtype).unsqueeze(1)  # [T,1]
     E = torch.exp(k - k.amax(dim=0, keepdim=True))
-    S = torch.stack((E * v, E), 2)  # [T,B,2,C]: numerator and denominator terms
-    weights = lambda e: torch.exp(e).view(T, 1, 1, C)
-    P = exclusive_sum(S * weights(idx * w), upper=False)
-    Fu = exclusive_sum(S * weights(-idx * w), upper=True)
-    Y = torch.addcmul(torch.addcmul(torch.exp(u) * S, weights(-(idx - 1) * w), P), weights((idx + 1) * w), Fu)
-    return Y[:, :, 0] / (Y[:, :, 1] + 1e-6)
+
+    def weighted(X):  # e^u X_t + a_t sum_{j<t} e^{jw} X_j + b_t sum_{j>t} e^{-jw} X_j, X: [T,...,C]
+        wt = lambda e: torch.exp(e).view((T,) + (1,) * (X.dim() - 2) + (C,))
+        past, fut = exclusive_sum(X * wt(idx * w), upper=False), exclusive_sum(X * wt(-idx * w), upper=True)
+        return torch.addcmul(torch.addcmul(torch.exp(u) * X, wt(-(idx - 1) * w), past), wt((idx + 1) * w), fut)
+
+    if T <= GEMM_TOKENS:  # numerator and denominator in the same matrix products
+        Y = weighted(torch.stack((E * v, E), 2))
+        return Y[:, :, 0] / (Y[:, :, 1] + 1e-6)
+    return weighted(E * v) / (weighted(E) + 1e-6)
 
 
 def mix(x, xx, m):
@@ -218,8 +228,7 @@ class ChannelMix(nn.Module):
 
     def forward(self, x, H, W):
         xk, xr = mix(x, q_shift(x, H, W), self.mix)
-        k = torch.relu(self.key(xk))
-        k = k * k  # torch.square, without its slower pow kernel
+        k = torch.square(torch.relu(self.key(xk)))
         if self.key_norm is not None:
             k = self.key_norm(k)
         return torch.sigmoid(self.receptance(xr)) * self.value(k)
@@ -276,8 +285,8 @@ class VRWKV(nn.Module):
             self.pos_embed.copy_(g("backbone.pos_embed").reshape(1, self.grid, self.grid, C).permute(0, 3, 1, 2))
             for i, blk in enumerate(self.layers):
                 p = f"backbone.layers.{i}."
-                for name, m in [("ln0", blk.ln0), ("ln1", blk.ln1), ("ln2", blk.ln2), ("att.key_norm", blk.att.key_norm),
-                                ("ffn.key_norm", blk.ffn.key_norm)]:
+                for name, m in [("ln0", blk.ln0), ("ln1", blk.ln1), ("ln2", blk.ln2),
+                                ("att.key_norm", blk.att.key_norm), ("ffn.key_norm", blk.ffn.key_norm)]:
                     if m is not None:
                         m.weight.copy_(g(p + name + ".weight"))
                         m.bias.copy_(g(p + name + ".bias"))
@@ -476,7 +485,8 @@ def main():
     before = " ".join(f"{k}={v}" for k, v in ENV_BEFORE.items() if v is not None)
     print(f"{'training step' if a.train else 'inference'}: PyTorch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, float32\n"
-          f"BLAS: {blas}{'' if is_openblas else ' (not OpenBLAS: run VRWKV_PYTORCH=1 tools/setup.sh)'}; sgemm error {sgemm_err:.1e}\n"
+          f"BLAS: {blas}{'' if is_openblas else ' (not OpenBLAS: run VRWKV_PYTORCH=1 tools/setup.sh)'}; "
+          f"sgemm error {sgemm_err:.1e}\n"
           f"settings: {env}{f' (the environment had {before})' if before else ''}\n"
           f"PyTorch model: {golden}\n")
     print(f"{'model':10} {'batch':>5} {'resolution':>11} {'vrwkv img/s':>12} {'PyTorch img/s':>14} {'ratio':>7}")

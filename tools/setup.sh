@@ -19,7 +19,7 @@ if [ "${VRWKV_FUZZ:-0}" = 1 ]; then
   packages+=(clang libclang-rt-14-dev)  # libFuzzer targets
 fi
 if [ "${VRWKV_PYTORCH:-0}" = 1 ]; then
-  packages+=(python3-torch libopenblas0-pthread)  # tools/compare_pytorch.py (torch's BLAS: OpenBLAS, not the reference BLAS)
+  packages+=(python3-torch libopenblas0-pthread)  # tools/compare_pytorch.py (OpenBLAS as torch's BLAS)
 fi
 
 missing=()
