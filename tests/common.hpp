@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "io/safetensors.hpp"
 #include "vrwkv/model.hpp"
+#include "vrwkv/safetensors.hpp"
 #include "vrwkv/tensor.hpp"
 
 namespace vrwkv::test {

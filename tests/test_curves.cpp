@@ -11,8 +11,8 @@
 
 #include <gtest/gtest.h>
 
-#include "train/curves.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/plot.hpp"
 
 namespace vrwkv {
 namespace {

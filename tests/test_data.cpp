@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "train/augment.hpp"
-#include "train/data.hpp"
+#include "vrwkv/data.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::train {

@@ -28,8 +28,8 @@
 
 #include "image/image.hpp"
 #include "image/preprocess.hpp"
-#include "io/safetensors.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/safetensors.hpp"
 
 namespace vrwkv {
 namespace {

@@ -14,10 +14,10 @@
 #include <thread>
 
 #include "common.hpp"
-#include "vrwkv/presets.hpp"
-#include "train/optimizer.hpp"
-#include "train/trainer.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/optimizer.hpp"
+#include "vrwkv/presets.hpp"
+#include "vrwkv/train.hpp"
 
 namespace vrwkv {
 namespace {

@@ -1,4 +1,4 @@
-#include "bench/bench.hpp"
+#include "vrwkv/bench.hpp"
 
 #include <omp.h>
 #include <sys/resource.h>
@@ -11,10 +11,10 @@
 #include <random>
 
 #include "threads.hpp"
-#include "train/optimizer.hpp"
 #include "vrwkv/backward.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/model.hpp"
+#include "vrwkv/optimizer.hpp"
 #include "vrwkv/presets.hpp"
 #include "vrwkv/vit.hpp"
 

@@ -9,11 +9,12 @@
 #include <cstdio>
 #include <sstream>
 
-#include "bench/bench.hpp"
-#include "cli/commands.hpp"
-#include "cli/common.hpp"
-#include "io/atomic_file.hpp"
+#include "commands.hpp"
+#include "common.hpp"
+#include "vrwkv/atomic_file.hpp"
+#include "vrwkv/bench.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/plot.hpp"
 #include "vrwkv/presets.hpp"
 
 extern char** environ;

@@ -4,8 +4,8 @@
 #include <cstdio>
 #include <numeric>
 
-#include "cli/commands.hpp"
-#include "cli/common.hpp"
+#include "commands.hpp"
+#include "common.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/image.hpp"
 #include "vrwkv/labels.hpp"
@@ -28,7 +28,7 @@ void add_classify(CLI::App& app) {
   cmd->callback([opt] {
     const Model model = opt->model.load();
     const Architecture& cfg = model.architecture();
-    if (cfg.head == HeadKind::None) input_error(opt->model.model.empty() ? kDefaultModel : opt->model.model.c_str(), ": the model has no classification head");
+    if (cfg.head == HeadKind::None) input_error(opt->model.path(), ": the model has no classification head");
     const std::vector<std::string> names = class_names(model.config());
     const int k = static_cast<int>(std::min<std::int64_t>(opt->topk, cfg.num_classes));
     for (std::size_t start = 0; start < opt->images.size(); start += opt->batch) {

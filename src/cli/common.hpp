@@ -10,8 +10,14 @@
 
 namespace vrwkv::cli {
 
-// The bundled Fashion-MNIST model (docs/TRAINING.md), used when no --model is given.
-extern const char* const kDefaultModel;
+// The bundled Fashion-MNIST model (docs/TRAINING.md), used when no --model is
+// given. The program looks for it relative to its own file (/proc/self/exe),
+// never in the source tree: DIR/../share/vrwkv/models/NAME (installed; the
+// data directory as configured), then DIR/models/NAME (the copy the build puts
+// beside build/vrwkv).
+std::vector<std::string> default_model_candidates();
+// The first readable candidate; none: Error(Input) naming every path tried.
+std::string default_model();
 
 struct ModelOptions {
   std::string model;
@@ -27,6 +33,8 @@ struct ModelOptions {
   ConfigOverrides overrides() const;
   ForwardOptions forward_options() const;
   Context context() const { return {threads}; }
+  // The model file: --model, else the default model (Error(Input) when it is missing).
+  std::string path() const;
   // Loads the model (the default model when none is given; printing nothing).
   Model load(LoadReport* report = nullptr) const;
 };

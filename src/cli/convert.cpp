@@ -2,9 +2,9 @@
 // with the configuration in its metadata.
 #include <cstdio>
 
-#include "cli/commands.hpp"
-#include "cli/common.hpp"
-#include "io/safetensors.hpp"
+#include "commands.hpp"
+#include "common.hpp"
+#include "vrwkv/safetensors.hpp"
 
 namespace vrwkv::cli {
 

@@ -4,9 +4,9 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "cli/commands.hpp"
-#include "cli/common.hpp"
-#include "train/trainer.hpp"
+#include "commands.hpp"
+#include "common.hpp"
+#include "vrwkv/train.hpp"
 
 namespace vrwkv::cli {
 

@@ -1,10 +1,10 @@
 // vrwkv grad: the gradient contract. Input and labels in; the label-smoothed
 // cross-entropy and d loss / d parameter for every parameter out.
-#include "cli/commands.hpp"
-#include "cli/common.hpp"
-#include "io/safetensors.hpp"
+#include "commands.hpp"
+#include "common.hpp"
 #include "vrwkv/backward.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/safetensors.hpp"
 
 namespace vrwkv::cli {
 

@@ -1,8 +1,8 @@
 // vrwkv info: the configuration, parameter count and FLOPs of a model.
 #include <cstdio>
 
-#include "cli/commands.hpp"
-#include "cli/common.hpp"
+#include "commands.hpp"
+#include "common.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::cli {

@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <new>
 
-#include "cli/commands.hpp"
+#include "commands.hpp"
 #include "vrwkv/error.hpp"
 
 namespace {

@@ -5,9 +5,9 @@
 #include <set>
 #include <sstream>
 
-#include "cli/commands.hpp"
-#include "train/curves.hpp"
+#include "commands.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/plot.hpp"
 
 namespace vrwkv::cli {
 

@@ -1,10 +1,10 @@
 // vrwkv run: the parity contract. Input tensor or images in, features and
 // logits out, as safetensors.
-#include "cli/commands.hpp"
-#include "cli/common.hpp"
-#include "io/safetensors.hpp"
+#include "commands.hpp"
+#include "common.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/image.hpp"
+#include "vrwkv/safetensors.hpp"
 
 namespace vrwkv::cli {
 

@@ -3,10 +3,10 @@
 #include <fstream>
 #include <sstream>
 
-#include "cli/commands.hpp"
-#include "cli/common.hpp"
-#include "train/trainer.hpp"
+#include "commands.hpp"
+#include "common.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/train.hpp"
 
 namespace vrwkv::cli {
 

@@ -1,12 +1,12 @@
-#include "io/safetensors.hpp"
+#include "vrwkv/safetensors.hpp"
 
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "io/atomic_file.hpp"
 #include "io/file.hpp"
+#include "vrwkv/atomic_file.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv {

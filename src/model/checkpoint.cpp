@@ -6,9 +6,9 @@
 
 #include "io/file.hpp"
 #include "io/pth.hpp"
-#include "io/safetensors.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/model.hpp"
+#include "vrwkv/safetensors.hpp"
 
 namespace vrwkv {
 

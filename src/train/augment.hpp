@@ -1,4 +1,4 @@
-// The pieces of the training transform (src/train/data.hpp, VRWKV.md 6.2),
+// The pieces of the training transform (vrwkv/data.hpp, VRWKV.md 6.2),
 // exposed for the loader and the tests: deterministic random numbers, channel
 // conversion, resampling, the torchvision crops, RandAugment (timm "increasing"
 // set) on 8-bit images, normalisation and RandomErasing on float.
@@ -9,7 +9,7 @@
 #include <initializer_list>
 #include <random>
 
-#include "train/data.hpp"
+#include "vrwkv/data.hpp"
 
 namespace vrwkv::train {
 

@@ -1,6 +1,6 @@
 // Datasets (Fashion-MNIST IDX files, ImageFolder trees) and the batch loader
-// of src/train/data.hpp; the per-image transform's pieces are in augment.cpp.
-#include "train/data.hpp"
+// of include/vrwkv/data.hpp; the per-image transform's pieces are in augment.cpp.
+#include "vrwkv/data.hpp"
 
 #include <omp.h>
 #include <zlib.h>

@@ -1,4 +1,4 @@
-#include "train/optimizer.hpp"
+#include "vrwkv/optimizer.hpp"
 
 #include <cmath>
 #include <numbers>

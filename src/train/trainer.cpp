@@ -1,4 +1,4 @@
-#include "train/trainer.hpp"
+#include "vrwkv/train.hpp"
 
 #include <omp.h>
 #include <unistd.h>
@@ -14,17 +14,17 @@
 #include <set>
 #include <sstream>
 
-#include "io/atomic_file.hpp"
 #include "image/image.hpp"
 #include "image/input.hpp"
 #include "image/preprocess.hpp"
-#include "io/safetensors.hpp"
 #include "model/params.hpp"
 #include "threads.hpp"
 #include "train/augment.hpp"
+#include "vrwkv/atomic_file.hpp"
 #include "vrwkv/backward.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/presets.hpp"
+#include "vrwkv/safetensors.hpp"
 
 namespace vrwkv::train {
 

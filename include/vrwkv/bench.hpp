@@ -1,5 +1,6 @@
 // Throughput, latency and memory measurements behind `vrwkv bench`
-// (ENGINEERING.md "Tests and measurements").
+// (ENGINEERING.md "Tests and measurements"); the vrwkv_bench library. The
+// figure is in vrwkv/plot.hpp.
 #pragma once
 
 #include <cstdint>
@@ -36,9 +37,5 @@ Record run(const Spec& spec);
 
 std::string to_json(const Record& r);
 Record from_json(const std::string& line);
-
-// Throughput and memory against resolution, one line per model and batch;
-// PNG or SVG by the file's extension.
-void plot(const std::vector<Record>& records, double peak_gflops, const std::string& path);
 
 }  // namespace vrwkv::bench

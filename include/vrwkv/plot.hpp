@@ -1,11 +1,14 @@
-// Training curves: the metrics file the trainer writes (JSON lines, see
-// trainer.cpp) read back into series, and drawn as a two-panel figure
-// (training loss and validation top-1 against epoch) with cairo.
+// Plots (the vrwkv_plot library, the only part of vrwkv that needs cairo):
+// training curves, the metrics file the trainer writes (JSON lines, see
+// vrwkv/train.hpp) read back into series and drawn as a two-panel figure
+// (training loss and validation top-1 against epoch), and the benchmark figure.
 #pragma once
 
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "vrwkv/bench.hpp"
 
 namespace vrwkv::train {
 
@@ -30,3 +33,11 @@ Curves read_metrics(const std::string& path);
 void plot_curves(const std::vector<std::pair<std::string, Curves>>& runs, const std::string& path);
 
 }  // namespace vrwkv::train
+
+namespace vrwkv::bench {
+
+// Throughput and memory against resolution, one line per model and batch;
+// PNG or SVG by the file's extension.
+void plot(const std::vector<Record>& records, double peak_gflops, const std::string& path);
+
+}  // namespace vrwkv::bench

@@ -11,9 +11,9 @@
 #include <functional>
 #include <string>
 
-#include "train/data.hpp"
-#include "train/optimizer.hpp"
+#include "vrwkv/data.hpp"
 #include "vrwkv/model.hpp"
+#include "vrwkv/optimizer.hpp"
 
 namespace vrwkv::train {
 

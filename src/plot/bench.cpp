@@ -7,9 +7,9 @@
 #include <cmath>
 #include <map>
 
-#include "bench/bench.hpp"
-#include "io/atomic_file.hpp"
+#include "vrwkv/atomic_file.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/plot.hpp"
 
 namespace vrwkv::bench {
 

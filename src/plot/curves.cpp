@@ -1,6 +1,6 @@
 // Training curves: reading the trainer's metrics file and drawing loss and
-// validation top-1 against epoch with cairo (the style of src/bench/plot.cpp).
-#include "train/curves.hpp"
+// validation top-1 against epoch with cairo (the style of src/plot/bench.cpp).
+#include "vrwkv/plot.hpp"
 
 #include <cairo-svg.h>
 #include <cairo.h>
@@ -18,7 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "io/atomic_file.hpp"
+#include "vrwkv/atomic_file.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::train {
