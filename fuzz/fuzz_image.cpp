@@ -1,5 +1,5 @@
 // libFuzzer target for image decoding and the evaluation preprocessing
-// (src/image/image.*, src/io/preprocess.*; VRWKV.md 6.1). Damaged input must end
+// (src/image/image.*, src/image/preprocess.*; VRWKV.md 6.1). Damaged input must end
 // in Error; any other exception, crash, leak or sanitizer report is a finding.
 #include <cstddef>
 #include <cstdint>
