@@ -389,13 +389,13 @@ using Buf = std::vector<float>;
 void zero(Buf& b) { std::fill(b.begin(), b.end(), 0.0f); }
 
 // What the backward of one block needs (names follow VRWKV.md 1.4-1.7).
-// s: the residual stream the block starts from (ln0(x) for block 0, else x).
+// s0: ln0(x), the residual stream block 0 starts from (the other blocks start from x).
 // Pre-norm: a = ln1(s), b = ln2(x_mid); post-norm mixes the residual stream
 // itself and normalises the branch outputs (on, fn).
 struct Tape {
   Buf s0, a, xk, xv, xr, k, v, r, y, yn, z, o, on, x_mid, b, fk, fr, hk, sq, sqn, kv, r2, f, fn;
   void allocate(std::int64_t N, std::int64_t C, std::int64_t Hd, const Architecture& c) {
-    for (Buf* p : {&s0, &xk, &xv, &xr, &k, &v, &r, &y, &z, &o, &x_mid, &fk, &fr, &kv, &r2, &f}) p->resize(N * C);
+    for (Buf* p : {&xk, &xv, &xr, &k, &v, &r, &y, &z, &o, &x_mid, &fk, &fr, &kv, &r2, &f}) p->resize(N * C);
     for (Buf* p : {&hk, &sq}) p->resize(N * Hd);
     if (!c.post_norm) a.resize(N * C), b.resize(N * C);
     if (c.post_norm) on.resize(N * C), fn.resize(N * C);
@@ -421,6 +421,7 @@ class TrainVrwkv final : public TrainBlocks {
     tapes_.clear();
     tapes_.resize(tapes);
     for (Tape& t : tapes_) t.allocate(N, C, Hd, c);
+    if (!tapes_.empty()) tapes_[0].s0.resize(N * C);  // block 0, the one with ln0, always uses tape 0
     for (Buf& s : g) s.resize(N * C);
     for (Buf& s : gh) s.resize(N * Hd);
     wu.resize(2 * C), gwu.resize(2 * C);
