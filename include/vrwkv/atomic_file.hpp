@@ -1,19 +1,33 @@
-// Atomic file output (ENGINEERING.md "Files and interfaces"): data goes to a
-// temporary file in the destination's directory, which replaces the destination
-// by rename() only when commit() is called. An interrupted or failed write
-// leaves any previous file untouched and no partial file behind.
+// Safe file output (ENGINEERING.md "Files and interfaces").
+//
+// A regular file (or a new one) is written to a temporary file beside it,
+// which replaces it by rename() only when commit() is called: an interrupted
+// or failed write leaves any previous file untouched and no partial file
+// behind, and the replaced file keeps its mode (and owner, where permitted).
+// A symlink is followed: the temporary file is made beside the real target,
+// and the link stays a link. A target that exists and is not a regular file
+// (a device such as /dev/null, a FIFO, a socket) is written directly, never
+// renamed over. "-" writes to standard output.
+//
+// The temporary files of the running process are known to
+// remove_temporary_files(), which a signal handler may call
+// (async-signal-safe); temporaries left by processes that died are removed
+// when the next one writes the same file.
 #pragma once
 
 #include <cstddef>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 namespace vrwkv {
 
 class AtomicFile {
  public:
-  explicit AtomicFile(std::string path);  // throws Error(Input) if the directory is not writable
-  ~AtomicFile();                          // removes the temporary file unless committed
+  // Throws Error(Input) for a path that cannot be written (a directory, a
+  // missing or read-only directory, an empty name).
+  explicit AtomicFile(std::string path);
+  ~AtomicFile();  // removes the temporary file unless committed
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
@@ -21,9 +35,24 @@ class AtomicFile {
   void commit();
 
  private:
-  std::string path_, tmp_path_;
+  std::string path_, target_, tmp_path_;  // as given, the file written in the end, the temporary one
   std::FILE* file_ = nullptr;
+  bool direct_ = false;  // stdout, a device, a FIFO, a socket: no temporary file
+  int slot_ = -1;        // in the registry of temporary files
   bool committed_ = false;
 };
+
+// Checks, before any work, that `path` can be written as an output: not
+// empty, not a directory, in an existing writable directory (or "-" when
+// `stdout_ok`). Throws Error(Input) naming `option` and the path.
+void check_output_path(const std::string& path, const std::string& option, bool stdout_ok = true);
+
+// Throws Error(Input) when `output` is the same file as one of `inputs` (by
+// device and inode, so links and other spellings count).
+void check_not_an_input(const std::string& output, const std::vector<std::string>& inputs,
+                        const std::string& option);
+
+// Removes every temporary file this process has open (async-signal-safe).
+void remove_temporary_files();
 
 }  // namespace vrwkv

@@ -118,10 +118,13 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--plot", opt->plot, "Draw throughput and memory against resolution (.png or .svg)");
   cmd->add_flag("--worker", opt->worker, "(internal) measure one configuration and print it as JSON")
       ->group("");
-  cmd->callback([opt] {
+  cmd->callback([opt, cmd] {
     const int threads = Context{opt->threads}.resolved_threads();
-    if (!opt->plot.empty() && !opt->plot.ends_with(".png") && !opt->plot.ends_with(".svg"))
+    if (cmd->count("--plot") && !opt->plot.ends_with(".png") && !opt->plot.ends_with(".svg"))
       input_error("--plot: expected a .png or .svg file name, got '", opt->plot, "'");
+    // Outputs are checked before anything is measured (the table itself goes to standard output).
+    if (cmd->count("--json")) check_output_path(opt->json, "--json", /*stdout_ok=*/false);
+    if (cmd->count("--plot")) check_output_path(opt->plot, "--plot", /*stdout_ok=*/false);
     std::vector<bench::Spec> specs;
     const std::vector<std::string> dtypes = split(opt->dtype);
     for (const std::string& d : dtypes) {

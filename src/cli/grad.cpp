@@ -2,6 +2,7 @@
 // cross-entropy and d loss / d parameter for every parameter out.
 #include "commands.hpp"
 #include "common.hpp"
+#include "vrwkv/atomic_file.hpp"
 #include "vrwkv/backward.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/safetensors.hpp"
@@ -31,6 +32,8 @@ void add_grad(CLI::App& app) {
   cmd->callback([opt] {
     const ModelOptions& mo = opt->model;
     if (mo.dtype != "fp32") input_error("grad: --dtype ", mo.dtype, " is not supported (gradients are fp32)");
+    check_output_path(opt->output, "--output");
+    check_not_an_input(opt->output, {opt->input, mo.path()}, "--output");
     const TensorMap in = read_safetensors(opt->input);
     const auto get = [&](const char* key, DType dtype, int ndim, const char* expected) {
       const auto it = in.find(key);

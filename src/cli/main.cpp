@@ -7,6 +7,7 @@
 #include <new>
 
 #include "commands.hpp"
+#include "signals.hpp"
 #include "vrwkv/error.hpp"
 
 namespace {
@@ -24,6 +25,7 @@ void choose_wait_policy(char** argv) {
 
 int main(int argc, char** argv) {
   choose_wait_policy(argv);
+  vrwkv::cli::install_signal_handlers();
   CLI::App app{"vrwkv: Vision-RWKV inference on the CPU, from official checkpoints"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "vrwkv 0.1.0");
@@ -64,5 +66,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "vrwkv: %s\n", e.what());
     return 1;
   }
+  // A command that stopped cleanly on a signal exits as the signal asked.
+  if (const int sig = vrwkv::cli::stop_signal().load()) return 128 + sig;
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "commands.hpp"
+#include "vrwkv/atomic_file.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/plot.hpp"
 
@@ -39,6 +40,8 @@ void add_plot(CLI::App& app) {
   cmd->callback([opt] {
     if (!opt->output.ends_with(".png") && !opt->output.ends_with(".svg"))
       input_error("--output: expected a .png or .svg file name, got '", opt->output, "'");
+    check_output_path(opt->output, "--output", /*stdout_ok=*/false);
+    check_not_an_input(opt->output, opt->metrics, "--output");
     std::vector<std::string> names;
     if (!opt->names.empty()) {
       std::istringstream in(opt->names);

@@ -2,6 +2,7 @@
 // logits out, as safetensors.
 #include "commands.hpp"
 #include "common.hpp"
+#include "vrwkv/atomic_file.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/image.hpp"
 #include "vrwkv/safetensors.hpp"
@@ -23,6 +24,12 @@ void add_run(CLI::App& app) {
   cmd->add_option("--output,-o", opt->output, "Output safetensors: features, features.J, logits, input")->required();
   cmd->callback([opt] {
     if (opt->input.empty() && opt->images.empty()) input_error("run: give --input X.safetensors or images");
+    // The output is checked before any work: writable, and none of the inputs.
+    check_output_path(opt->output, "--output");
+    std::vector<std::string> inputs = opt->images;
+    inputs.push_back(opt->model.path());
+    inputs.push_back(opt->input);
+    check_not_an_input(opt->output, inputs, "--output");
     const Model model = opt->model.load();
     TensorMap result;
     Tensor input;
