@@ -445,7 +445,9 @@ TEST(ModelBackward, SeamChecksItsArguments) {
   backprop.backward({{0, ones}}, g);
   // Block 1's parameters get no gradient from block 0's output.
   for (const auto& [name, t] : g.tensors) {
-    if (name.starts_with("backbone.layers.1.")) EXPECT_EQ(test::max_abs(t.f32(), t.numel()), 0.0) << name;
+    if (name.starts_with("backbone.layers.1.")) {
+      EXPECT_EQ(test::max_abs(t.f32(), t.numel()), 0.0) << name;
+    }
   }
   EXPECT_GT(test::max_abs(g.tensors.at("backbone.layers.0.att.key.weight").f32(), 64), 0.0);
 }

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "common.hpp"
+#include "vrwkv/safetensors.hpp"
 
 namespace vrwkv {
 namespace {
@@ -197,6 +198,28 @@ TEST_F(Outputs, TrainRefusesAnExistingRunAndAConcurrentOne) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGTERM) << status;
   EXPECT_TRUE(fs::exists(out + "/checkpoint.safetensors"));
   expect_no_temporaries();
+}
+
+// run writes its output batch by batch: to a file or to standard output
+// (assembled in memory there) the same bytes, and the same tensors whatever
+// the batch size (within float32 rounding: GEMMs over other row counts may sum
+// in another order).
+TEST_F(Outputs, RunStreamsInBatches) {
+  std::string images;
+  for (const auto& e : fs::directory_iterator(std::string(VRWKV_SOURCE_DIR) + "/data/samples/fashion"))
+    images += " '" + e.path().string() + "'";
+  const std::string base = "run -m '" + path("m.safetensors") + "'" + images;
+  ASSERT_EQ(run(base + " --batch 3 -o '" + path("b3.st") + "'").code, 0);
+  ASSERT_EQ(run(base + " --batch 3 -o -").code, 0);
+  EXPECT_TRUE(slurp(path("stdout")) == slurp(path("b3.st"))) << "standard output differs from the file";
+  ASSERT_EQ(run(base + " --batch 16 -o '" + path("b16.st") + "'").code, 0);
+  const TensorMap a = read_safetensors(path("b3.st")), b = read_safetensors(path("b16.st"));
+  ASSERT_EQ(a.size(), 3u);  // features, input, logits
+  for (const auto& [name, t] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    EXPECT_TRUE(test::close_to(t, b.at(name), 1e-5)) << name;
+  }
+  EXPECT_EQ(a.at("input").dim(0), 10);
 }
 
 // SIGINT or SIGTERM at random moments of a convert: exit 130/143 (or 0 when it

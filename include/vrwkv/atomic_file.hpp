@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -32,6 +33,10 @@ class AtomicFile {
   AtomicFile& operator=(const AtomicFile&) = delete;
 
   void write(const void* data, std::size_t size);
+  // Whether write_at() is possible: false for standard output, devices, FIFOs, sockets.
+  bool seekable() const { return !direct_; }
+  // Writes at a byte offset of the output (a seekable one), independent of write()'s position.
+  void write_at(std::uint64_t offset, const void* data, std::size_t size);
   void commit();
 
  private:

@@ -1,5 +1,8 @@
 // vrwkv run: the parity contract. Input tensor or images in, features and
 // logits out, as safetensors.
+#include <algorithm>
+#include <tuple>
+
 #include "commands.hpp"
 #include "common.hpp"
 #include "vrwkv/atomic_file.hpp"
@@ -14,6 +17,7 @@ void add_run(CLI::App& app) {
     ModelOptions model;
     std::string input, output;
     std::vector<std::string> images;
+    int batch = 8;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("run", "Run the model; write features (and logits) to a safetensors file");
@@ -21,7 +25,10 @@ void add_run(CLI::App& app) {
   auto* in = cmd->add_option("--input,-i", opt->input, "safetensors file with key 'input', F32 [B,3,H,W], normalised");
   auto* imgs = cmd->add_option("images", opt->images, "JPEG or PNG images (instead of --input)");
   in->excludes(imgs);
-  cmd->add_option("--output,-o", opt->output, "Output safetensors: features, features.J, logits, input")->required();
+  cmd->add_option("--output,-o", opt->output, "Output safetensors: features, features.J, logits, input ('-': stdout)")
+      ->required();
+  cmd->add_option("--batch", opt->batch, "Images per forward pass (the output is written as they go)")
+      ->check(CLI::Range(1, 4096));
   cmd->callback([opt] {
     if (opt->input.empty() && opt->images.empty()) input_error("run: give --input X.safetensors or images");
     // The output is checked before any work: writable, and none of the inputs.
@@ -31,27 +38,47 @@ void add_run(CLI::App& app) {
     inputs.push_back(opt->input);
     check_not_an_input(opt->output, inputs, "--output");
     const Model model = opt->model.load();
-    TensorMap result;
-    Tensor input;
+    const Architecture& a = model.architecture();
+    Tensor given;  // --input
+    std::int64_t n = static_cast<std::int64_t>(opt->images.size()), H = 0, W = 0;
     if (!opt->input.empty()) {
       const TensorMap in = read_safetensors(opt->input);
       const auto it = in.find("input");
       if (it == in.end()) input_error(opt->input, ": no tensor 'input' (expected F32 [B,3,H,W])");
-      input = it->second;
-      if (input.dtype() != DType::F32 || input.ndim() != 4)
-        input_error(opt->input, ": tensor 'input' is ", dtype_name(input.dtype()), " ", shape_str(input.shape()),
+      given = it->second;
+      if (given.dtype() != DType::F32 || given.ndim() != 4 || given.dim(0) < 1)
+        input_error(opt->input, ": tensor 'input' is ", dtype_name(given.dtype()), " ", shape_str(given.shape()),
                     ", expected F32 [B,3,H,W]");
+      n = given.dim(0), H = given.dim(2), W = given.dim(3);
     } else {
-      input = load_images(opt->images, model.config());
-      result["input"] = input;
+      std::tie(H, W) = input_size(model.config());
     }
-    const Outputs out = model.forward(input, opt->model.forward_options(), opt->model.context());
+    // The output's tensors, known before the first image: written batch by batch.
+    const std::int64_t C = a.embed_dims, h = (H + a.patch_size - 1) / a.patch_size,
+                       w = (W + a.patch_size - 1) / a.patch_size;
     const auto& idx = model.config().run.out_indices;
-    result["features"] = out.features.back();
+    std::vector<SafetensorsWriter::Entry> entries = {{"features", DType::F32, {n, C, h, w}}};
     if (idx.size() > 1)
-      for (std::size_t i = 0; i < idx.size(); ++i) result["features." + std::to_string(idx[i])] = out.features[i];
-    if (model.architecture().head != HeadKind::None) result["logits"] = out.logits;
-    write_safetensors(opt->output, result);
+      for (std::int64_t j : idx) entries.push_back({"features." + std::to_string(j), DType::F32, {n, C, h, w}});
+    if (a.head != HeadKind::None) entries.push_back({"logits", DType::F32, {n, a.num_classes}});
+    if (given.numel() == 0) entries.push_back({"input", DType::F32, {n, a.in_channels, H, W}});
+    SafetensorsWriter out(opt->output, entries);
+    for (std::int64_t start = 0; start < n; start += opt->batch) {
+      const std::int64_t count = std::min<std::int64_t>(opt->batch, n - start);
+      Tensor x;
+      if (given.numel()) {
+        x = given.view(start * given.dim(1) * H * W, {count, given.dim(1), H, W});
+      } else {
+        x = load_images({opt->images.begin() + start, opt->images.begin() + start + count}, model.config());
+        out.write_rows("input", start, x);
+      }
+      const Outputs o = model.forward(x, opt->model.forward_options(), opt->model.context());
+      out.write_rows("features", start, o.features.back());
+      if (idx.size() > 1)
+        for (std::size_t i = 0; i < idx.size(); ++i) out.write_rows("features." + std::to_string(idx[i]), start, o.features[i]);
+      if (a.head != HeadKind::None) out.write_rows("logits", start, o.logits);
+    }
+    out.commit();
   });
 }
 

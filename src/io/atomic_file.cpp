@@ -184,6 +184,18 @@ void AtomicFile::write(const void* data, std::size_t size) {
     runtime_error(path_, ": write failed (", std::strerror(errno), ")");
 }
 
+void AtomicFile::write_at(std::uint64_t offset, const void* data, std::size_t size) {
+  if (direct_) runtime_error(path_, ": cannot write at an offset of a stream");
+  if (std::fflush(file_) != 0) runtime_error(path_, ": write failed (", std::strerror(errno), ")");
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = pwrite(fileno(file_), p, size, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) runtime_error(path_, ": write failed (", std::strerror(errno), ")");
+    p += n, size -= static_cast<std::size_t>(n), offset += static_cast<std::uint64_t>(n);
+  }
+}
+
 void AtomicFile::commit() {
   if (direct_) {
     const bool ok = std::fflush(file_) == 0 && !std::ferror(file_);
