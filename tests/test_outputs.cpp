@@ -4,18 +4,22 @@
 // temporary file. Device nodes and FIFOs are made inside a temporary folder,
 // never in the real /dev.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <functional>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "common.hpp"
 #include "vrwkv/safetensors.hpp"
@@ -198,6 +202,56 @@ TEST_F(Outputs, TrainRefusesAnExistingRunAndAConcurrentOne) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGTERM) << status;
   EXPECT_TRUE(fs::exists(out + "/checkpoint.safetensors"));
   expect_no_temporaries();
+}
+
+// Impossible values in a model file's metadata or in flags: exit 2 naming the
+// file and the field, in well under a second and with no large allocation
+// (peak memory of the child under 200 MB, measured by wait4).
+TEST_F(Outputs, ImpossibleModelValuesAreRefusedCheaply) {
+  Metadata meta;
+  const TensorMap tensors = read_safetensors(path("m.safetensors"), &meta);
+  const nlohmann::json config = nlohmann::json::parse(meta.at("vrwkv.config"));
+  const auto variant = [&](const std::string& name, const std::function<void(nlohmann::json&)>& change) {
+    nlohmann::json c = config;
+    change(c);
+    Metadata m = meta;
+    m["vrwkv.config"] = c.dump();
+    write_safetensors(path(name), tensors, m);
+    return path(name);
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {variant("depth_1e6.st", [](nlohmann::json& c) { c["depth"] = 1000000; }), "depth"},
+      {variant("depth_0.st", [](nlohmann::json& c) { c["depth"] = 0; }), "depth"},
+      {variant("depth_-1.st", [](nlohmann::json& c) { c["depth"] = -1; }), "depth"},
+      {variant("wide.st", [](nlohmann::json& c) { c["embed_dims"] = 2147483648LL; }), "embed_dims"},
+      {variant("big.st", [](nlohmann::json& c) { c["embed_dims"] = 1024, c["depth"] = 40; }), "tensor"},
+      {variant("out99.st", [](nlohmann::json& c) { c["out_indices"] = {99}; }), "out index 99"},
+  };
+  const std::string image = path("img.png");
+  auto measured = cases;
+  measured.push_back({path("m.safetensors") + "' --pos-grid '2000x2000", "pos_embed"});
+  for (const auto& [model, mention] : measured) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const std::string err = path("stderr");
+      if (!freopen(err.c_str(), "w", stderr) || !freopen("/dev/null", "w", stdout)) _exit(126);
+      const std::string cmd = std::string("exec '") + VRWKV_CLI_PATH + "' classify -m '" + model + "' '" + image + "'";
+      execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    int status = 0;
+    struct rusage usage {};
+    wait4(pid, &status, 0, &usage);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const std::string err = slurp(path("stderr"));
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << model << ": " << err;
+    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+    EXPECT_NE(err.find(mention), std::string::npos) << err;
+    EXPECT_LT(seconds, 1.0) << model;
+    EXPECT_LT(usage.ru_maxrss, 200 * 1024) << model << ": " << usage.ru_maxrss << " KiB";  // ru_maxrss in KiB
+  }
 }
 
 // run writes its output batch by batch: to a file or to standard output
