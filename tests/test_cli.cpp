@@ -172,7 +172,8 @@ TEST_F(Cli, TrainErrors) {
   expect_input_error(run("train -o " + path("out") + " --resume"), "checkpoint.safetensors");
   expect_input_error(run("train -o " + path("out") + " --resume --epochs 3"), "--epochs");
   expect_input_error(run("train -o " + path("out")), "--config");
-  write("bad_data.json", R"({"data": {"train": "imagefolder:)" + path("nowhere") + R"("}})");
+  write("bad_data.json", R"({"model": {"preset": "vrwkv_t"}, "data": {"train": "imagefolder:)" + path("nowhere") +
+                             R"("}})");
   expect_input_error(run("train -c " + path("bad_data.json") + " -o " + path("out")), path("nowhere"));
   EXPECT_FALSE(std::ifstream(path("out/model.safetensors")).good());
 }

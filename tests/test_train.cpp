@@ -240,5 +240,67 @@ TEST_F(Resume, AfterSigkillGivesTheSameWeights) {
     EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
 }
 
+// SIGINT or SIGTERM at a random step of a run whose periodic checkpoints are
+// far apart: the run finishes the step, writes a checkpoint of exactly that
+// step, says so and exits 130 or 143; --resume then gives the same final
+// weights as an uninterrupted run, and no temporary file is left.
+TEST_F(Resume, AfterSigintOrSigtermGivesTheSameWeights) {
+  if (access("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", R_OK) != 0 &&
+      !std::getenv("VRWKV_FASHION_MNIST_DIR"))
+    GTEST_SKIP() << "Fashion-MNIST is not installed";
+  std::string text;
+  {
+    std::ifstream in(dir_ + "/config.json");
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  text.replace(text.find("\"checkpoint_every\": 1"), 21, "\"checkpoint_every\": 1000");
+  std::ofstream(dir_ + "/sparse.json") << text;
+  ASSERT_EQ(train("-c " + dir_ + "/sparse.json -o " + dir_ + "/straight"), 0);
+  std::mt19937 rng(static_cast<unsigned>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  for (const int sig : {SIGINT, SIGTERM}) {
+    const std::string out = dir_ + "/signalled" + std::to_string(sig);
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const std::string cli = VRWKV_CLI_PATH, config = dir_ + "/sparse.json", err = dir_ + "/signal_stderr";
+      if (!freopen(err.c_str(), "w", stderr)) _exit(126);
+      execl(cli.c_str(), cli.c_str(), "train", "--threads", "2", "--no-progress", "-c", config.c_str(), "-o",
+            out.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    const int target = std::uniform_int_distribution<int>(2, 30)(rng);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    for (bool reached = false; !reached && std::chrono::steady_clock::now() < deadline;) {
+      std::ifstream metrics(out + "/metrics.jsonl");
+      for (std::string line; std::getline(metrics, line);) {
+        const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+        if (j.is_object() && j.value("step", 0) >= target) reached = true;
+      }
+      if (!reached) std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    kill(pid, sig);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status)) << "signal " << sig;
+    ASSERT_EQ(WEXITSTATUS(status), 128 + sig) << "the run ended before step " << target << " could be signalled";
+    std::ifstream err(dir_ + "/signal_stderr");
+    const std::string said((std::istreambuf_iterator<char>(err)), {});
+    EXPECT_NE(said.find("stopped by signal"), std::string::npos) << said;
+    // The checkpoint holds the last step the run logged (log_every 1): no step is lost.
+    Metadata meta;
+    read_safetensors(out + "/checkpoint.safetensors", &meta);
+    const std::int64_t saved = nlohmann::json::parse(meta.at("vrwkv.state")).at("step");
+    std::int64_t logged = 0;
+    std::ifstream metrics(out + "/metrics.jsonl");
+    for (std::string line; std::getline(metrics, line);) logged = nlohmann::json::parse(line).at("step");
+    EXPECT_EQ(saved, logged) << "signal " << sig;
+    EXPECT_GE(saved, target);
+    for (const auto& entry : fs::directory_iterator(out))
+      EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
+    ASSERT_EQ(train("-o " + out + " --resume"), 0);
+    expect_same_model(dir_ + "/straight", out);
+  }
+}
+
 }  // namespace
 }  // namespace vrwkv

@@ -7,6 +7,7 @@
 // bit (for the same thread count).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -50,25 +51,38 @@ std::string train_config_to_json(const TrainConfig& config);
 
 struct EvalResult {
   double top1 = 0, top5 = 0, loss = 0;  // accuracies in %, mean cross-entropy (no smoothing)
-  std::int64_t images = 0;
+  std::int64_t images = 0;              // images counted
+  std::int64_t skipped = 0;             // images left out because they could not be read (on_image_error)
 };
 
 // Top-1/top-5 of a model on a dataset with the model's own preprocessing.
 // limit > 0: the first `limit` images. progress(done, total) after each batch;
-// options: the forward's (e.g. bf16).
+// options: the forward's (e.g. bf16). An image that cannot be read (a corrupt
+// file: Error(Input)) ends the evaluation with that error, unless
+// on_image_error is given: then it is called with the image's index and the
+// message, and the image is left out of the counts (EvalResult::skipped); it
+// may throw to stop.
 EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_size, std::int64_t limit = 0,
                     const std::function<void(std::int64_t, std::int64_t)>& progress = {},
-                    const ForwardOptions& options = {}, const Context& ctx = {});
+                    const ForwardOptions& options = {}, const Context& ctx = {},
+                    const std::function<void(std::int64_t, const std::string&)>& on_image_error = {});
 
 struct TrainRun {
   std::string out_dir;  // checkpoint.safetensors, metrics.jsonl, model.safetensors
   bool resume = false;  // continue from out_dir/checkpoint.safetensors (with its stored configuration)
+  bool force = false;   // start afresh in an out_dir that holds a run, replacing it
   bool progress_bar = true;
   std::int64_t stop_after = 0;  // > 0: stop (with a checkpoint) after this many steps in total
-  Context ctx;                  // threads of the training step, the loader and evaluation
+  // Polled after every step: when it holds a non-zero value (a signal
+  // number), training writes a checkpoint and returns (--resume continues).
+  const std::atomic<int>* stop = nullptr;
+  Context ctx;  // threads of the training step, the loader and evaluation
 };
 
 // Runs training; returns the final evaluation (when a validation set is given).
+// out_dir is locked for the run: a second run into it fails at once with
+// Error(Input), and so does a fresh run into a folder holding a run (unless
+// resume or force).
 EvalResult train(const TrainConfig& config, const TrainRun& run);
 
 // The model a configuration starts from (before any step), with initial weights.

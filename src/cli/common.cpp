@@ -6,6 +6,7 @@
 #include <sstream>
 #include <system_error>
 
+#include "validators.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::cli {
@@ -59,18 +60,21 @@ void ModelOptions::add_to(CLI::App& app, bool model_optional) {
   }
   auto* m = app.add_option("--model,-m", model, help);
   if (!model_optional) m->required();
-  app.add_option("--threads,-t", threads, "Worker threads (default: all cores)")->check(CLI::Range(1, 1024));
+  app.add_option("--threads,-t", threads, "Worker threads (default: all cores)")
+      ->check(validators::integer_between(1, 1024));
   app.add_option("--wkv", wkv, "Bi-WKV semantics: paper | official (default: the model's; .pth: official)");
   app.add_option("--wkv-chunks", wkv_chunks, "Chunk count S of the official semantics (default 32)")
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(validators::integer_between(1, 1 << 20));
   app.add_option("--preprocess", preprocess, "Image transform: mmcls | internimage | resize (default by model)");
   app.add_option("--out-indices", out_indices, "Blocks whose output is a feature map, e.g. 0,5,11 (default: last)");
   app.add_option("--post-norm", post_norm, "Override post_norm: true | false (default: layer scale present)");
   app.add_option("--final-norm", final_norm, "Override final_norm: true | false (default: backbone.ln1 present)");
   app.add_option("--key-norm", key_norm, "Override key_norm: true | false (default: key_norm tensors present)");
   app.add_option("--layer-scale", layer_scale, "Override layer scale: true | false (default: gamma1 present)");
-  app.add_option("--shift-pixel", shift_pixel, "Q-Shift distance (default: 1 if spatial_mix tensors exist, else 0)");
-  app.add_option("--channel-gamma", channel_gamma, "Q-Shift channel fraction per direction (default 0.25)");
+  app.add_option("--shift-pixel", shift_pixel, "Q-Shift distance (default: 1 if spatial_mix tensors exist, else 0)")
+      ->check(validators::integer_between(0, 1024));
+  app.add_option("--channel-gamma", channel_gamma, "Q-Shift channel fraction per direction (default 0.25)")
+      ->check(validators::positive());  // at most 1/4: checked with the model
   app.add_option("--pos-grid", pos_grid, "Training grid of pos_embed, HxW (default: square root of its length)");
   app.add_option("--dtype", dtype, "fp32 | bf16 (block linears in bfloat16, float32 accumulation)")
       ->check(CLI::IsMember({"fp32", "bf16"}));

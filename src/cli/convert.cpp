@@ -4,6 +4,8 @@
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "listing.hpp"
+#include "vrwkv/atomic_file.hpp"
 #include "vrwkv/safetensors.hpp"
 
 namespace vrwkv::cli {
@@ -16,9 +18,14 @@ void add_convert(CLI::App& app) {
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("convert", "Convert a checkpoint to vrwkv safetensors (config in metadata)");
   opt->model.add_to(*cmd, /*model_optional=*/true);
+  // Shared model options that converting does not use are refused, not ignored: the input is the first
+  // argument, the tensors are written as they are (F32), nothing runs.
+  for (const char* unused : {"--model", "--dtype", "--threads"}) cmd->remove_option(cmd->get_option(unused));
   cmd->add_option("input", opt->model.model, "Checkpoint (.pth or .safetensors)")->required();
   cmd->add_option("output", opt->output, "Output .safetensors")->required();
   cmd->callback([opt] {
+    check_output_path(opt->output, "output");
+    check_not_an_input(opt->output, {opt->model.model}, "output");
     LoadReport report;
     const Model model = opt->model.load(&report);
     write_safetensors(opt->output, model.parameters(), {{"vrwkv.config", config_to_json(model.config())},
@@ -26,11 +33,9 @@ void add_convert(CLI::App& app) {
     std::fprintf(stderr, "%s: %s, %zu tensors, %lld parameters -> %s\n", opt->model.model.c_str(),
                  report.layout.c_str(), model.parameters().size(),
                  static_cast<long long>(model.parameter_count()), opt->output.c_str());
-    if (!report.ignored.empty()) {
-      std::fprintf(stderr, "ignored %zu entries not part of the model:", report.ignored.size());
-      for (const std::string& k : report.ignored) std::fprintf(stderr, " %s", k.c_str());
-      std::fprintf(stderr, "\n");
-    }
+    if (!report.ignored.empty())
+      std::fprintf(stderr, "ignored %zu entries not part of the model: %s\n", report.ignored.size(),
+                   list_some(report.ignored).c_str());
   });
 }
 

@@ -2,6 +2,7 @@
 // cross-entropy and d loss / d parameter for every parameter out.
 #include "commands.hpp"
 #include "common.hpp"
+#include "validators.hpp"
 #include "vrwkv/atomic_file.hpp"
 #include "vrwkv/backward.hpp"
 #include "vrwkv/error.hpp"
@@ -25,7 +26,7 @@ void add_grad(CLI::App& app) {
       ->required();
   cmd->add_option("--label-smoothing", opt->smoothing, "Label smoothing ε of the loss (mmcls mode 'original')")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(validators::between(0, 1));
   cmd->footer(
       "The Bi-WKV semantics is the model's, as for run (.pth: official, S = 32); the gradient is the exact\n"
       "gradient of that forward (not the official CUDA kernel's approximate backward).");

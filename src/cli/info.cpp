@@ -3,6 +3,7 @@
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "listing.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::cli {
@@ -15,6 +16,9 @@ void add_info(CLI::App& app) {
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("info", "Show a model's configuration, parameter count and FLOPs");
   opt->model.add_to(*cmd, /*model_optional=*/true);
+  // Shared model options that info does not use are refused, not ignored: the model is the first argument
+  // and nothing runs.
+  for (const char* unused : {"--model", "--dtype", "--threads"}) cmd->remove_option(cmd->get_option(unused));
   cmd->add_option("file", opt->model.model, "Model file (.pth or .safetensors)")->required();
   cmd->add_option("--res", opt->res, "Input resolution for FLOPs: N or HxW (default: the training grid)");
   cmd->callback([opt] {
@@ -42,7 +46,9 @@ void add_info(CLI::App& app) {
     std::printf("parameters    %lld (%.1fM)\n", (long long)model.parameter_count(), model.parameter_count() / 1e6);
     std::printf("FLOPs         %.3f G at %lldx%lld (multiply-adds + 29·T·C per block, as the paper counts)\n",
                 model.flops(h, w) / 1e9, h, w);
-    if (!report.ignored.empty()) std::printf("ignored       %zu entries not part of the model\n", report.ignored.size());
+    if (!report.ignored.empty())
+      std::printf("ignored       %zu entries not part of the model: %s\n", report.ignored.size(),
+                  list_some(report.ignored).c_str());
   });
 }
 

@@ -1,6 +1,7 @@
 // vrwkv run: the parity contract. Input tensor or images in, features and
 // logits out, as safetensors.
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 
 #include "commands.hpp"
@@ -49,6 +50,9 @@ void add_run(CLI::App& app) {
       if (given.dtype() != DType::F32 || given.ndim() != 4 || given.dim(0) < 1)
         input_error(opt->input, ": tensor 'input' is ", dtype_name(given.dtype()), " ", shape_str(given.shape()),
                     ", expected F32 [B,3,H,W]");
+      for (std::int64_t i = 0; i < given.numel(); ++i)
+        if (!std::isfinite(given.f32()[i]))
+          input_error(opt->input, ": tensor 'input' holds a non-finite value (", given.f32()[i], " at element ", i, ")");
       n = given.dim(0), H = given.dim(2), W = given.dim(3);
     } else {
       std::tie(H, W) = input_size(model.config());

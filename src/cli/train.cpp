@@ -5,6 +5,8 @@
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "signals.hpp"
+#include "validators.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/train.hpp"
 
@@ -13,7 +15,7 @@ namespace vrwkv::cli {
 void add_train(CLI::App& app) {
   struct Options {
     std::string config, out;
-    bool resume = false, no_progress = false;
+    bool resume = false, force = false, no_progress = false;
     int threads = 0;
     std::int64_t epochs = 0, batch_size = 0, train_limit = -1, val_limit = -1, stop_after = 0;
     double lr = 0;
@@ -25,26 +27,31 @@ void add_train(CLI::App& app) {
   cmd->add_option("--config,-c", opt->config, "Training configuration (JSON; see configs/)");
   cmd->add_option("--out,-o", opt->out, "Output directory: checkpoint.safetensors, metrics.jsonl, model.safetensors")
       ->required();
+  cmd->add_flag("--force", opt->force, "Start afresh in an OUT that holds a run, replacing it");
   cmd->add_flag("--resume", opt->resume,
                 "Continue from OUT/checkpoint.safetensors with the configuration stored in it (bit-exact for the "
                 "same thread count)");
-  cmd->add_option("--threads,-t", opt->threads, "Worker threads (default: all cores)")->check(CLI::Range(1, 1024));
-  cmd->add_option("--epochs", opt->epochs, "Override: epochs")->check(CLI::Range(1, 1000000));
-  cmd->add_option("--batch-size", opt->batch_size, "Override: batch size")->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--lr", opt->lr, "Override: peak learning rate")->check(CLI::PositiveNumber);
-  cmd->add_option("--seed", opt->seed, "Override: seed")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads,-t", opt->threads, "Worker threads (default: all cores)")->check(validators::integer_between(1, 1024));
+  cmd->add_option("--epochs", opt->epochs, "Override: epochs")->check(validators::integer_between(1, 1000000));
+  cmd->add_option("--batch-size", opt->batch_size, "Override: batch size")->check(validators::integer_between(1, 1 << 20));
+  cmd->add_option("--lr", opt->lr, "Override: peak learning rate")->check(validators::positive());
+  cmd->add_option("--seed", opt->seed, "Override: seed")->check(validators::non_negative_integer());
   cmd->add_option("--train-data", opt->train_data, "Override: training set (fashion-mnist:train, imagefolder:DIR)");
   cmd->add_option("--val-data", opt->val_data, "Override: validation set ('' for none)");
   cmd->add_option("--train-limit", opt->train_limit, "Override: use the first N training images (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(validators::non_negative_integer());
   cmd->add_option("--val-limit", opt->val_limit, "Override: use the first N validation images (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(validators::non_negative_integer());
   cmd->add_option("--stop-after", opt->stop_after, "Stop (with a checkpoint) after N steps in total")
-      ->check(CLI::PositiveNumber);
+      ->check(validators::positive_integer());
   cmd->add_flag("--no-progress", opt->no_progress, "Log lines instead of a progress bar on a terminal");
   cmd->callback([opt, cmd] {
     train::TrainRun run;
-    run.out_dir = opt->out, run.resume = opt->resume, run.progress_bar = !opt->no_progress;
+    if (opt->resume && opt->force) input_error("train: --resume and --force exclude each other");
+    run.out_dir = opt->out, run.resume = opt->resume, run.force = opt->force, run.progress_bar = !opt->no_progress;
+    // Ctrl-C or SIGTERM: finish the step, write a checkpoint, exit 130/143.
+    set_graceful_stop(true);
+    run.stop = &stop_signal();
     run.ctx.threads = opt->threads;
     run.stop_after = opt->stop_after;
     train::TrainConfig config;
@@ -62,7 +69,7 @@ void add_train(CLI::App& app) {
       config = train::train_config_from_json(text.str(), opt->config);
       if (opt->epochs) config.epochs = opt->epochs;
       if (opt->batch_size) config.batch_size = opt->batch_size;
-      if (opt->lr > 0) config.adamw.lr = opt->lr;
+      if (cmd->count("--lr")) config.adamw.lr = opt->lr;
       if (opt->seed >= 0) config.seed = static_cast<std::uint64_t>(opt->seed);
       if (cmd->count("--train-data")) config.train_data = opt->train_data;
       if (cmd->count("--val-data")) config.val_data = opt->val_data;

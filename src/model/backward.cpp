@@ -326,6 +326,10 @@ struct Backprop::Impl {
   LossResult run(const Tensor& x, const Tensor& targets, Gradients& G, const BackwardOptions& o,
                  const Context& ctx) {
     if (a.head == HeadKind::None) input_error("the model has no classification head, so there is no loss to derive");
+    if (!(o.label_smoothing >= 0 && o.label_smoothing <= 1))
+      input_error("label smoothing must be in [0, 1], got ", o.label_smoothing);
+    for (const double p : o.drop_path)
+      if (!(p >= 0 && p < 1)) input_error("drop path rates must be in [0, 1), got ", p);
     const std::int64_t K = a.num_classes;
     if (targets.dtype() != DType::F32 || targets.ndim() != 2 || targets.dim(1) != K ||
         (x.ndim() >= 1 && targets.dim(0) != x.dim(0)))

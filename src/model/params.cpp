@@ -238,7 +238,12 @@ Config infer_config(const TensorMap& sd, const std::string& source) {
 
 void check_architecture(const Architecture& a, const std::string& source) {
   const auto range = [&](const char* what, double v, double lo, double hi) {
-    if (!(v >= lo && v <= hi)) input_error(source, ": ", what, " ", v, " is outside ", lo, "..", hi);
+    if (v >= lo && v <= hi) return;
+    // Whole numbers as such (2147483648, not 2.14748e+09).
+    if (v == std::floor(v) && std::abs(v) < 9e18)
+      input_error(source, ": ", what, " ", static_cast<long long>(v), " is outside ", static_cast<long long>(lo), "..",
+                  static_cast<long long>(hi));
+    input_error(source, ": ", what, " ", v, " is outside ", lo, "..", hi);
   };
   range("embed_dims", static_cast<double>(a.embed_dims), 1, 1 << 16);
   range("depth", static_cast<double>(a.depth), 1, 1024);

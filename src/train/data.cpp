@@ -3,6 +3,7 @@
 #include "vrwkv/data.hpp"
 
 #include <omp.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <exception>
 #include <filesystem>
 #include <mutex>
+#include <set>
 #include <utility>
 
 #include "image/image.hpp"
@@ -144,9 +146,29 @@ bool is_image_file(const fs::path& p) {
   return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
 }
 
+// p lies inside root (both canonical).
+bool inside(const fs::path& p, const fs::path& root) {
+  auto a = p.begin(), b = root.begin();
+  for (; b != root.end(); ++a, ++b)
+    if (a == p.end() || *a != *b) return false;
+  return true;
+}
+
+// A directory's identity, whatever the path that reached it.
+using DirId = std::pair<dev_t, ino_t>;
+bool dir_id(const fs::path& p, DirId& id) {
+  struct stat st;
+  if (stat(p.c_str(), &st) != 0) return false;
+  id = {st.st_dev, st.st_ino};
+  return true;
+}
+
 // torchvision.datasets.ImageFolder: classes are the sorted sub-directory names;
 // each class's images are found by os.walk (following links), directories in
-// sorted order and the file names in each sorted.
+// sorted order and the file names in each sorted. A directory link that leads
+// back into the tree is not followed (its images are found where they are),
+// and no directory is entered twice (device and inode), so a link loop
+// neither hangs the scan nor counts an image many times.
 class ImageFolder final : public Dataset {
  public:
   explicit ImageFolder(const std::string& dir) {
@@ -161,13 +183,30 @@ class ImageFolder final : public Dataset {
       input_error(name_, ": no class directories in ", dir, " (expected one sub-directory per class holding "
                   ".jpg/.jpeg/.png files)");
     std::vector<std::string> empty;
+    const fs::path tree = fs::canonical(dir, ec);
+    if (ec) input_error(name_, ": cannot resolve ", dir, " (", ec.message(), ")");
+    std::set<DirId> visited;
     for (std::size_t k = 0; k < class_names_.size(); ++k) {
       std::vector<std::pair<std::string, std::string>> found;  // (directory, file name)
       const fs::path root = fs::path(dir) / class_names_[k];
+      if (DirId id; dir_id(root, id)) visited.insert(id);
       for (auto it = fs::recursive_directory_iterator(root, fs::directory_options::follow_directory_symlink, ec);
-           !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-        if (!it->is_directory(ec) && is_image_file(it->path()))
+           !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+        std::error_code e2;
+        if (it->is_directory(e2)) {
+          bool enter = true;
+          if (it->is_symlink(e2)) {  // a link back into the tree: its directory is walked where it is
+            const fs::path target = fs::canonical(it->path(), e2);
+            enter = !e2 && !inside(target, tree);
+          }
+          DirId id;
+          enter = enter && dir_id(it->path(), id) && visited.insert(id).second;
+          if (!enter) it.disable_recursion_pending();
+          continue;
+        }
+        if (is_image_file(it->path()))
           found.emplace_back(it->path().parent_path().string(), it->path().filename().string());
+      }
       if (ec) input_error(name_, ": cannot list ", root.string(), " (", ec.message(), ")");
       std::sort(found.begin(), found.end());
       if (found.empty()) empty.push_back(class_names_[k]);

@@ -1,18 +1,25 @@
 #include "vrwkv/train.hpp"
 
 #include <omp.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <limits>
 #include <set>
 #include <sstream>
+#include <type_traits>
+#include <zlib.h>
 
 #include "image/image.hpp"
 #include "image/input.hpp"
@@ -35,7 +42,120 @@ using nlohmann::json;
 
 namespace {
 
-// Reads the keys of one JSON object, refusing any it does not know.
+// A JSON value as a field's C++ type, refusing any other kind: integers for
+// integer fields (1.5 epochs is an error, 2.0 is 2), finite numbers within the
+// type's range for floating fields, lists of the exact length for fixed-size
+// fields. false: the value is not of the field's kind.
+bool convert(const json& v, bool& out) {
+  if (!v.is_boolean()) return false;
+  out = v.get<bool>();
+  return true;
+}
+bool convert(const json& v, std::string& out) {
+  if (!v.is_string()) return false;
+  out = v.get<std::string>();
+  return true;
+}
+template <class T>
+  requires std::is_integral_v<T>
+bool convert(const json& v, T& out) {
+  using L = std::numeric_limits<T>;
+  if (v.is_number_unsigned()) {
+    const std::uint64_t u = v.get<std::uint64_t>();
+    if (u > static_cast<std::uint64_t>(L::max())) return false;
+    out = static_cast<T>(u);
+    return true;
+  }
+  if (v.is_number_integer()) {
+    const std::int64_t i = v.get<std::int64_t>();
+    if (i < 0 ? (!L::is_signed || i < static_cast<std::int64_t>(L::min()))
+              : static_cast<std::uint64_t>(i) > static_cast<std::uint64_t>(L::max()))
+      return false;
+    out = static_cast<T>(i);
+    return true;
+  }
+  if (v.is_number_float()) {  // 2.0 or 1e3: a whole number written as a float
+    const double d = v.get<double>();
+    if (!std::isfinite(d) || d != std::floor(d) || std::abs(d) >= 9.0e18) return false;
+    return convert(json(static_cast<std::int64_t>(d)), out);
+  }
+  return false;
+}
+template <class T>
+  requires std::is_floating_point_v<T>
+bool convert(const json& v, T& out) {
+  if (!v.is_number()) return false;
+  const double d = v.get<double>();
+  if (!std::isfinite(d) || std::abs(d) > static_cast<double>(std::numeric_limits<T>::max())) return false;
+  out = static_cast<T>(d);
+  return true;
+}
+template <class T>
+bool convert(const json& v, std::vector<T>& out) {
+  if (!v.is_array()) return false;
+  std::vector<T> r(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (!convert(v[i], r[i])) return false;
+  out = std::move(r);
+  return true;
+}
+template <class T, std::size_t N>
+bool convert(const json& v, std::array<T, N>& out) {
+  if (!v.is_array() || v.size() != N) return false;
+  std::array<T, N> r{};
+  for (std::size_t i = 0; i < N; ++i)
+    if (!convert(v[i], r[i])) return false;
+  out = r;
+  return true;
+}
+
+// What a field of type T holds, for messages.
+template <class T>
+std::string kind(bool plural = false) {
+  if constexpr (std::is_same_v<T, bool>) return plural ? "booleans" : "true or false";
+  else if constexpr (std::is_same_v<T, std::string>) return plural ? "strings" : "a string";
+  else if constexpr (std::is_unsigned_v<T>) return plural ? "integers >= 0" : "an integer >= 0";
+  else if constexpr (std::is_integral_v<T>) return plural ? "integers" : "an integer";
+  else if constexpr (std::is_floating_point_v<T>) return plural ? "finite numbers" : "a finite number";
+  else if constexpr (requires { typename T::value_type; std::tuple_size<T>::value; })
+    return "a list of " + std::to_string(std::tuple_size<T>::value) + " " + kind<typename T::value_type>(true);
+  else return "a list of " + kind<typename T::value_type>(true);
+}
+
+// A value as it appears in the file, cut short for a one-line message.
+std::string shown(const json& v) {
+  std::string s = v.dump();
+  return s.size() > 40 ? s.substr(0, 37) + "..." : s;
+}
+
+// Parses JSON text, refusing a key given twice in one object (JSON parsers keep the last one silently).
+json parse_strict(const std::string& text, const std::string& source) {
+  struct Object {
+    std::string prefix, last_key;
+    std::set<std::string> keys;
+  };
+  std::vector<Object> objects;
+  const json::parser_callback_t check = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      objects.push_back({objects.empty() ? "" : objects.back().prefix + objects.back().last_key + ".", "", {}});
+    } else if (event == json::parse_event_t::object_end) {
+      if (!objects.empty()) objects.pop_back();
+    } else if (event == json::parse_event_t::key && !objects.empty()) {
+      Object& o = objects.back();
+      o.last_key = parsed.get<std::string>();
+      if (!o.keys.insert(o.last_key).second) input_error(source, ": key '", o.prefix, o.last_key, "' is given twice");
+    }
+    return true;
+  };
+  try {
+    return json::parse(text, check);
+  } catch (const json::exception& e) {
+    input_error(source, ": not valid JSON (", e.what(), ")");
+  }
+}
+
+// Reads the keys of one JSON object, refusing any it does not know and any
+// value of the wrong kind.
 class Section {
  public:
   Section(const json& j, std::string path, const std::string& source) : j_(j), path_(std::move(path)), source_(source) {
@@ -44,12 +164,9 @@ class Section {
   template <class T>
   void get(const char* key, T& out) {
     seen_.insert(key);
-    if (!j_.contains(key)) return;
-    try {
-      out = j_.at(key).get<T>();
-    } catch (const json::exception&) {
-      input_error(source_, ": '", path_, key, "' has the wrong type (", j_.at(key).dump(), ")");
-    }
+    const auto it = j_.find(key);
+    if (it == j_.end()) return;
+    if (!convert(*it, out)) input_error(source_, ": '", path_, key, "' must be ", kind<T>(), ", got ", shown(*it));
   }
   bool has(const char* key) const { return j_.contains(key); }
   const json& at(const char* key) {
@@ -72,6 +189,24 @@ void check_config(const TrainConfig& c, const std::string& source) {
   const auto require = [&](bool ok, const char* what) {
     if (!ok) input_error(source, ": ", what);
   };
+  // Every floating value finite first: the comparisons below let NaN through one way or the other.
+  const Transform& t = c.transform;
+  for (const auto& [name, v] :
+       {std::pair<const char*, double>{"optim.lr", c.adamw.lr}, {"optim.weight_decay", c.adamw.weight_decay},
+        {"optim.betas", c.adamw.beta1}, {"optim.betas", c.adamw.beta2}, {"optim.eps", c.adamw.eps},
+        {"optim.clip_grad", c.clip_grad}, {"optim.warmup_epochs", c.warmup_epochs},
+        {"optim.warmup_ratio", c.warmup_ratio}, {"optim.min_lr_ratio", c.min_lr_ratio},
+        {"optim.label_smoothing", c.label_smoothing}, {"optim.drop_path", c.drop_path},
+        {"optim.ema_decay", c.ema_decay}, {"model.init_values", c.init_values},
+        {"augment.crop_scale", t.crop_scale_min}, {"augment.crop_scale", t.crop_scale_max},
+        {"augment.hflip", t.hflip}, {"augment.rand_augment_magnitude", t.rand_augment_magnitude},
+        {"augment.random_erasing", t.random_erasing}, {"augment.mixup_alpha", c.mixing.mixup_alpha},
+        {"augment.cutmix_alpha", c.mixing.cutmix_alpha}, {"augment.mix_prob", c.mixing.prob},
+        {"augment.switch_prob", c.mixing.switch_prob}})
+    if (!std::isfinite(v)) input_error(source, ": ", name, " must be a finite number, got ", v);
+  for (int k = 0; k < 3; ++k)
+    if (!std::isfinite(t.mean[k]) || !std::isfinite(t.std[k]))
+      input_error(source, ": data.mean and data.std must be finite numbers");
   require(c.epochs >= 1, "epochs must be at least 1");
   require(c.batch_size >= 1, "batch_size must be at least 1");
   require(c.adamw.lr > 0, "optim.lr must be positive");
@@ -79,6 +214,7 @@ void check_config(const TrainConfig& c, const std::string& source) {
   require(c.adamw.beta1 >= 0 && c.adamw.beta1 < 1 && c.adamw.beta2 >= 0 && c.adamw.beta2 < 1,
           "optim.betas must be in [0, 1)");
   require(c.adamw.eps > 0, "optim.eps must be positive");
+  require(c.clip_grad >= 0, "optim.clip_grad must be non-negative (0: no clipping)");
   require(c.warmup_epochs >= 0, "optim.warmup_epochs must be non-negative");
   require(c.min_lr_ratio >= 0 && c.warmup_ratio >= 0, "optim.min_lr_ratio and warmup_ratio must be non-negative");
   require(c.label_smoothing >= 0 && c.label_smoothing < 1, "optim.label_smoothing must be in [0, 1)");
@@ -87,60 +223,102 @@ void check_config(const TrainConfig& c, const std::string& source) {
   require(c.eval_every >= 0 && c.checkpoint_every >= 0 && c.log_every >= 1,
           "eval_every and checkpoint_every must be non-negative, log_every positive");
   require(c.train_limit >= 0 && c.val_limit >= 0, "data limits must be non-negative");
-  const Transform& t = c.transform;
   require(t.crop_scale_min > 0 && t.crop_scale_min <= t.crop_scale_max && t.crop_scale_max <= 1,
           "augment.crop_scale must satisfy 0 < min <= max <= 1");
   require(t.hflip >= 0 && t.hflip <= 1 && t.random_erasing >= 0 && t.random_erasing <= 1,
           "augment probabilities must be in [0, 1]");
+  require(c.mixing.prob >= 0 && c.mixing.prob <= 1 && c.mixing.switch_prob >= 0 && c.mixing.switch_prob <= 1,
+          "augment.mix_prob and switch_prob must be in [0, 1]");
   require(t.random_crop_padding >= 0 && t.rand_augment_ops >= 0, "augment counts must be non-negative");
   require(c.mixing.mixup_alpha >= 0 && c.mixing.cutmix_alpha >= 0, "augment mixup/cutmix alphas must be >= 0");
+  check_architecture(c.model, cat(source, ": model"));
+}
+
+// The model section's sizes, checked before any arithmetic on them (a patch
+// size of 0 must not reach a division, an embedding width of 2^31 not a
+// multiplication or an allocation).
+void read_model(Section& m, TrainConfig& c, const std::string& source) {
+  Architecture& a = c.model;
+  m.get("init", c.init);
+  m.get("preset", c.preset);
+  m.get("embed_dims", a.embed_dims);
+  m.get("depth", a.depth);
+  m.get("patch_size", a.patch_size);
+  m.get("in_channels", a.in_channels);
+  std::int64_t hidden_rate = 4;
+  m.get("hidden_rate", hidden_rate);
+  std::vector<std::int64_t> size;
+  m.get("image_size", size);
+  m.get("shift_pixel", a.shift_pixel);
+  m.get("channel_gamma", a.channel_gamma);
+  m.get("key_norm", a.key_norm);
+  m.get("post_norm", a.post_norm);
+  m.get("final_norm", a.final_norm);
+  if (m.has("init_values") && !m.at("init_values").is_null()) {
+    a.layer_scale = true;
+    m.get("init_values", c.init_values);
+  }
+  m.finish();
+  if (c.init.empty() && c.preset.empty()) {
+    std::string missing;
+    for (const char* key : {"embed_dims", "depth", "patch_size"})
+      if (!m.has(key)) missing += cat(missing.empty() ? "" : ", ", "model.", key);
+    if (!missing.empty())
+      input_error(source, ": ", missing, " missing (give the architecture, or model.preset: ",
+                  "vrwkv_t, vrwkv_s, vrwkv_b or vrwkv_l, or model.init: a checkpoint to fine-tune)");
+  }
+  const std::string where = cat(source, ": model");
+  if (a.in_channels != 1 && a.in_channels != 3)
+    input_error(source, ": model.in_channels must be 1 or 3, got ", a.in_channels);
+  if (hidden_rate < 1 || hidden_rate > 64) input_error(source, ": model.hidden_rate must be in 1..64, got ", hidden_rate);
+  if (!size.empty() && size.size() != 2)
+    input_error(source, ": model.image_size must be [H, W], got ", size.size(), " values");
+  // The sizes alone first (hidden_dims and the grid are derived below).
+  Architecture sizes = a;
+  sizes.hidden_dims = 1, sizes.pos_grid_h = sizes.pos_grid_w = 1;
+  check_architecture(sizes, where);
+  a.hidden_dims = hidden_rate * a.embed_dims;
+  if (!size.empty()) {
+    for (const std::int64_t s : size)
+      if (s < a.patch_size || s > 16384 * a.patch_size || s % a.patch_size)
+        input_error(source, ": model.image_size [", size[0], ", ", size[1], "] must be multiples of the patch size ",
+                    a.patch_size, " (at least one patch, at most 16384)");
+    a.pos_grid_h = size[0] / a.patch_size, a.pos_grid_w = size[1] / a.patch_size;
+  }
+  check_architecture(a, where);
+  if (!c.init.empty() && !c.preset.empty()) input_error(source, ": model.init and model.preset exclude each other");
+  Architecture sized = a;  // what initial_model builds
+  if (!c.preset.empty()) {
+    try {
+      sized = preset_config(c.preset).arch;
+    } catch (const Error& e) {
+      input_error(source, ": model.preset: ", e.what());
+    }
+    sized.in_channels = a.in_channels, sized.pos_grid_h = a.pos_grid_h, sized.pos_grid_w = a.pos_grid_w;
+  }
+  // A model that cannot be trained in this machine's memory: its weights, gradients, two AdamW moments and
+  // the EMA copy are 5 floats per parameter, before any activation.
+  if (c.init.empty()) {
+    double params = 0;
+    for (const auto& [name, shape] : parameter_shapes(sized)) params += static_cast<double>(shape_numel(shape));
+    const double need = params * 5 * sizeof(float);
+    const double have = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+    if (have > 0 && need > have)
+      input_error(source, ": the model has ", static_cast<long long>(params), " parameters, whose training state (",
+                  std::round(need / (1 << 30) * 10) / 10, " GiB) exceeds this machine's memory (",
+                  std::round(have / (1 << 30) * 10) / 10, " GiB); lower model.embed_dims or model.depth");
+  }
 }
 
 }  // namespace
 
 TrainConfig train_config_from_json(const std::string& text, const std::string& source) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    input_error(source, ": not valid JSON (", e.what(), ")");
-  }
+  const json j = parse_strict(text, source);
   TrainConfig c;
   Section top(j, "", source);
   if (top.has("model")) {
     Section m(top.at("model"), "model.", source);
-    Architecture& a = c.model;
-    m.get("init", c.init);
-    m.get("preset", c.preset);
-    m.get("embed_dims", a.embed_dims);
-    m.get("depth", a.depth);
-    m.get("patch_size", a.patch_size);
-    m.get("in_channels", a.in_channels);
-    std::int64_t hidden_rate = 4;
-    m.get("hidden_rate", hidden_rate);
-    a.hidden_dims = hidden_rate * a.embed_dims;
-    std::vector<std::int64_t> size;
-    m.get("image_size", size);
-    if (!size.empty()) {
-      if (size.size() != 2 || size[0] < 1 || size[1] < 1 || size[0] % a.patch_size || size[1] % a.patch_size)
-        input_error(source, ": model.image_size must be [H, W], multiples of the patch size");
-      a.pos_grid_h = size[0] / a.patch_size, a.pos_grid_w = size[1] / a.patch_size;
-    }
-    m.get("shift_pixel", a.shift_pixel);
-    m.get("channel_gamma", a.channel_gamma);
-    m.get("key_norm", a.key_norm);
-    m.get("post_norm", a.post_norm);
-    m.get("final_norm", a.final_norm);
-    if (m.has("init_values") && !m.at("init_values").is_null()) {
-      a.layer_scale = true;
-      m.get("init_values", c.init_values);
-    }
-    m.finish();
-    if (a.embed_dims < 1 || a.depth < 1 || a.patch_size < 1 || hidden_rate < 1 ||
-        (a.in_channels != 1 && a.in_channels != 3))
-      input_error(source, ": model needs embed_dims, depth, patch_size, hidden_rate >= 1 and in_channels 1 or 3");
-    if (!(a.channel_gamma > 0 && a.channel_gamma <= 0.25) || a.shift_pixel < 0)
-      input_error(source, ": model.channel_gamma must be in (0, 1/4] and shift_pixel >= 0");
+    read_model(m, c, source);
   }
   if (top.has("data")) {
     Section d(top.at("data"), "data.", source);
@@ -203,6 +381,9 @@ TrainConfig train_config_from_json(const std::string& text, const std::string& s
   top.get("checkpoint_every", c.checkpoint_every);
   top.get("log_every", c.log_every);
   top.finish();
+  if (!top.has("model"))
+    input_error(source, ": no \"model\" section (give {\"preset\": NAME} with vrwkv_t, vrwkv_s, vrwkv_b or vrwkv_l, ",
+                "{\"init\": CHECKPOINT} to fine-tune, or the architecture: embed_dims, depth, patch_size, ...)");
   check_config(c, source);
   return c;
 }
@@ -272,6 +453,7 @@ std::string train_config_to_json(const TrainConfig& c) {
 // Model, evaluation
 
 Model initial_model(const TrainConfig& tc, const Dataset& data) {
+  check_config(tc, "training configuration");  // values set in code or by flags after the file was read
   const std::int64_t K = static_cast<std::int64_t>(data.class_names().size());
   const std::string source = tc.init.empty() ? "training configuration" : tc.init;
   Config config;
@@ -334,7 +516,7 @@ Image to_image(const Image8& in) {
 
 EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_size, std::int64_t limit,
                     const std::function<void(std::int64_t, std::int64_t)>& progress, const ForwardOptions& options,
-                    const Context& ctx) {
+                    const Context& ctx, const std::function<void(std::int64_t, const std::string&)>& on_image_error) {
   const Architecture& c = model.architecture();
   if (c.head == HeadKind::None) input_error("the model has no classification head to evaluate");
   const ThreadScope threads(ctx);
@@ -344,7 +526,7 @@ EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_
   const std::int64_t plane = c.in_channels * H * W;
   EvalResult r;
   double loss = 0;
-  std::int64_t top1 = 0, top5 = 0;
+  std::int64_t top1 = 0, top5 = 0, skipped = 0;
   for (std::int64_t start = 0; start < n; start += batch_size) {
     const std::int64_t B = std::min(batch_size, n - start);
     Tensor input(DType::F32, {B, c.in_channels, H, W});
@@ -358,10 +540,23 @@ EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_
         errors[b] = std::current_exception();
       }
     }
-    for (const std::exception_ptr& e : errors)
-      if (e) std::rethrow_exception(e);
+    // An image that cannot be read: an error, or (on_image_error) reported and left out of the counts.
+    std::vector<char> bad(B, 0);
+    for (std::int64_t b = 0; b < B; ++b) {
+      if (!errors[b]) continue;
+      if (!on_image_error) std::rethrow_exception(errors[b]);
+      try {
+        std::rethrow_exception(errors[b]);
+      } catch (const Error& e) {
+        if (e.kind() != Error::Kind::Input) throw;
+        on_image_error(start + b, e.what());
+      }
+      bad[b] = 1, ++skipped;
+      std::fill(input.f32() + b * plane, input.f32() + (b + 1) * plane, 0.0f);
+    }
     const Outputs out = model.forward(input, options, ctx);
     for (std::int64_t b = 0; b < B; ++b) {
+      if (bad[b]) continue;
       const std::int64_t label = data.label(start + b);
       if (label < 0 || label >= K)
         input_error(data.name(), ": label ", label, " of image ", start + b, " is outside the model's ", K,
@@ -379,8 +574,9 @@ EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_
     }
     if (progress) progress(start + B, n);
   }
-  r.images = n;
-  r.top1 = n ? 100.0 * top1 / n : 0, r.top5 = n ? 100.0 * top5 / n : 0, r.loss = n ? loss / n : 0;
+  const std::int64_t m = n - skipped;
+  r.images = m, r.skipped = skipped;
+  r.top1 = m ? 100.0 * top1 / m : 0, r.top5 = m ? 100.0 * top5 / m : 0, r.loss = m ? loss / m : 0;
   return r;
 }
 
@@ -388,6 +584,29 @@ EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_
 // The loop
 
 namespace {
+
+// An exclusive lock on FOLDER/.lock (flock), held while the object lives;
+// taken by another process, it fails at once.
+class FolderLock {
+ public:
+  explicit FolderLock(const std::string& dir) : path_(dir + "/.lock") {
+    fd_ = open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd_ < 0) input_error(dir, ": cannot create the lock file .lock (", std::strerror(errno), ")");
+    if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int e = errno;
+      close(fd_);
+      if (e == EWOULDBLOCK) input_error(dir, ": another vrwkv train is running in this folder");
+      input_error(dir, ": cannot lock the folder (", std::strerror(e), ")");
+    }
+  }
+  ~FolderLock() { close(fd_); }
+  FolderLock(const FolderLock&) = delete;
+  FolderLock& operator=(const FolderLock&) = delete;
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
 
 std::string format_duration(double seconds) {
   const long s = static_cast<long>(std::max(0.0, seconds) + 0.5);
@@ -404,6 +623,19 @@ struct State {
 
 Metadata model_metadata(const Config& c) { return {{"vrwkv.config", config_to_json(c)}}; }
 
+// CRC-32 (zlib) over every tensor in name order: its name, then its bytes.
+constexpr const char* kChecksumKey = "vrwkv.checksum";
+std::string tensor_checksum(const TensorMap& tensors) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (const auto& [name, t] : tensors) {
+    crc = crc32_z(crc, reinterpret_cast<const Bytef*>(name.data()), name.size());
+    crc = crc32_z(crc, reinterpret_cast<const Bytef*>(t.raw()), t.nbytes());
+  }
+  char text[16];
+  std::snprintf(text, sizeof text, "crc32:%08lx", static_cast<unsigned long>(crc));
+  return text;
+}
+
 void save_checkpoint(const std::string& path, const Model& model, AdamW& opt, const State& st,
                      const TrainConfig& tc, int threads) {
   TensorMap t = model.parameters();
@@ -413,7 +645,30 @@ void save_checkpoint(const std::string& path, const Model& model, AdamW& opt, co
   Metadata meta = model_metadata(model.config());
   meta["vrwkv.train"] = train_config_to_json(tc);
   meta["vrwkv.state"] = json{{"step", st.step}, {"threads", threads}}.dump();
+  meta[kChecksumKey] = tensor_checksum(t);
   write_safetensors(path, t, meta);
+}
+
+// A checkpoint's tensors against the checksum save_checkpoint recorded. A
+// checkpoint written before checksums existed is accepted with a note.
+void verify_checkpoint(const TensorMap& tensors, const Metadata& meta, const std::string& path) {
+  const auto it = meta.find(kChecksumKey);
+  if (it == meta.end()) {
+    std::fprintf(stderr, "vrwkv: note: %s has no %s (written by an older vrwkv); its tensors are not verified\n",
+                 path.c_str(), kChecksumKey);
+    return;
+  }
+  const std::string found = tensor_checksum(tensors);
+  if (it->second != found)
+    input_error(path, ": checksum mismatch (", kChecksumKey, " says ", it->second, ", the tensors give ", found,
+                "): the checkpoint is damaged");
+}
+
+// Appends one record to metrics.jsonl and checks that it reached the file (a
+// full disk fails here, not at the next checkpoint).
+void append_metrics(std::ofstream& metrics, const json& record, const std::string& path) {
+  metrics << record.dump() << "\n" << std::flush;
+  if (!metrics) runtime_error(path, ": cannot append to the metrics file (", std::strerror(errno), ")");
 }
 
 // Keeps the metrics records up to `step` (a resumed run rewrites what came after).
@@ -444,8 +699,17 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
   fs::create_directories(run.out_dir, ec);
   if (ec || !fs::is_directory(run.out_dir))
     input_error(run.out_dir, ": cannot create the output directory (", ec.message(), ")");
+  // One run at a time in a folder, for as long as this one lasts.
+  const FolderLock lock(run.out_dir);
+  // A fresh run does not replace an earlier one unless asked to.
+  if (!run.resume && !run.force)
+    for (const char* f : {"checkpoint.safetensors", "metrics.jsonl", "model.safetensors"})
+      if (fs::exists(run.out_dir + "/" + f))
+        input_error(run.out_dir, ": holds a training run (", f,
+                    "); give --resume to continue it or --force to start again and replace it");
 
-  // Temporary files of a run killed while writing (AtomicFile names them .NAME.tmp.XXXXXX).
+  // Temporary files of a run killed while writing (AtomicFile names them .NAME.tmp.PID.XXXXXX); the lock
+  // says no other run is writing them.
   for (const auto& entry : fs::directory_iterator(run.out_dir, ec)) {
     const std::string name = entry.path().filename().string();
     for (const char* f : {".checkpoint.safetensors.tmp.", ".model.safetensors.tmp.", ".metrics.jsonl.tmp."})
@@ -461,6 +725,7 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
     resumed = read_safetensors(ckpt_path, &meta);
     if (!meta.count("vrwkv.train") || !meta.count("vrwkv.state"))
       input_error(ckpt_path, ": not a training checkpoint (no vrwkv.train / vrwkv.state metadata)");
+    verify_checkpoint(resumed, meta, ckpt_path);
     tc = train_config_from_json(meta.at("vrwkv.train"), ckpt_path + " (vrwkv.train)");
     try {
       const json st = json::parse(meta.at("vrwkv.state"));
@@ -602,35 +867,41 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
                    std::string(width - filled, '.').c_str(), line);
     }
     if (log) {
-      metrics << json{{"step", st.step},
-                      {"epoch", static_cast<double>(st.step) / per_epoch},
-                      {"loss", window_loss / window_steps},
-                      {"lr", lr},
-                      {"grad_norm", norm},
-                      {"images_per_second", ips}}
-                     .dump()
-              << "\n"
-              << std::flush;
+      append_metrics(metrics,
+                     json{{"step", st.step},
+                          {"epoch", static_cast<double>(st.step) / per_epoch},
+                          {"loss", window_loss / window_steps},
+                          {"lr", lr},
+                          {"grad_norm", norm},
+                          {"images_per_second", ips}},
+                     metrics_path);
       if (!tty) std::fprintf(stderr, "%s\n", line);
       t_window = now, window_images = 0, window_loss = 0, window_steps = 0;
     }
     if (epoch_end && val_set && tc.eval_every > 0 && ((st.step / per_epoch) % tc.eval_every == 0 || st.step == total)) {
       last_eval = eval_model();
-      metrics << json{{"step", st.step},
-                      {"epoch", static_cast<double>(st.step) / per_epoch},
-                      {"val_top1", last_eval.top1},
-                      {"val_top5", last_eval.top5},
-                      {"val_loss", last_eval.loss}}
-                     .dump()
-              << "\n"
-              << std::flush;
+      append_metrics(metrics,
+                     json{{"step", st.step},
+                          {"epoch", static_cast<double>(st.step) / per_epoch},
+                          {"val_top1", last_eval.top1},
+                          {"val_top5", last_eval.top5},
+                          {"val_loss", last_eval.loss}},
+                     metrics_path);
       std::fprintf(stderr, "%sepoch %lld: %s top-1 %.2f %% top-5 %.2f %% loss %.4f (%lld images)\n",
                    tty ? "\n" : "", static_cast<long long>(st.step / per_epoch), tc.val_data.c_str(), last_eval.top1,
                    last_eval.top5, last_eval.loss, static_cast<long long>(last_eval.images));
       t_window = clock::now();  // the evaluation's time is not training throughput
     }
-    if ((tc.checkpoint_every > 0 && st.step % tc.checkpoint_every == 0) || epoch_end || stop || st.step == total)
+    // A signal (run.stop) ends the run after this step, with a checkpoint.
+    const int signalled = run.stop ? run.stop->load() : 0;
+    if ((tc.checkpoint_every > 0 && st.step % tc.checkpoint_every == 0) || epoch_end || stop || signalled ||
+        st.step == total)
       save_checkpoint(ckpt_path, model, opt, st, tc, threads);
+    if (signalled) {
+      std::fprintf(stderr, "%svrwkv train: stopped by signal %d after step %lld; checkpoint written to %s (continue with --resume)\n",
+                   tty ? "\n" : "", signalled, static_cast<long long>(st.step), ckpt_path.c_str());
+      return last_eval;
+    }
     if (stop) break;
   }
   if (tty) std::fprintf(stderr, "\n");
