@@ -17,6 +17,20 @@
 
 namespace vrwkv::test {
 
+// Peak-memory bounds are for the plain build: AddressSanitizer's redzones and
+// quarantine of freed memory add to every allocation.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+
 inline std::string golden(const std::string& name) { return std::string(VRWKV_GOLDEN_DIR) + "/" + name; }
 
 // A golden case's description (CASE.json) and its checkpoint loaded as the

@@ -539,7 +539,9 @@ TEST_F(Validation, DeflatedEntriesAreInflatedWithoutASecondCopy) {
   const Measured m = measure("info " + path("big.pth"));
   EXPECT_EQ(m.code, 2) << m.err;  // read, then refused: not a Vision-RWKV model
   RecordProperty("max_rss_kb", static_cast<int>(m.max_rss_kb));
-  EXPECT_LT(m.max_rss_kb, static_cast<long>(kBytes / 1024 * 3 / 2)) << m.err;
+  if (!test::kAddressSanitizer) {
+    EXPECT_LT(m.max_rss_kb, static_cast<long>(kBytes / 1024 * 3 / 2)) << m.err;
+  }
 
   // Zeros deflate a thousandfold: the size is proven by a first pass, the tensor is still right.
   write_deflated_pth(path("zeros.pth"), std::string(4u << 20, '\0'));
