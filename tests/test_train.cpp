@@ -268,23 +268,26 @@ TEST_F(Resume, AfterSigintOrSigtermGivesTheSameWeights) {
             out.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
+    // Signal once the run has said it started (its handlers are set by then) and logged a random step.
     const int target = std::uniform_int_distribution<int>(2, 30)(rng);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
     for (bool reached = false; !reached && std::chrono::steady_clock::now() < deadline;) {
+      std::ifstream started(dir_ + "/signal_stderr");
+      const std::string said((std::istreambuf_iterator<char>(started)), {});
       std::ifstream metrics(out + "/metrics.jsonl");
       for (std::string line; std::getline(metrics, line);) {
         const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-        if (j.is_object() && j.value("step", 0) >= target) reached = true;
+        if (j.is_object() && j.value("step", 0) >= target) reached = said.find("vrwkv train:") != std::string::npos;
       }
       if (!reached) std::this_thread::sleep_for(std::chrono::microseconds(500));
     }
     kill(pid, sig);
     int status = 0;
     waitpid(pid, &status, 0);
-    ASSERT_TRUE(WIFEXITED(status)) << "signal " << sig;
-    ASSERT_EQ(WEXITSTATUS(status), 128 + sig) << "the run ended before step " << target << " could be signalled";
     std::ifstream err(dir_ + "/signal_stderr");
     const std::string said((std::istreambuf_iterator<char>(err)), {});
+    ASSERT_TRUE(WIFEXITED(status)) << "sent signal " << sig << ", died of signal " << WTERMSIG(status) << ": " << said;
+    ASSERT_EQ(WEXITSTATUS(status), 128 + sig) << "the run ended before step " << target << " could be signalled";
     EXPECT_NE(said.find("stopped by signal"), std::string::npos) << said;
     // The checkpoint holds the last step the run logged (log_every 1): no step is lost.
     Metadata meta;
