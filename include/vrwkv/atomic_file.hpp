@@ -10,9 +10,10 @@
 // renamed over. "-" writes to standard output.
 //
 // The temporary files of the running process are known to
-// remove_temporary_files(), which a signal handler may call
-// (async-signal-safe); temporaries left by processes that died are removed
-// when the next one writes the same file.
+// remove_temporary_files(), which a thread that waits for signals calls
+// (vrwkv's program blocks SIGINT/SIGTERM and takes them in such a thread);
+// temporaries left by processes that died are removed when the next one
+// writes the same file.
 #pragma once
 
 #include <cstddef>
@@ -57,7 +58,8 @@ void check_output_path(const std::string& path, const std::string& option, bool 
 void check_not_an_input(const std::string& output, const std::vector<std::string>& inputs,
                         const std::string& option);
 
-// Removes every temporary file this process has open (async-signal-safe).
+// Removes every temporary file this process has open (from a normal thread,
+// not a signal handler: it takes a lock).
 void remove_temporary_files();
 
 }  // namespace vrwkv

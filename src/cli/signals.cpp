@@ -1,9 +1,11 @@
 #include "signals.hpp"
 
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <thread>
 
 #include "vrwkv/atomic_file.hpp"
 
@@ -19,28 +21,35 @@ void say(const char* text) {
   (void)n;
 }
 
-extern "C" void on_signal(int sig) {
-  int none = 0;
-  if (g_graceful.load() && g_stop.compare_exchange_strong(none, sig)) {
-    say("\nvrwkv: stopping after the current step (a checkpoint follows); signal again to stop at once\n");
-    return;
+// SIGINT and SIGTERM are blocked in every thread and taken here, by one
+// thread that waits for them: they never interrupt the threads that compute
+// (no system call cut short, no handler in the middle of a kernel).
+void wait_for_signals(sigset_t set) {
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0) continue;
+    int none = 0;
+    if (g_graceful.load() && g_stop.compare_exchange_strong(none, sig)) {
+      say("\nvrwkv: stopping after the current step (a checkpoint follows); signal again to stop at once\n");
+      continue;
+    }
+    remove_temporary_files();
+    say(sig == SIGINT ? "\nvrwkv: interrupted (SIGINT); unfinished output removed\n"
+                      : "\nvrwkv: terminated (SIGTERM); unfinished output removed\n");
+    _exit(128 + sig);
   }
-  remove_temporary_files();
-  say(sig == SIGINT ? "\nvrwkv: interrupted (SIGINT); unfinished output removed\n"
-                    : "\nvrwkv: terminated (SIGTERM); unfinished output removed\n");
-  _exit(128 + sig);
 }
 
 }  // namespace
 
 void install_signal_handlers() {
-  struct sigaction sa;
-  std::memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
+  // Before any other thread exists, so that every thread inherits the mask.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread(wait_for_signals, set).detach();
 }
 
 void set_graceful_stop(bool graceful) { g_graceful.store(graceful); }

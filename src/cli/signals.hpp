@@ -2,7 +2,8 @@
 // 130 or 143 with one line. A command that can stop cleanly (train) asks for
 // a graceful stop: the first signal only sets stop_signal(), which it polls
 // (train finishes the step, writes a checkpoint and returns); a second
-// signal stops at once.
+// signal stops at once. The signals are blocked in every thread and taken by
+// one thread that waits for them (install before any other thread starts).
 #pragma once
 
 #include <atomic>

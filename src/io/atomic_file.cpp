@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <mutex>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -18,8 +19,8 @@ namespace vrwkv {
 
 namespace {
 
-// The registry of this process's temporary files: fixed storage, so that a
-// signal handler can walk it without allocating or locking. A slot is free
+// The registry of this process's temporary files: fixed storage, walked
+// without allocating by the thread that takes the signals. A slot is free
 // (0), being filled (1) or holds a live temporary file (2).
 constexpr int kSlots = 64;
 constexpr std::size_t kPathMax = 4096;
@@ -28,6 +29,8 @@ struct Slot {
   char path[kPathMax];
 };
 Slot g_slots[kSlots];
+// Held while a temporary file is created and registered, and while they are removed.
+std::mutex g_creating;
 
 int register_temporary(const std::string& path) {
   if (path.size() >= kPathMax) return -1;
@@ -98,6 +101,7 @@ void remove_stale_temporaries(const std::string& dir, const std::string& base) {
 }  // namespace
 
 void remove_temporary_files() {
+  const std::lock_guard<std::mutex> lock(g_creating);  // no file half created
   for (Slot& s : g_slots)
     if (s.state.load() == 2) unlink(s.path);
 }
@@ -155,14 +159,14 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   std::string tmpl = dir + "/" + temporary_prefix(base) + std::to_string(getpid()) + ".XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
-  // No signal between creating the temporary file and registering it.
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &old);
-  const int fd = mkstemp(buf.data());
-  const int saved = errno;
-  if (fd >= 0) tmp_path_ = buf.data(), slot_ = register_temporary(tmp_path_);
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  // Created and registered at once: remove_temporary_files() sees every temporary file.
+  int fd = -1, saved = 0;
+  {
+    const std::lock_guard<std::mutex> lock(g_creating);
+    fd = mkstemp(buf.data());
+    saved = errno;
+    if (fd >= 0) tmp_path_ = buf.data(), slot_ = register_temporary(tmp_path_);
+  }
   if (fd < 0) input_error(path_, ": cannot create output file (", std::strerror(saved), ")");
   file_ = fdopen(fd, "wb");
   if (!file_) {
