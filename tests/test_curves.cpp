@@ -11,18 +11,14 @@
 
 #include <gtest/gtest.h>
 
+#include "common.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/plot.hpp"
 
 namespace vrwkv {
 namespace {
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using test::slurp;
 
 bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
 

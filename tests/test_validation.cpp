@@ -60,12 +60,7 @@ const bool kMeasureMode = [] {
   _exit(0);
 }();
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using test::slurp;
 
 struct CliResult {
   int code;

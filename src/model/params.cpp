@@ -58,15 +58,11 @@ std::string param_name(const ParamInfo& info, std::int64_t layer) {
 
 namespace {
 using D = Dim;
-template <class S>
-std::vector<ParamRow<S>> rows(std::vector<ParamRow<S>> r) {
-  return r;
-}
 }  // namespace
 
 const std::vector<ParamRow<BackboneWeights>>& backbone_rows_before_blocks() {
   using B = BackboneWeights;
-  static const auto r = rows<B>({
+  static const std::vector<ParamRow<B>> r = {
       {{"backbone.pos_embed", {D::One, D::PosTokens, D::C}, When::Always, Init::Zero, Cost::None, true},
        &B::pos_embed},
       {{"backbone.patch_embed.projection.weight", {D::C, D::InChannels, D::Patch, D::Patch}, When::Always,
@@ -74,22 +70,22 @@ const std::vector<ParamRow<BackboneWeights>>& backbone_rows_before_blocks() {
        &B::patch_weight},
       {{"backbone.patch_embed.projection.bias", {D::C}, When::Always, Init::PatchUniform, Cost::PerToken, false},
        &B::patch_bias},
-  });
+  };
   return r;
 }
 
 const std::vector<ParamRow<BackboneWeights>>& backbone_rows_after_blocks() {
   using B = BackboneWeights;
-  static const auto r = rows<B>({
+  static const std::vector<ParamRow<B>> r = {
       {{"backbone.ln1.weight", {D::C}, When::FinalNorm, Init::One, Cost::Norm, false}, &B::norm_weight},
       {{"backbone.ln1.bias", {D::C}, When::FinalNorm, Init::Zero, Cost::None, false}, &B::norm_bias},
-  });
+  };
   return r;
 }
 
 const std::vector<ParamRow<HeadWeights>>& head_rows() {
   using H = HeadWeights;
-  static const auto r = rows<H>({
+  static const std::vector<ParamRow<H>> r = {
       {{"head.fc.weight", {D::Classes, D::C}, When::HeadLinear, Init::TruncNormal, Cost::PerImage, true},
        &H::fc_weight},
       {{"head.fc.bias", {D::Classes}, When::HeadLinear, Init::Zero, Cost::None, false}, &H::fc_bias},
@@ -99,7 +95,7 @@ const std::vector<ParamRow<HeadWeights>>& head_rows() {
       {{"head.2.weight", {D::Classes, D::HeadHidden}, When::HeadMlp, Init::TruncNormal, Cost::PerImage, true},
        &H::fc2_weight},
       {{"head.2.bias", {D::Classes}, When::HeadMlp, Init::Zero, Cost::None, false}, &H::fc2_bias},
-  });
+  };
   return r;
 }
 
