@@ -1,7 +1,6 @@
 #include "ops/packed_linear.hpp"
 
-#include <oneapi/dnnl/dnnl.hpp>
-
+#include "ops/dnnl_util.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::ops {
@@ -11,10 +10,7 @@ using dnnl::memory;
 using dt = memory::data_type;
 using tag = memory::format_tag;
 
-dnnl::engine& engine() {
-  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
-  return e;
-}
+dnnl::engine& engine() { return dnnl_engine(); }
 
 // The eltwise post-ops of an activation (the binary multiply comes after them).
 int eltwise_count(Activation act) {
@@ -75,8 +71,7 @@ const PackedLinear::Plan& PackedLinear::plan(std::int64_t M, DType x, DType y, c
   if (e.mul) ops.append_binary(dnnl::algorithm::binary_mul, plan->mul);
   if (e.accumulate) ops.append_sum(1.0f);
   // Scratch memory comes from the calling thread (oneDNN's own is bound to the thread that made the primitive).
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::primitive_attr attr = user_scratch_attr();
   attr.set_post_ops(ops);
   const memory::desc weights_any({K_, N_}, wt, tag::any);
   const dnnl::matmul::primitive_desc pd(
@@ -86,9 +81,7 @@ const PackedLinear::Plan& PackedLinear::plan(std::int64_t M, DType x, DType y, c
   plan->matmul = dnnl::matmul(pd);
   plan->scratch = pd.scratchpad_desc();
   if (x != weights_) {
-    dnnl::primitive_attr reorder_attr;
-    reorder_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    const dnnl::reorder::primitive_desc rpd(engine(), plan->src, engine(), plan->gemm_src, reorder_attr);
+    const dnnl::reorder::primitive_desc rpd(engine(), plan->src, engine(), plan->gemm_src, user_scratch_attr());
     plan->to_bf16 = dnnl::reorder(rpd);
     plan->reorder_scratch = rpd.scratchpad_desc();
   }
@@ -116,26 +109,20 @@ void PackedLinear::operator()(Activations x, Activations y, std::int64_t M, cons
   try {
     const Plan& p = plan(M, x.dtype, y.dtype, e);
     dnnl::stream stream(engine());
-    // This thread's scratch memory (64-byte aligned) and bf16 copy of x, grown as needed.
-    thread_local std::vector<char> scratch;
+    // This thread's bf16 copy of x, grown as needed.
     thread_local std::vector<std::uint16_t> rounded_x;
-    const auto scratch_for = [&](const memory::desc& d) {
-      if (scratch.size() < d.get_size() + 64) scratch.resize(d.get_size() + 64);
-      const auto at = reinterpret_cast<std::uintptr_t>(scratch.data());
-      return memory(d, engine(), scratch.data() + (64 - at % 64) % 64);
-    };
     memory src(p.src, engine(), x.data);
     if (x.dtype != weights_) {
       rounded_x.resize(static_cast<std::size_t>(M * K_));
       memory rounded(p.gemm_src, engine(), rounded_x.data());
       p.to_bf16.execute(stream, {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, rounded},
-                                 {DNNL_ARG_SCRATCHPAD, scratch_for(p.reorder_scratch)}});
+                                 {DNNL_ARG_SCRATCHPAD, thread_scratch(p.reorder_scratch)}});
       src = rounded;
     }
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
                                             {DNNL_ARG_WEIGHTS, *p.weights},
                                             {DNNL_ARG_DST, memory(p.dst, engine(), y.data)},
-                                            {DNNL_ARG_SCRATCHPAD, scratch_for(p.scratch)}};
+                                            {DNNL_ARG_SCRATCHPAD, thread_scratch(p.scratch)}};
     if (!bias_.empty()) args[DNNL_ARG_BIAS] = memory(p.bias, engine(), const_cast<float*>(bias_.data()));
     if (e.mul)
       args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(eltwise_count(e.act)) | DNNL_ARG_SRC_1] =

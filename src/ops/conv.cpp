@@ -1,0 +1,206 @@
+#include "ops/conv.hpp"
+
+#include <cmath>
+
+#include "ops/dnnl_util.hpp"
+#include "vrwkv/error.hpp"
+
+namespace vrwkv::ops {
+
+namespace {
+using dnnl::memory;
+using dt = memory::data_type;
+using tag = memory::format_tag;
+
+// An NHWC map [B,H,W,C] with `stride` floats per pixel as a oneDNN descriptor (logical dims N,C,H,W).
+memory::desc nhwc(std::int64_t B, std::int64_t C, std::int64_t H, std::int64_t W, std::int64_t stride = 0) {
+  if (stride == 0 || stride == C) return memory::desc({B, C, H, W}, dt::f32, tag::nhwc);
+  return memory::desc({B, C, H, W}, dt::f32, memory::dims{H * W * stride, 1, W * stride, stride});
+}
+
+// The user weights' descriptor and their packed copy in the layout `pd` wants, packed once per layout.
+const memory* packed_weights(std::vector<std::unique_ptr<memory>>& packed, const memory::desc& user,
+                             const memory::desc& wanted, const float* data) {
+  for (auto& p : packed)
+    if (p->get_desc() == wanted) return p.get();
+  dnnl::stream stream(dnnl_engine());
+  memory src(user, dnnl_engine(), const_cast<float*>(data));
+  auto out = std::make_unique<memory>(wanted, dnnl_engine());
+  dnnl::reorder(src, *out).execute(stream, src, *out);
+  stream.wait();
+  packed.push_back(std::move(out));
+  return packed.back().get();
+}
+
+void run_primitive(const dnnl::primitive& p, const memory::desc& scratch, const memory::desc& src, const float* x,
+                   const memory& weights, const memory::desc& bias, const float* b, const memory::desc& dst,
+                   float* y) {
+  dnnl::stream stream(dnnl_engine());
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(src, dnnl_engine(), const_cast<float*>(x))},
+                                          {DNNL_ARG_WEIGHTS, weights},
+                                          {DNNL_ARG_DST, memory(dst, dnnl_engine(), y)},
+                                          {DNNL_ARG_SCRATCHPAD, thread_scratch(scratch)}};
+  if (b) args[DNNL_ARG_BIAS] = memory(bias, dnnl_engine(), const_cast<float*>(b));
+  p.execute(stream, args);
+  stream.wait();
+}
+}  // namespace
+
+void conv2d_ref(const float* x, const float* weight, const float* bias, float* y, std::int64_t B, std::int64_t H,
+                std::int64_t W, const ConvShape& s) {
+  const std::int64_t Ho = s.out(H), Wo = s.out(W), cig = s.Ci / s.groups, cog = s.Co / s.groups;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t oy = 0; oy < Ho; ++oy)
+      for (std::int64_t ox = 0; ox < Wo; ++ox)
+        for (std::int64_t co = 0; co < s.Co; ++co) {
+          const std::int64_t g = co / cog;
+          double acc = bias ? bias[co] : 0.0;
+          for (std::int64_t ky = 0; ky < s.k; ++ky) {
+            const std::int64_t iy = oy * s.stride - s.pad + ky;
+            if (iy < 0 || iy >= H) continue;
+            for (std::int64_t kx = 0; kx < s.k; ++kx) {
+              const std::int64_t ix = ox * s.stride - s.pad + kx;
+              if (ix < 0 || ix >= W) continue;
+              const float* px = x + ((b * H + iy) * W + ix) * s.Ci + g * cig;
+              const float* pw = weight + (co * cig * s.k + ky) * s.k + kx;
+              for (std::int64_t ci = 0; ci < cig; ++ci)
+                acc += static_cast<double>(px[ci]) * pw[ci * s.k * s.k];
+            }
+          }
+          y[((b * Ho + oy) * Wo + ox) * s.Co + co] = static_cast<float>(acc);
+        }
+}
+
+void conv_transpose2d_ref(const float* x, const float* weight, const float* bias, float* y, std::int64_t B,
+                          std::int64_t H, std::int64_t W, const ConvShape& s) {
+  const std::int64_t k = s.k, Ho = H * k, Wo = W * k;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t oy = 0; oy < Ho; ++oy)
+      for (std::int64_t ox = 0; ox < Wo; ++ox) {
+        const std::int64_t iy = oy / k, ky = oy % k, ix = ox / k, kx = ox % k;
+        const float* px = x + ((b * H + iy) * W + ix) * s.Ci;
+        for (std::int64_t co = 0; co < s.Co; ++co) {
+          double acc = bias ? bias[co] : 0.0;
+          for (std::int64_t ci = 0; ci < s.Ci; ++ci)
+            acc += static_cast<double>(px[ci]) * weight[((ci * s.Co + co) * k + ky) * k + kx];
+          y[((b * Ho + oy) * Wo + ox) * s.Co + co] = static_cast<float>(acc);
+        }
+      }
+}
+
+// ---------------------------------------------------------------------------
+
+struct Conv2d::Plan {
+  dnnl::convolution_forward conv;
+  const memory* weights = nullptr;
+  memory::desc src, dst, bias, scratch;
+};
+
+Conv2d::Conv2d(const float* weight, const float* bias, const ConvShape& shape, const float* scale,
+               const float* shift, bool relu)
+    : shape_(shape), relu_(relu) {
+  const std::int64_t per_out = shape.Ci / shape.groups * shape.k * shape.k;
+  weight_.assign(weight, weight + shape.Co * per_out);
+  bias_.assign(shape.Co, 0.0f);
+  for (std::int64_t co = 0; co < shape.Co; ++co) {
+    // The affine in float64, rounded once: (conv + b)·scale + shift.
+    const double sc = scale ? scale[co] : 1.0, b = bias ? bias[co] : 0.0;
+    if (scale)
+      for (std::int64_t i = 0; i < per_out; ++i)
+        weight_[co * per_out + i] = static_cast<float>(weight[co * per_out + i] * sc);
+    bias_[co] = static_cast<float>(b * sc + (shift ? shift[co] : 0.0));
+  }
+}
+Conv2d::~Conv2d() = default;
+
+const Conv2d::Plan& Conv2d::plan(std::int64_t B, std::int64_t H, std::int64_t W, std::int64_t y_stride) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::unique_ptr<Plan>& slot = plans_[{B, H, W, y_stride}];
+  if (slot) return *slot;
+  const ConvShape& s = shape_;
+  auto p = std::make_unique<Plan>();
+  p->src = nhwc(B, s.Ci, H, W);
+  p->dst = nhwc(B, s.Co, s.out(H), s.out(W), y_stride);
+  p->bias = memory::desc({s.Co}, dt::f32, tag::x);
+  const std::int64_t g = s.groups;
+  const memory::dims wdims = g == 1 ? memory::dims{s.Co, s.Ci, s.k, s.k}
+                                    : memory::dims{g, s.Co / g, s.Ci / g, s.k, s.k};
+  const memory::desc w_any(wdims, dt::f32, tag::any), w_user(wdims, dt::f32, g == 1 ? tag::oihw : tag::goihw);
+  dnnl::post_ops ops;
+  if (relu_) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+  dnnl::primitive_attr attr = user_scratch_attr();
+  attr.set_post_ops(ops);
+  const dnnl::convolution_forward::primitive_desc pd(
+      dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, p->src,
+                                      w_any, p->bias, p->dst, {s.stride, s.stride}, {s.pad, s.pad}, {s.pad, s.pad}),
+      attr, dnnl_engine());
+  p->conv = dnnl::convolution_forward(pd);
+  p->scratch = pd.scratchpad_desc();
+  p->weights = packed_weights(packed_, w_user, pd.weights_desc(), weight_.data());
+  slot = std::move(p);
+  return *slot;
+}
+
+void Conv2d::operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W,
+                        std::int64_t y_stride) {
+  if (B == 0) return;
+  try {
+    const Plan& p = plan(B, H, W, y_stride);
+    run_primitive(p.conv, p.scratch, p.src, x, *p.weights, p.bias, bias_.data(), p.dst, y);
+  } catch (const dnnl::error& err) {
+    runtime_error("convolution ", shape_.Ci, "->", shape_.Co, " ", shape_.k, "x", shape_.k, " on ", B, "x", H, "x", W,
+                  " failed: ", err.what());
+  }
+}
+
+// ---------------------------------------------------------------------------
+
+struct ConvTranspose2d::Plan {
+  dnnl::deconvolution_forward deconv;
+  const memory* weights = nullptr;
+  memory::desc src, dst, bias, scratch;
+};
+
+ConvTranspose2d::ConvTranspose2d(const float* weight, const float* bias, const ConvShape& shape)
+    : shape_(shape), weight_(weight, weight + shape.Ci * shape.Co * shape.k * shape.k),
+      bias_(bias ? std::vector<float>(bias, bias + shape.Co) : std::vector<float>(shape.Co, 0.0f)) {}
+ConvTranspose2d::~ConvTranspose2d() = default;
+
+void ConvTranspose2d::operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W) {
+  if (B == 0) return;
+  const ConvShape& s = shape_;
+  try {
+    const Plan* plan;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      std::unique_ptr<Plan>& slot = plans_[{B, H, W}];
+      if (!slot) {
+        auto p = std::make_unique<Plan>();
+        p->src = nhwc(B, s.Ci, H, W);
+        p->dst = nhwc(B, s.Co, H * s.k, W * s.k);
+        p->bias = memory::desc({s.Co}, dt::f32, tag::x);
+        const memory::dims wdims{s.Co, s.Ci, s.k, s.k};
+        const dnnl::deconvolution_forward::primitive_desc pd(
+            dnnl::deconvolution_forward::desc(dnnl::prop_kind::forward_inference,
+                                              dnnl::algorithm::deconvolution_direct, p->src,
+                                              memory::desc(wdims, dt::f32, tag::any), p->bias, p->dst,
+                                              {s.k, s.k}, {0, 0}, {0, 0}),
+            user_scratch_attr(), dnnl_engine());
+        p->deconv = dnnl::deconvolution_forward(pd);
+        p->scratch = pd.scratchpad_desc();
+        // PyTorch's [Ci, Co, k, k] is oneDNN's iohw.
+        p->weights = packed_weights(packed_, memory::desc(wdims, dt::f32, tag::iohw), pd.weights_desc(),
+                                    weight_.data());
+        slot = std::move(p);
+      }
+      plan = slot.get();
+    }
+    run_primitive(plan->deconv, plan->scratch, plan->src, x, *plan->weights, plan->bias, bias_.data(), plan->dst, y);
+  } catch (const dnnl::error& err) {
+    runtime_error("transposed convolution ", s.Ci, "->", s.Co, " on ", B, "x", H, "x", W, " failed: ", err.what());
+  }
+}
+
+}  // namespace vrwkv::ops

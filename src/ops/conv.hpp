@@ -1,0 +1,82 @@
+// Convolutions of the dense heads and the adapter (DENSE.md (a), (c)), on
+// NHWC maps: x [B,H,W,Ci], y [B,Ho,Wo,Co], channels innermost (the layout of
+// the backbone's tokens, so a token sequence [B,H·W,C] is already a map).
+// Weights keep PyTorch's layouts: Conv2d [Co, Ci/groups, k, k],
+// ConvTranspose2d [Ci, Co, k, k].
+//
+// The references are plain loops with float64 accumulation; Conv2d and
+// ConvTranspose2d are oneDNN primitives, made once per input size.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+namespace dnnl {
+struct memory;
+}
+
+namespace vrwkv::ops {
+
+struct ConvShape {
+  std::int64_t Co, Ci, k, stride = 1, pad = 0, groups = 1;
+  std::int64_t out(std::int64_t in) const { return (in + 2 * pad - k) / stride + 1; }
+};
+
+// y = conv(x) + bias (bias may be null).
+void conv2d_ref(const float* x, const float* weight, const float* bias, float* y, std::int64_t B, std::int64_t H,
+                std::int64_t W, const ConvShape& s);
+// y = conv_transpose(x) + bias, kernel k = stride (no overlap, no padding):
+// y [B, H·k, W·k, Co].
+void conv_transpose2d_ref(const float* x, const float* weight, const float* bias, float* y, std::int64_t B,
+                          std::int64_t H, std::int64_t W, const ConvShape& s);
+
+// A convolution with an optional per-channel affine after it folded into
+// its weights and bias (an eval-mode BatchNorm: scale = γ/√(var+ε),
+// shift = β − mean·scale) and an optional ReLU as a post-op.
+class Conv2d {
+ public:
+  Conv2d(const float* weight, const float* bias, const ConvShape& shape, const float* scale = nullptr,
+         const float* shift = nullptr, bool relu = false);
+  ~Conv2d();
+  Conv2d(const Conv2d&) = delete;
+  Conv2d& operator=(const Conv2d&) = delete;
+  const ConvShape& shape() const { return shape_; }
+  // x [B,H,W,Ci] → y [B,Ho,Wo,Co]; y rows may be wider than Co (y_stride
+  // floats per pixel, ≥ Co: writing into a channel slice of a concatenation).
+  void operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W,
+                  std::int64_t y_stride = 0);
+
+ private:
+  struct Plan;
+  const Plan& plan(std::int64_t B, std::int64_t H, std::int64_t W, std::int64_t y_stride);
+  ConvShape shape_;
+  bool relu_;
+  std::vector<float> weight_, bias_;  // folded, PyTorch layout
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<dnnl::memory>> packed_;
+  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>, std::unique_ptr<Plan>> plans_;
+};
+
+// ConvTranspose2d with kernel = stride, with bias (the adapter's `up`).
+class ConvTranspose2d {
+ public:
+  ConvTranspose2d(const float* weight, const float* bias, const ConvShape& shape);
+  ~ConvTranspose2d();
+  ConvTranspose2d(const ConvTranspose2d&) = delete;
+  ConvTranspose2d& operator=(const ConvTranspose2d&) = delete;
+  void operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W);
+
+ private:
+  struct Plan;
+  ConvShape shape_;
+  std::vector<float> weight_, bias_;
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<dnnl::memory>> packed_;
+  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t>, std::unique_ptr<Plan>> plans_;
+};
+
+}  // namespace vrwkv::ops

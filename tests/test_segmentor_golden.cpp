@@ -1,0 +1,130 @@
+// The segmentor against the official code's float64 goldens
+// (../shared/golden/dense): every intermediate of one backbone call, both
+// heads, and the whole/slide inference result, on the fast and the
+// reference path.
+//
+// Tolerance: 5e-5·max(1, max|golden|) (the bound). A float32 re-run of
+// the official code lands within 2.6e-6 of the float64 goldens (the cases'
+// README), so the bound leaves ~20× for a different float32 summation order.
+#include <fstream>
+
+#include "common.hpp"
+#include "vrwkv/segmentor.hpp"
+
+namespace vrwkv::test {
+namespace {
+
+constexpr double kSegTol = 5e-5;
+
+struct SegCase {
+  nlohmann::json j;
+  TensorMap t;
+  Segmentor seg;
+};
+
+SegOverrides overrides_of(const nlohmann::json& j) {
+  SegOverrides o;
+  const auto& bb = j.at("config").at("backbone");
+  o.post_norm = bb.value("post_norm", false);
+  std::vector<BlockRange> r;
+  for (const auto& p : j.at("interaction_indexes")) r.push_back({p.at(0).get<std::int64_t>(), p.at(1).get<std::int64_t>()});
+  o.interactions = r;
+  o.deform_heads = j.at("deform_num_heads").get<std::int64_t>();
+  o.deform_points = j.at("n_points").get<std::int64_t>();
+  o.wkv = WkvSemantics::Official;
+  o.wkv_chunks = j.at("wkv_token_split").get<int>();
+  return o;
+}
+
+SegCase load_seg_case(const std::string& name) {
+  std::ifstream f(golden("dense/" + name + ".json"));
+  SegCase c{nlohmann::json::parse(f), read_safetensors(golden("dense/" + name + ".safetensors")), {}};
+  c.seg = Segmentor::load(golden("dense/" + name + ".pth"), overrides_of(c.j));
+  return c;
+}
+
+SegmentOptions test_options(const nlohmann::json& j, bool reference) {
+  SegmentOptions o;
+  const auto& t = j.at("test_cfg");
+  o.mode = t.at("mode") == "slide" ? SegmentOptions::Mode::Slide : SegmentOptions::Mode::Whole;
+  if (o.mode == SegmentOptions::Mode::Slide) {
+    o.crop_h = t.at("crop_size").at(0), o.crop_w = t.at("crop_size").at(1);
+    o.stride_h = t.at("stride").at(0), o.stride_w = t.at("stride").at(1);
+  }
+  o.out_h = j.at("ori_shape").at(0), o.out_w = j.at("ori_shape").at(1);
+  o.reference = reference;
+  return o;
+}
+
+class GoldenSegmentor : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
+
+// The first backbone call (the whole image, or crop 0), every traced intermediate.
+TEST_P(GoldenSegmentor, OneCallMatches) {
+  const auto& [name, reference] = GetParam();
+  SegCase c = load_seg_case(name);
+  const bool slide = c.j.at("test_cfg").at("mode") == "slide";
+  const std::string prefix = slide ? "crop.0." : "";
+  Tensor input = c.t.at("input");
+  if (slide) {
+    const auto box = c.j.at("slide_boxes_y1y2x1x2").at(0);
+    const std::int64_t y1 = box.at(0), y2 = box.at(1), x1 = box.at(2), x2 = box.at(3), H = input.dim(2),
+                       W = input.dim(3), B = input.dim(0);
+    Tensor crop(DType::F32, {B, 3, y2 - y1, x2 - x1});
+    for (std::int64_t bc = 0; bc < B * 3; ++bc)
+      for (std::int64_t y = y1; y < y2; ++y)
+        for (std::int64_t x = x1; x < x2; ++x)
+          crop.f32()[(bc * (y2 - y1) + y - y1) * (x2 - x1) + x - x1] = input.f32()[(bc * H + y) * W + x];
+    input = crop;
+  }
+  TensorMap trace;
+  const SegOutputs out = c.seg.forward(input, test_options(c.j, reference), {}, &trace);
+  for (const auto& [key, value] : trace) {
+    const auto it = c.t.find(prefix + key);
+    ASSERT_NE(it, c.t.end()) << key;
+    EXPECT_TRUE(close_to(value, it->second, kSegTol)) << key;
+  }
+  EXPECT_EQ(trace.size(), 19u);  // reference points, SPM levels, interactions, up, the BatchNorms' inputs
+  for (int k = 0; k < 4; ++k)
+    EXPECT_TRUE(close_to(out.features[k], c.t.at(prefix + "features." + std::to_string(k)), kSegTol)) << "features." << k;
+  EXPECT_TRUE(close_to(out.decode_logits, c.t.at(prefix + "decode.logits"), kSegTol));
+  EXPECT_TRUE(close_to(out.aux_logits, c.t.at(prefix + "aux.logits"), kSegTol));
+}
+
+// mmseg's inference (whole, or slide over the crops), rescaled to the
+// original size: seg.logits within the bound; seg.pred may differ only where
+// the two best logits are within 1e-4, on at most 0.1 % of pixels.
+TEST_P(GoldenSegmentor, InferenceMatches) {
+  const auto& [name, reference] = GetParam();
+  SegCase c = load_seg_case(name);
+  if (c.j.at("test_cfg").at("mode") == "slide") {
+    const auto windows = Segmentor::slide_windows(c.t.at("input").dim(2), c.t.at("input").dim(3),
+                                                  test_options(c.j, reference));
+    const Tensor& boxes = c.t.at("slide.boxes");
+    ASSERT_EQ(static_cast<std::int64_t>(windows.size()), boxes.dim(0));
+    for (std::size_t i = 0; i < windows.size(); ++i)
+      for (int k = 0; k < 4; ++k) EXPECT_EQ(windows[i][k], boxes.data<std::int64_t>()[i * 4 + k]);
+  }
+  const Tensor logits = c.seg.infer(c.t.at("input"), test_options(c.j, reference));
+  EXPECT_TRUE(close_to(logits, c.t.at("seg.logits"), kSegTol));
+  const Tensor pred = Segmentor::predict(logits), &want = c.t.at("seg.pred");
+  ASSERT_EQ(pred.shape(), want.shape());
+  const std::int64_t K = logits.dim(1), P = pred.numel() / pred.dim(0);
+  std::int64_t differ = 0;
+  for (std::int64_t i = 0; i < pred.numel(); ++i) {
+    const std::int64_t a = pred.data<std::int64_t>()[i], b = want.data<std::int64_t>()[i];
+    if (a == b) continue;
+    ++differ;
+    const std::int64_t img = i / P, p = i % P;
+    const float la = logits.f32()[(img * K + a) * P + p], lb = logits.f32()[(img * K + b) * P + p];
+    EXPECT_LE(std::abs(la - lb), 1e-4) << "pixel " << i << " differs where the logits are not tied";
+  }
+  EXPECT_LE(differ, pred.numel() / 1000);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, GoldenSegmentor,
+                         ::testing::Combine(::testing::Values("dense_small_96x128_whole",
+                                                              "dense_small_80x120_slide_postnorm"),
+                                            ::testing::Bool()));
+
+}  // namespace
+}  // namespace vrwkv::test
