@@ -10,13 +10,15 @@
 namespace vrwkv::bench {
 
 struct Spec {
-  std::string model;  // a model file, a VRWKV preset (vrwkv_t...) or a ViT preset (vit_t, vit_s)
+  std::string model;  // a model file, a VRWKV preset (vrwkv_t...), a segmentor preset (upernet_vrwkv_t...)
+                      // or a ViT preset (vit_t, vit_s)
   std::int64_t batch = 1, height = 224, width = 224;
   int threads = 1;
   std::string dtype = "fp32";
   int warmup = 1, reps = 5;
   bool train = false;      // time a training step (forward, backward, AdamW) instead of a forward
   bool recompute = false;  // train: keep only block inputs, recompute each block in the backward
+  std::string mode = "whole";  // segmentors: "whole" or "slide" inference (512² crops, stride 341)
 };
 
 struct Record {

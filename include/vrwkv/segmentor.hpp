@@ -93,6 +93,8 @@ class Segmentor {
   static Segmentor from_state_dict(const TensorMap& state_dict, const SegmentorConfig& config,
                                    const std::string& source = "state dict");
   // The configuration a state dict implies (before overrides).
+  // An official segmentor with its official initialisation (upernet_vrwkv_t/s/b/l).
+  static Segmentor preset(const std::string& name, std::uint64_t seed = 0);
   static SegmentorConfig infer_config(const TensorMap& state_dict, const std::string& source);
   static void apply_overrides(SegmentorConfig& config, const SegOverrides& overrides, const std::string& source);
 
@@ -134,6 +136,16 @@ std::vector<std::pair<std::string, Shape>> segmentor_parameter_shapes(const Segm
 // Every value in range and consistent (widths divisible by the heads, block
 // ranges inside the depth, ...); throws Error(Input) naming `source`.
 void check_segmentor_config(const SegmentorConfig& config, const std::string& source);
+
+// Whether a checkpoint file holds a segmentor (a spatial prior module and a
+// decode head) rather than a classifier; reads the file.
+bool is_segmentor_checkpoint(const std::string& path);
+
+// The official segmentors (ADE20K configs, 150 classes): upernet_vrwkv_t, _s, _b, _l.
+std::vector<std::string> segmentor_preset_names();
+SegmentorConfig segmentor_preset_config(const std::string& name);  // Error(Input) for another name
+// Every parameter (backbone included) as the official code initialises it; deterministic for a seed.
+TensorMap segmentor_initial_parameters(const SegmentorConfig& config, std::uint64_t seed);
 
 // ADE20K's 150 class names and palette (shared/data), compiled in.
 const std::vector<std::string>& ade20k_classes();

@@ -16,6 +16,7 @@
 #include "vrwkv/model.hpp"
 #include "vrwkv/optimizer.hpp"
 #include "vrwkv/presets.hpp"
+#include "vrwkv/segmentor.hpp"
 #include "vrwkv/vit.hpp"
 
 namespace vrwkv::bench {
@@ -79,10 +80,29 @@ Record run(const Spec& spec) {
   std::unique_ptr<train::AdamW> adamw;
   Tensor params, targets;
   Vit vit;
+  Segmentor segmentor;
   ForwardOptions options;
   if (spec.dtype != "fp32" && spec.dtype != "bf16") input_error("--dtype: expected fp32 or bf16, got '", spec.dtype, "'");
   options.bf16 = spec.dtype == "bf16";
-  if (spec.model.starts_with("vit_")) {
+  const auto seg_presets = segmentor_preset_names();
+  const bool seg_preset = std::find(seg_presets.begin(), seg_presets.end(), spec.model) != seg_presets.end();
+  if (seg_preset || (!spec.model.starts_with("vit_") && !spec.model.starts_with("vrwkv_") &&
+                     is_segmentor_checkpoint(spec.model))) {
+    if (options.bf16) input_error("--dtype bf16 is not available for segmentors yet");
+    if (spec.train) input_error("--train is available for classification models only");
+    segmentor = seg_preset ? Segmentor::preset(spec.model, 0) : Segmentor::load(spec.model);
+    SegmentOptions so;
+    if (spec.mode != "whole" && spec.mode != "slide")
+      input_error("--mode: expected whole or slide, got '", spec.mode, "'");
+    so.mode = spec.mode == "whole" ? SegmentOptions::Mode::Whole : SegmentOptions::Mode::Slide;
+    rec.flops_per_image = 0;
+    for (const auto& [y1, y2, x1, x2] : so.mode == SegmentOptions::Mode::Whole
+                                            ? std::vector<std::array<std::int64_t, 4>>{{0, spec.height, 0, spec.width}}
+                                            : Segmentor::slide_windows(spec.height, spec.width, so))
+      rec.flops_per_image += segmentor.flops(y2 - y1, x2 - x1);
+    rec.parameters = segmentor.parameter_count();
+    step = [&, so] { segmentor.infer(input, so, ctx); };
+  } else if (spec.model.starts_with("vit_")) {
     if (options.bf16) input_error("--dtype bf16 is not available for the ViT baseline");
     vit = Vit::preset(spec.model, 0);
     rec.flops_per_image = vit.flops(spec.height, spec.width);
@@ -154,6 +174,7 @@ std::string to_json(const Record& r) {
                         {"dtype", r.spec.dtype},
                         {"train", r.spec.train},
                         {"recompute", r.spec.recompute},
+                        {"mode", r.spec.mode},
                         {"reps", r.spec.reps},
                         {"parameters", r.parameters},
                         {"flops_per_image", r.flops_per_image},
@@ -177,6 +198,7 @@ Record from_json(const std::string& line) {
   r.spec.dtype = j.at("dtype");
   r.spec.train = j.value("train", false);
   r.spec.recompute = j.value("recompute", false);
+  r.spec.mode = j.value("mode", "whole");
   r.activation_mib = j.value("activation_mib", 0.0);
   r.spec.reps = j.at("reps");
   r.parameters = j.at("parameters");

@@ -16,6 +16,7 @@
 #include "vrwkv/error.hpp"
 #include "vrwkv/plot.hpp"
 #include "vrwkv/presets.hpp"
+#include "vrwkv/segmentor.hpp"
 
 extern char** environ;
 
@@ -38,6 +39,7 @@ std::string run_worker(const bench::Spec& s) {
                                    std::to_string(s.height) + "x" + std::to_string(s.width), "--threads",
                                    std::to_string(s.threads), "--dtype", s.dtype, "--warmup", std::to_string(s.warmup),
                                    "--reps", std::to_string(s.reps)};
+  args.insert(args.end(), {"--mode", s.mode});
   if (s.train) args.push_back("--train");
   if (s.recompute) args.push_back("--recompute");
   std::vector<char*> argv;
@@ -87,7 +89,7 @@ std::string run_worker(const bench::Spec& s) {
 
 void add_bench(CLI::App& app) {
   struct Options {
-    std::string models = "vrwkv_t", batches = "1", resolutions = "224", dtype = "fp32", json, plot;
+    std::string models = "vrwkv_t", batches = "1", resolutions = "224", dtype = "fp32", json, plot, mode = "whole";
     int threads = 0, warmup = 1, reps = 5;
     bool worker = false, train = false, recompute = false;
   };
@@ -99,8 +101,11 @@ void add_bench(CLI::App& app) {
       "paper's 29·T·C per VRWKV block for Bi-WKV and element-wise work; LayerNorm 2·numel, pooling numel.\n"
       "Peak = the fp32 FMA throughput of the same threads, measured at the start of the run.");
   cmd->add_option("--model,-m", opt->models,
-                  "Comma-separated model files or presets: vrwkv_t, vrwkv_s, vrwkv_b, vrwkv_l, vit_t, vit_s "
-                  "(presets: official initialisation, seed 0)");
+                  "Comma-separated model files or presets: vrwkv_t, vrwkv_s, vrwkv_b, vrwkv_l, vit_t, vit_s, "
+                  "upernet_vrwkv_t/s/b/l (segmentors, 150 classes; presets: official initialisation, seed 0)");
+  cmd->add_option("--mode", opt->mode,
+                  "Segmentors: whole (one call on the whole image) or slide (512x512 crops, stride 341)")
+      ->check(CLI::IsMember({"whole", "slide"}));
   cmd->add_option("--batch,-b", opt->batches, "Comma-separated batch sizes, e.g. 1,8");
   cmd->add_option("--res,-r", opt->resolutions, "Comma-separated resolutions: N (square) or HxW, e.g. 224,1024");
   cmd->add_option("--threads,-t", opt->threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
@@ -144,17 +149,18 @@ void add_bench(CLI::App& app) {
             if (s.batch < 1) input_error("--batch: expected sizes of 1 or more, got '", b, "'");
             std::tie(s.height, s.width) = parse_resolution(r, "--res");
             s.threads = threads, s.dtype = d, s.warmup = opt->warmup, s.reps = opt->reps;
-            s.train = opt->train, s.recompute = opt->recompute;
+            s.train = opt->train, s.recompute = opt->recompute, s.mode = opt->mode;
             specs.push_back(s);
           }
     if (specs.empty()) input_error("bench: nothing to measure");
     if (opt->recompute && !opt->train) input_error("--recompute: only with --train");
     for (const std::string& m : split(opt->models)) {
-      const auto presets = preset_names();
+      auto presets = preset_names();
+      for (const std::string& p : segmentor_preset_names()) presets.push_back(p);
       const bool preset = m == "vit_t" || m == "vit_s" || std::find(presets.begin(), presets.end(), m) != presets.end();
       if (!preset && access(m.c_str(), R_OK) != 0)
-        input_error("--model: '", m, "' is neither a preset (vrwkv_t, vrwkv_s, vrwkv_b, vrwkv_l, vit_t, vit_s) nor a "
-                    "readable file");
+        input_error("--model: '", m, "' is neither a preset (vrwkv_t, vrwkv_s, vrwkv_b, vrwkv_l, vit_t, vit_s, "
+                    "upernet_vrwkv_t/s/b/l) nor a readable file");
     }
     if (opt->worker) {
       std::printf("%s\n", bench::to_json(bench::run(specs.at(0))).c_str());
@@ -162,13 +168,13 @@ void add_bench(CLI::App& app) {
     }
     const double peak = bench::measure_fma_peak(threads);
     std::printf("fp32 FMA peak, %d thread%s: %.1f GFLOP/s (measured now)\n\n", threads, threads > 1 ? "s" : "", peak);
-    std::printf("%-10s %5s %11s %4s %4s %10s %10s %9s %9s %6s %9s%s\n", "model", "batch", "resolution", "thr", "type",
+    std::printf("%-15s %5s %11s %4s %4s %10s %10s %9s %9s %6s %9s%s\n", "model", "batch", "resolution", "thr", "type",
                 "images/s", "lat ms", "p90 ms", "GFLOP/s", "%peak", "RSS MiB", opt->train ? "  act MiB" : "");
     std::vector<bench::Record> records;
     for (const bench::Spec& s : specs) {
       const bench::Record r = bench::from_json(run_worker(s));
-      std::printf("%-10s %5lld %5lldx%-5lld %4d %4s %10.2f %10.2f %9.2f %9.1f %5.1f%% %9.1f",
-                  s.model.substr(s.model.rfind('/') + 1).substr(0, 10).c_str(), (long long)s.batch,
+      std::printf("%-15s %5lld %5lldx%-5lld %4d %4s %10.2f %10.2f %9.2f %9.1f %5.1f%% %9.1f",
+                  s.model.substr(s.model.rfind('/') + 1).substr(0, 15).c_str(), (long long)s.batch,
                   (long long)s.height, (long long)s.width, s.threads, s.dtype.c_str(), r.images_per_second,
                   r.latency_ms_median, r.latency_ms_p90, r.gflops_per_second, 100 * r.gflops_per_second / peak,
                   r.peak_rss_mib);

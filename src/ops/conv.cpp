@@ -12,10 +12,11 @@ using dnnl::memory;
 using dt = memory::data_type;
 using tag = memory::format_tag;
 
-// An NHWC map [B,H,W,C] with `stride` floats per pixel as a oneDNN descriptor (logical dims N,C,H,W).
-memory::desc nhwc(std::int64_t B, std::int64_t C, std::int64_t H, std::int64_t W, std::int64_t stride = 0) {
-  if (stride == 0 || stride == C) return memory::desc({B, C, H, W}, dt::f32, tag::nhwc);
-  return memory::desc({B, C, H, W}, dt::f32, memory::dims{H * W * stride, 1, W * stride, stride});
+// An NHWC map [B,H,W,C] as a oneDNN descriptor (logical dims N,C,H,W). (Wider
+// pixel strides, a channel slice of a concatenation, would send oneDNN 2.6 to
+// its reference convolution: callers copy instead.)
+memory::desc nhwc(std::int64_t B, std::int64_t C, std::int64_t H, std::int64_t W) {
+  return memory::desc({B, C, H, W}, dt::f32, tag::nhwc);
 }
 
 // The user weights' descriptor and their packed copy in the layout `pd` wants, packed once per layout.
@@ -115,14 +116,14 @@ Conv2d::Conv2d(const float* weight, const float* bias, const ConvShape& shape, c
 }
 Conv2d::~Conv2d() = default;
 
-const Conv2d::Plan& Conv2d::plan(std::int64_t B, std::int64_t H, std::int64_t W, std::int64_t y_stride) {
+const Conv2d::Plan& Conv2d::plan(std::int64_t B, std::int64_t H, std::int64_t W) {
   std::lock_guard<std::mutex> lock(mutex_);
-  std::unique_ptr<Plan>& slot = plans_[{B, H, W, y_stride}];
+  std::unique_ptr<Plan>& slot = plans_[{B, H, W}];
   if (slot) return *slot;
   const ConvShape& s = shape_;
   auto p = std::make_unique<Plan>();
   p->src = nhwc(B, s.Ci, H, W);
-  p->dst = nhwc(B, s.Co, s.out(H), s.out(W), y_stride);
+  p->dst = nhwc(B, s.Co, s.out(H), s.out(W));
   p->bias = memory::desc({s.Co}, dt::f32, tag::x);
   const std::int64_t g = s.groups;
   const memory::dims wdims = g == 1 ? memory::dims{s.Co, s.Ci, s.k, s.k}
@@ -143,11 +144,10 @@ const Conv2d::Plan& Conv2d::plan(std::int64_t B, std::int64_t H, std::int64_t W,
   return *slot;
 }
 
-void Conv2d::operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W,
-                        std::int64_t y_stride) {
+void Conv2d::operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W) {
   if (B == 0) return;
   try {
-    const Plan& p = plan(B, H, W, y_stride);
+    const Plan& p = plan(B, H, W);
     run_primitive(p.conv, p.scratch, p.src, x, *p.weights, p.bias, bias_.data(), p.dst, y);
   } catch (const dnnl::error& err) {
     runtime_error("convolution ", shape_.Ci, "->", shape_.Co, " ", shape_.k, "x", shape_.k, " on ", B, "x", H, "x", W,

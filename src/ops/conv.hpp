@@ -45,20 +45,18 @@ class Conv2d {
   Conv2d(const Conv2d&) = delete;
   Conv2d& operator=(const Conv2d&) = delete;
   const ConvShape& shape() const { return shape_; }
-  // x [B,H,W,Ci] → y [B,Ho,Wo,Co]; y rows may be wider than Co (y_stride
-  // floats per pixel, ≥ Co: writing into a channel slice of a concatenation).
-  void operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W,
-                  std::int64_t y_stride = 0);
+  // x [B,H,W,Ci] → y [B,Ho,Wo,Co].
+  void operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W);
 
  private:
   struct Plan;
-  const Plan& plan(std::int64_t B, std::int64_t H, std::int64_t W, std::int64_t y_stride);
+  const Plan& plan(std::int64_t B, std::int64_t H, std::int64_t W);
   ConvShape shape_;
   bool relu_;
   std::vector<float> weight_, bias_;  // folded, PyTorch layout
   std::mutex mutex_;
   std::vector<std::unique_ptr<dnnl::memory>> packed_;
-  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>, std::unique_ptr<Plan>> plans_;
+  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t>, std::unique_ptr<Plan>> plans_;
 };
 
 // ConvTranspose2d with kernel = stride, with bias (the adapter's `up`).

@@ -81,15 +81,19 @@ class Runner {
   void conv(const ConvW& cw, const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W,
             std::int64_t y_stride = 0) {
     const ops::ConvShape& sh = cw.shape;
-    if (!reference_) return s_.conv(cw)(x, y, B, H, W, y_stride);
-    const std::int64_t n = B * sh.out(H) * sh.out(W);
+    const std::int64_t n = B * sh.out(H) * sh.out(W), ys = y_stride ? y_stride : sh.Co;
+    if (!reference_ && ys == sh.Co) return s_.conv(cw)(x, y, B, H, W);
     Buf tmp(n * sh.Co);
-    ops::conv2d_ref(x, cw.weight, cw.bias, tmp.data(), B, H, W, sh);
-    if (cw.bn.weight)
-      ops::batch_norm_ref(tmp.data(), tmp.data(), n, sh.Co, cw.bn.weight, cw.bn.bias, cw.bn.mean, cw.bn.var, cw.relu);
-    else if (cw.relu)
-      ops::relu(tmp.data(), tmp.size());
-    const std::int64_t ys = y_stride ? y_stride : sh.Co;
+    if (!reference_) {
+      s_.conv(cw)(x, tmp.data(), B, H, W);
+    } else {
+      ops::conv2d_ref(x, cw.weight, cw.bias, tmp.data(), B, H, W, sh);
+      if (cw.bn.weight)
+        ops::batch_norm_ref(tmp.data(), tmp.data(), n, sh.Co, cw.bn.weight, cw.bn.bias, cw.bn.mean, cw.bn.var,
+                            cw.relu);
+      else if (cw.relu)
+        ops::relu(tmp.data(), tmp.size());
+    }
     for (std::int64_t i = 0; i < n; ++i) std::copy_n(tmp.data() + i * sh.Co, sh.Co, y + i * ys);
   }
   Map conv(const ConvW& cw, const Map& x) {

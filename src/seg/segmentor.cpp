@@ -78,6 +78,12 @@ TensorMap read_checkpoint(const std::string& path, LoadReport& rep) {
 
 }  // namespace
 
+bool is_segmentor_checkpoint(const std::string& path) {
+  LoadReport rep;
+  const TensorMap sd = read_checkpoint(path, rep);
+  return sd.count("backbone.spm.stem.0.weight") && sd.count("decode_head.conv_seg.weight");
+}
+
 SegmentorConfig Segmentor::infer_config(const TensorMap& sd, const std::string& source) {
   SegmentorConfig c;
   TensorMap bb;
