@@ -8,6 +8,8 @@
 #   PkgConfig::VRWKV_LIBZIP   libzip, through pkg-config (its CMake package references tools Debian ships
 #                             separately).
 #   PkgConfig::VRWKV_CAIRO    cairo, only when VRWKV_WANT_CAIRO is true (the plot library).
+#   vrwkv::opencv             OpenCV's core and imgproc (the segmentation pipeline's resizes). Debian ships
+#                             OpenCV's CMake package and pkg-config file only with every module (libopencv-dev).
 #
 # Appends what it cannot find to VRWKV_DEPENDENCIES_MISSING.
 
@@ -21,6 +23,20 @@ if(NOT TARGET vrwkv::dnnl)
       INTERFACE_INCLUDE_DIRECTORIES "${VRWKV_DNNL_INCLUDE_DIR}")
   else()
     list(APPEND VRWKV_DEPENDENCIES_MISSING "oneDNN (dnnl.h and libdnnl; Debian: libdnnl-dev)")
+  endif()
+endif()
+
+if(NOT TARGET vrwkv::opencv)
+  find_path(VRWKV_OPENCV_INCLUDE_DIR opencv2/imgproc.hpp PATH_SUFFIXES opencv4)
+  find_library(VRWKV_OPENCV_IMGPROC opencv_imgproc)
+  find_library(VRWKV_OPENCV_CORE opencv_core)
+  if(VRWKV_OPENCV_INCLUDE_DIR AND VRWKV_OPENCV_IMGPROC AND VRWKV_OPENCV_CORE)
+    add_library(vrwkv::opencv INTERFACE IMPORTED)
+    set_target_properties(vrwkv::opencv PROPERTIES
+      INTERFACE_LINK_LIBRARIES "${VRWKV_OPENCV_IMGPROC};${VRWKV_OPENCV_CORE}"
+      INTERFACE_INCLUDE_DIRECTORIES "${VRWKV_OPENCV_INCLUDE_DIR}")
+  else()
+    list(APPEND VRWKV_DEPENDENCIES_MISSING "OpenCV imgproc (opencv2/imgproc.hpp; Debian: libopencv-imgproc-dev)")
   endif()
 endif()
 

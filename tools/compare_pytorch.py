@@ -36,6 +36,19 @@ cross-entropy (0.1), backward, gradient clipping (max norm 5) and AdamW
 (torch.optim.AdamW, weight decay 0.05) against `vrwkv bench --train`.
 
   tools/compare_pytorch.py --train --model vrwkv_t --batch 8 --res 224
+
+With --task seg both sides time whole-mode segmentation inference of one image
+(batch 1): the VRWKV-Adapter backbone and the UPerHead decode head, logits
+resized to the input size (`vrwkv bench --mode whole`). The PyTorch segmentor
+is tools/seg_pytorch.py (the official module tree and checkpoint keys, the
+official kernel's Bi-WKV with S = 32 chunks, MSDeformAttn by grid_sample);
+before timing, the script runs it in float64 on the dense goldens
+(../shared/golden/dense) and stops unless it agrees to 1e-6. The table gives
+PyTorch's GFLOP/s (2 x multiply-adds of every convolution and linear) and its
+time in the backbone and in the decode head. Resolutions are square, multiples
+of 32.
+
+  tools/compare_pytorch.py --task seg --model upernet_vrwkv_t --res 512,1024 --threads 2
 """
 import argparse
 import ctypes
@@ -452,12 +465,111 @@ def time_pytorch(name, batch, h, w, warmup, reps):
     return batch / statistics.median(times), 1000 * statistics.median(times)
 
 
+def settings_text():
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                                     "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+                   if k in os.environ) + ", " + MALLOC
+    before = " ".join(f"{k}={v}" for k, v in ENV_BEFORE.items() if v is not None)
+    return env, before
+
+
+def run_vrwkv_bench(args):
+    """Runs `vrwkv bench ARGS --json FILE` and returns (records, None), or ([], error text) when it fails."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        try:
+            r = subprocess.run(args + ["--json", f.name], stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        except OSError as e:
+            return [], str(e)
+        sys.stderr.write(r.stderr)
+        if r.returncode != 0:
+            return [], (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        try:
+            records = json.load(open(f.name))
+        except (OSError, ValueError) as e:
+            return [], f"no records in its --json output ({e})"
+    return (records if isinstance(records, list) else [records]), None
+
+
+def main_seg(a):
+    """--task seg: the PyTorch segmentor's golden check, `vrwkv bench --mode whole`, then the PyTorch timings."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import seg_pytorch
+
+    models = a.model.split(",")
+    for m in models:
+        if m not in seg_pytorch.PRESETS:
+            sys.exit(f"compare_pytorch: --model {m}: expected one of {', '.join(seg_pytorch.PRESETS)}")
+    sizes = []
+    for r in a.res.split(","):
+        h, _, w = r.lower().partition("x")
+        if not (h.isdigit() and (w.isdigit() or not w)):
+            sys.exit(f"compare_pytorch: --res {r}: expected N or HxW")
+        h, w = int(h), int(w or h)
+        if h % 32 or w % 32 or not h or not w:
+            sys.exit(f"compare_pytorch: --res {r}: the segmentor needs multiples of 32")
+        sizes.append((h, w))
+    blas, is_openblas = blas_info()
+    sgemm_err = check_sgemm()
+    dense = os.path.join(a.golden, "dense")
+    wkv_err = seg_pytorch.check_bi_wkv(a.golden)
+    ok, worst = seg_pytorch.self_check(dense, out=sys.stderr)
+    if not ok or (wkv_err is not None and not wkv_err <= seg_pytorch.TOLERANCE):
+        sys.exit("compare_pytorch: the PyTorch segmentor is not the golden one (see the errors above)")
+    golden = ("skipped (no dense goldens found)" if not worst else "matches the official code's dense goldens in "
+              "float64 (worst relative error " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) +
+              (f"; Bi-WKV {wkv_err:.1e}" if wkv_err is not None else "") + ")")
+    records, error = run_vrwkv_bench([a.vrwkv, "bench", "--model", a.model, "--batch", "1", "--res", a.res,
+                                      "--mode", "whole", "--threads", str(a.threads), "--warmup", str(a.warmup),
+                                      "--reps", str(a.reps)])
+    env, before = settings_text()
+    print(f"segmentation, whole-mode inference of one image: PyTorch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, float32\n"
+          f"BLAS: {blas}{'' if is_openblas else ' (not OpenBLAS: run VRWKV_PYTORCH=1 tools/setup.sh)'}; "
+          f"sgemm error {sgemm_err:.1e}\n"
+          f"settings: {env}{f' (the environment had {before})' if before else ''}\n"
+          f"PyTorch segmentor: {golden}\n"
+          f"FLOPs: 2 x multiply-adds of every convolution and linear (backbone and decode head)")
+    if error:
+        print(f"vrwkv bench failed: {error}\n(PyTorch numbers only)")
+    print()
+    print(f"{'model':16} {'resolution':>11} {'vrwkv ms':>9} {'PyTorch ms':>11} {'ratio':>7} {'GFLOP':>7} "
+          f"{'PyTorch GFLOP/s':>16} {'backbone ms':>12} {'head ms':>8}")
+    out = []
+    for name in models:
+        torch.manual_seed(0)
+        model = seg_pytorch.Segmentor(seg_pytorch.preset(name)).float().eval()
+        for h, w in sizes:
+            same = [r for r in records if r.get("height") == h and r.get("width") == w]
+            r = next((r for r in same if r.get("model") == name), same[0] if len(models) == 1 and same else None) or {
+                "model": name, "batch": 1, "height": h, "width": w}
+            t = seg_pytorch.time_whole(model, h, w, a.warmup, a.reps)
+            r.update(pytorch_latency_ms_median=t["ms"], pytorch_backbone_ms_median=t["backbone_ms"],
+                     pytorch_head_ms_median=t["head_ms"], pytorch_flops_per_image=t["flops"],
+                     pytorch_gflops_per_second=t["flops"] / t["ms"] / 1e6,
+                     pytorch_settings={"blas": blas, "env": env, "threads": a.threads})
+            ms = r.get("latency_ms_median")
+            if ms:
+                r["ratio"] = t["ms"] / ms
+            vrwkv_ms = f"{ms:9.0f}" if ms else f"{'-':>9}"
+            ratio = f"{r['ratio']:6.2f}x" if ms else f"{'-':>7}"
+            print(f"{name:16} {h:>5}x{w:<5} {vrwkv_ms} {t['ms']:11.0f} {ratio} {t['flops'] / 1e9:7.1f} "
+                  f"{r['pytorch_gflops_per_second']:16.1f} {t['backbone_ms']:12.0f} {t['head_ms']:8.0f}", flush=True)
+            if r.get("flops_per_image") and abs(r["flops_per_image"] - t["flops"]) > 0.01 * t["flops"]:
+                print(f"  (vrwkv counts {r['flops_per_image'] / 1e9:.1f} GFLOP)")
+            out.append(r)
+    if a.json:
+        json.dump(out, open(a.json, "w"), indent=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vrwkv", default="build/vrwkv", help="the vrwkv program")
-    p.add_argument("--model", default="vrwkv_t", help="comma-separated presets (vrwkv_t/s/b/l, vit_t/s)")
-    p.add_argument("--batch", default="1,8")
-    p.add_argument("--res", default="224")
+    p.add_argument("--task", choices=("cls", "seg"), default="cls",
+                   help="cls: classification models; seg: the segmentor, whole-mode inference of one image")
+    p.add_argument("--model", help="comma-separated presets (vrwkv_t/s/b/l, vit_t/s; with --task seg "
+                   "upernet_vrwkv_t/s/b/l); default vrwkv_t, upernet_vrwkv_t with --task seg")
+    p.add_argument("--batch", default="1,8", help="batch sizes (--task seg: always 1)")
+    p.add_argument("--res", help="comma-separated resolutions (default 224; 512 with --task seg)")
     p.add_argument("--threads", type=int, default=2, help="threads of vrwkv and of PyTorch")
     p.add_argument("--blas-threads", type=int, help="OpenBLAS threads (default: --threads)")
     p.add_argument("--openblas-coretype", help="OpenBLAS kernels (OPENBLAS_CORETYPE), or 'auto' for its own "
@@ -470,6 +582,12 @@ def main():
                    help="golden vectors to check the PyTorch model against")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.task == "seg":
+        if a.train:
+            p.error("--train: not with --task seg")
+        a.model, a.res = a.model or "upernet_vrwkv_t", a.res or "512"
+        return main_seg(a)
+    a.model, a.res = a.model or "vrwkv_t", a.res or "224"
     blas, is_openblas = blas_info()
     sgemm_err = check_sgemm()
     golden = check_golden(a.golden)
@@ -479,10 +597,7 @@ def main():
                        (["--train"] if a.train else []),
                        check=True, stdout=sys.stderr)
         records = json.load(open(f.name))
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                                     "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-                   if k in os.environ) + ", " + MALLOC
-    before = " ".join(f"{k}={v}" for k, v in ENV_BEFORE.items() if v is not None)
+    env, before = settings_text()
     print(f"{'training step' if a.train else 'inference'}: PyTorch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, float32\n"
           f"BLAS: {blas}{'' if is_openblas else ' (not OpenBLAS: run VRWKV_PYTORCH=1 tools/setup.sh)'}; "

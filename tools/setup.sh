@@ -7,6 +7,7 @@ packages=(
   g++ cmake make pkg-config           # toolchain
   libdnnl-dev                         # GEMM (oneDNN)
   libjpeg62-turbo-dev libpng-dev      # image decoding
+  libopencv-imgproc-dev               # the segmentation pipeline's resizes (OpenCV's, as the official one)
   libzip-dev                          # .pth archives
   zlib1g-dev                          # gzip datasets (Fashion-MNIST)
   nlohmann-json3-dev                  # safetensors headers, configs

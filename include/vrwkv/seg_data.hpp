@@ -49,6 +49,10 @@ LabelMap read_label_png(const std::string& path);
 // The same from memory; `name` only labels error messages.
 LabelMap decode_label_png(const std::uint8_t* data, std::size_t size, const std::string& name);
 
+// Writes `map` as an 8-bit greyscale PNG (the values unchanged), atomically:
+// a failure leaves no file. Error(Input) for an empty or mis-sized map.
+void write_label_png(const std::string& path, const LabelMap& map);
+
 // The caller's check that an annotation fits its image (mmseg compares the
 // prediction, resized to the image's size, with the annotation pixel for
 // pixel): Error(Input) naming both files and both sizes when they differ.

@@ -88,13 +88,13 @@ Record run(const Spec& spec) {
   const bool seg_preset = std::find(seg_presets.begin(), seg_presets.end(), spec.model) != seg_presets.end();
   if (seg_preset || (!spec.model.starts_with("vit_") && !spec.model.starts_with("vrwkv_") &&
                      is_segmentor_checkpoint(spec.model))) {
-    if (options.bf16) input_error("--dtype bf16 is not available for segmentors yet");
     if (spec.train) input_error("--train is available for classification models only");
     segmentor = seg_preset ? Segmentor::preset(spec.model, 0) : Segmentor::load(spec.model);
     SegmentOptions so;
     if (spec.mode != "whole" && spec.mode != "slide")
       input_error("--mode: expected whole or slide, got '", spec.mode, "'");
     so.mode = spec.mode == "whole" ? SegmentOptions::Mode::Whole : SegmentOptions::Mode::Slide;
+    so.bf16 = options.bf16;
     rec.flops_per_image = 0;
     for (const auto& [y1, y2, x1, x2] : so.mode == SegmentOptions::Mode::Whole
                                             ? std::vector<std::array<std::int64_t, 4>>{{0, spec.height, 0, spec.width}}

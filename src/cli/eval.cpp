@@ -1,29 +1,99 @@
-// vrwkv eval: top-1 / top-5 accuracy of a model on a labelled dataset.
+// vrwkv eval: top-1 / top-5 accuracy of a classifier on a labelled dataset;
+// with --task seg, mmseg's aAcc / mIoU / mAcc and per-class IoU of a
+// segmentor on an ADE20K-layout folder.
 #include <unistd.h>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+
 #include "commands.hpp"
 #include "common.hpp"
+#include "seg_options.hpp"
 #include "validators.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/seg_data.hpp"
+#include "vrwkv/seg_input.hpp"
+#include "vrwkv/seg_metrics.hpp"
 #include "vrwkv/train.hpp"
 
 namespace vrwkv::cli {
 
+namespace {
+
+// mmseg's evaluation of a segmentor on DIR/images/validation, DIR/annotations/validation.
+void eval_segmentor(const ModelOptions& mo, const SegOptions& so, const std::string& data, std::int64_t limit,
+                    bool json) {
+  if (!data.starts_with("ade20k:"))
+    input_error("--data: segmentation evaluates an ADE20K-layout folder, ade20k:DIR, got '", data, "'");
+  std::vector<seg::SegSample> samples = seg::list_ade20k(data.substr(7));
+  if (limit > 0 && limit < static_cast<std::int64_t>(samples.size())) samples.resize(limit);
+  const Segmentor segmentor = load_segmentor(mo, so);
+  const SegmentOptions base = so.inference(segmentor.config(), mo);
+  const std::vector<std::string> names = segmentor_classes(segmentor.config());
+  seg::SegMetrics metrics(static_cast<int>(segmentor.config().head.num_classes));
+  const bool tty = !json && isatty(STDERR_FILENO);
+  for (std::size_t i = 0; i < samples.size(); ++i) {
+    const seg::SegSample& s = samples[i];
+    const SegImage img = load_seg_image(s.image);
+    const seg::LabelMap label = seg::read_label_png(s.annotation);
+    seg::check_annotation_size(s, label, img.ori_h, img.ori_w);
+    SegmentOptions o = base;
+    o.out_h = img.ori_h, o.out_w = img.ori_w;
+    const Tensor pred = Segmentor::predict(segmentor.infer(img.input, o, mo.context()));
+    std::vector<std::uint8_t> p(pred.numel());
+    for (std::int64_t k = 0; k < pred.numel(); ++k) p[k] = static_cast<std::uint8_t>(pred.data<std::int64_t>()[k]);
+    try {
+      metrics.add(p.data(), label.values.data(), pred.numel(), /*reduce_zero_label=*/true);
+    } catch (const Error& e) {
+      input_error(s.annotation, ": ", e.what());
+    }
+    if (tty) {
+      const int width = 30, filled = static_cast<int>(width * (i + 1) / samples.size());
+      std::fprintf(stderr, "\r[%s%s] %zu/%zu images\033[K", std::string(filled, '#').c_str(),
+                   std::string(width - filled, '.').c_str(), i + 1, samples.size());
+    }
+  }
+  if (tty) std::fprintf(stderr, "\r\033[K");
+  const seg::SegMetrics::Result r = metrics.result();
+  const auto pct = [](double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(100 * v); };
+  if (json) {
+    nlohmann::json per_class = nlohmann::json::array();
+    for (std::size_t k = 0; k < names.size(); ++k)
+      per_class.push_back({{"class", names[k]}, {"IoU", pct(r.IoU[k])}, {"Acc", pct(r.Acc[k])}});
+    std::printf("%s\n", nlohmann::json{{"aAcc", pct(r.aAcc)}, {"mIoU", pct(r.mIoU)}, {"mAcc", pct(r.mAcc)},
+                                       {"images", r.images}, {"classes", per_class}}
+                            .dump()
+                            .c_str());
+    return;
+  }
+  std::printf("%-24s %8s %8s\n", "class", "IoU", "Acc");
+  for (std::size_t k = 0; k < names.size(); ++k)
+    std::printf("%-24s %8.2f %8.2f\n", names[k].substr(0, 24).c_str(), 100 * r.IoU[k], 100 * r.Acc[k]);
+  std::printf("%s: aAcc %.2f %%, mIoU %.2f %%, mAcc %.2f %% over %lld images\n", data.c_str(), 100 * r.aAcc,
+              100 * r.mIoU, 100 * r.mAcc, static_cast<long long>(r.images));
+}
+
+}  // namespace
+
 void add_eval(CLI::App& app) {
   struct Options {
     ModelOptions model;
-    std::string data;
+    SegOptions seg;
+    std::string data, task = "cls";
     bool json = false, strict = false;
     std::int64_t batch = 256, limit = 0;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("eval", "Top-1 / top-5 accuracy of a model on a labelled dataset");
   opt->model.add_to(*cmd, true);
-  cmd->add_option("--data,-d", opt->data, "Dataset: fashion-mnist:test, fashion-mnist:train, imagefolder:DIR")
+  cmd->add_option("--data,-d", opt->data,
+                  "Dataset: fashion-mnist:test, fashion-mnist:train, imagefolder:DIR; --task seg: ade20k:DIR")
       ->required();
+  cmd->add_option("--task", opt->task, "cls (classification) or seg (segmentation: aAcc, mIoU, mAcc as mmseg)")
+      ->check(CLI::IsMember({"cls", "seg"}));
+  opt->seg.add_to(*cmd);
   cmd->add_flag("--json", opt->json, "Print one JSON object {top1, top5, images, loss} (and skipped, when any)");
   cmd->add_option("--batch", opt->batch, "Images per forward pass")->check(validators::integer_between(1, 65536));
   cmd->add_option("--limit", opt->limit, "Evaluate the first N images only (0: all)")
@@ -31,6 +101,7 @@ void add_eval(CLI::App& app) {
   cmd->add_flag("--strict", opt->strict,
                 "Stop at the first image that cannot be read (default: report it, evaluate the others, exit 2)");
   cmd->callback([opt] {
+    if (opt->task == "seg") return eval_segmentor(opt->model, opt->seg, opt->data, opt->limit, opt->json);
     const Model model = opt->model.load();
     const auto data = train::open_dataset(opt->data);
     const bool tty = !opt->json && isatty(STDERR_FILENO);

@@ -4,13 +4,55 @@
 #include "commands.hpp"
 #include "common.hpp"
 #include "listing.hpp"
+#include "seg_options.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::cli {
 
+namespace {
+
+// A segmentor: the backbone, the adapter, the heads, the inference defaults.
+void info_segmentor(const ModelOptions& mo, const SegOptions& so, const std::string& res) {
+  LoadReport report;
+  const Segmentor seg = load_segmentor(mo, so, &report);
+  const SegmentorConfig& c = seg.config();
+  const Architecture& a = c.backbone.arch;
+  long long h = 512, w = 512;
+  if (!res.empty()) std::tie(h, w) = parse_resolution(res, "--res");
+  std::printf("file          %s (%s)\n", mo.model.c_str(), report.layout.empty() ? "preset" : report.layout.c_str());
+  std::printf("task          segmentation: VRWKV-Adapter + UPerHead%s\n", c.head.auxiliary ? " + FCNHead (auxiliary)" : "");
+  std::printf("embed_dims    %lld\ndepth         %lld\nhidden_dims   %lld\n", (long long)a.embed_dims,
+              (long long)a.depth, (long long)a.hidden_dims);
+  std::printf("key_norm      %s\npost_norm     %s\nlayer_scale   %s\n", a.key_norm ? "true" : "false",
+              a.post_norm ? "true" : "false", a.layer_scale ? "true" : "false");
+  std::printf("wkv           %s", to_string(c.backbone.run.wkv).c_str());
+  if (c.backbone.run.wkv == WkvSemantics::Official) std::printf(" (S = %d)", c.backbone.run.wkv_chunks);
+  std::printf("\ninteractions ");
+  for (const auto& [b, e] : c.adapter.interactions) std::printf(" %lld-%lld", (long long)b, (long long)e);
+  std::printf("\nconv_inplane  %lld\ndeform        %lld heads, %lld points, value %lld\ncffn_hidden   %lld\n",
+              (long long)c.adapter.conv_inplane, (long long)c.adapter.deform_heads, (long long)c.adapter.deform_points,
+              (long long)c.adapter.value_dims, (long long)c.adapter.cffn_hidden);
+  std::printf("classes       %lld (UPerHead %lld channels", (long long)c.head.num_classes, (long long)c.head.channels);
+  if (c.head.auxiliary) std::printf(", FCNHead %lld", (long long)c.head.aux_channels);
+  std::printf(")\ntest          %s", c.test.mode == SegmentOptions::Mode::Whole ? "whole" : "slide");
+  if (c.test.mode == SegmentOptions::Mode::Slide)
+    std::printf(" (crop %lldx%lld, stride %lldx%lld)", (long long)c.test.crop_h, (long long)c.test.crop_w,
+                (long long)c.test.stride_h, (long long)c.test.stride_w);
+  std::printf("\nparameters    %lld (%.1fM; backbone blocks and embeddings %.1fM)\n", (long long)seg.parameter_count(),
+              seg.parameter_count() / 1e6, seg.backbone().parameter_count() / 1e6);
+  std::printf("FLOPs         %.1f G at %lldx%lld, one whole-image call (2 x multiply-adds of convolutions and linears)\n",
+              seg.flops(h, w) / 1e9, h, w);
+  if (!report.ignored.empty())
+    std::printf("ignored       %zu entries not part of the model: %s\n", report.ignored.size(),
+                list_some(report.ignored).c_str());
+}
+
+}  // namespace
+
 void add_info(CLI::App& app) {
   struct Options {
     ModelOptions model;
+    SegOptions seg;
     std::string res;
   };
   auto opt = std::make_shared<Options>();
@@ -19,9 +61,11 @@ void add_info(CLI::App& app) {
   // Shared model options that info does not use are refused, not ignored: the model is the first argument
   // and nothing runs.
   for (const char* unused : {"--model", "--dtype", "--threads"}) cmd->remove_option(cmd->get_option(unused));
-  cmd->add_option("file", opt->model.model, "Model file (.pth or .safetensors)")->required();
-  cmd->add_option("--res", opt->res, "Input resolution for FLOPs: N or HxW (default: the training grid)");
+  cmd->add_option("file", opt->model.model, "Model file (.pth or .safetensors) or a segmentor preset")->required();
+  cmd->add_option("--res", opt->res, "Input resolution for FLOPs: N or HxW (default: the training grid; 512 for segmentors)");
+  opt->seg.add_to(*cmd);
   cmd->callback([opt] {
+    if (names_segmentor(opt->model)) return info_segmentor(opt->model, opt->seg, opt->res);
     LoadReport report;
     const Model model = opt->model.load(&report);
     const Architecture& c = model.architecture();

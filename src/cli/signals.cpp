@@ -40,16 +40,31 @@ void wait_for_signals(sigset_t set) {
   }
 }
 
+pthread_t g_waiter;
+
+// Threads that libraries start before main (TBB's, which OpenCV links) do not
+// have the mask: a signal the kernel delivers to one of them lands here and
+// is passed on to the waiting thread (pthread_kill is async-signal-safe).
+void forward_to_waiter(int sig) { pthread_kill(g_waiter, sig); }
+
 }  // namespace
 
 void install_signal_handlers() {
-  // Before any other thread exists, so that every thread inherits the mask.
+  // Early in main, so that every thread started from here on inherits the mask.
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  std::thread(wait_for_signals, set).detach();
+  std::thread waiter(wait_for_signals, set);
+  g_waiter = waiter.native_handle();
+  waiter.detach();
+  struct sigaction forward {};
+  forward.sa_handler = forward_to_waiter;
+  sigemptyset(&forward.sa_mask);
+  forward.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &forward, nullptr);
+  sigaction(SIGTERM, &forward, nullptr);
 }
 
 void set_graceful_stop(bool graceful) { g_graceful.store(graceful); }

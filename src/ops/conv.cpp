@@ -33,11 +33,11 @@ const memory* packed_weights(std::vector<std::unique_ptr<memory>>& packed, const
   return packed.back().get();
 }
 
-void run_primitive(const dnnl::primitive& p, const memory::desc& scratch, const memory::desc& src, const float* x,
+void run_primitive(const dnnl::primitive& p, const memory::desc& scratch, const memory::desc& src, const void* x,
                    const memory& weights, const memory::desc& bias, const float* b, const memory::desc& dst,
                    float* y) {
   dnnl::stream stream(dnnl_engine());
-  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(src, dnnl_engine(), const_cast<float*>(x))},
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(src, dnnl_engine(), const_cast<void*>(x))},
                                           {DNNL_ARG_WEIGHTS, weights},
                                           {DNNL_ARG_DST, memory(dst, dnnl_engine(), y)},
                                           {DNNL_ARG_SCRATCHPAD, thread_scratch(scratch)}};
@@ -97,6 +97,8 @@ struct Conv2d::Plan {
   dnnl::convolution_forward conv;
   const memory* weights = nullptr;
   memory::desc src, dst, bias, scratch;
+  memory::desc src_f32, reorder_scratch;  // bf16: x is rounded to bf16 first
+  dnnl::reorder to_bf16;
 };
 
 Conv2d::Conv2d(const float* weight, const float* bias, const ConvShape& shape, const float* scale,
@@ -116,19 +118,27 @@ Conv2d::Conv2d(const float* weight, const float* bias, const ConvShape& shape, c
 }
 Conv2d::~Conv2d() = default;
 
-const Conv2d::Plan& Conv2d::plan(std::int64_t B, std::int64_t H, std::int64_t W) {
+const Conv2d::Plan& Conv2d::plan(std::int64_t B, std::int64_t H, std::int64_t W, DType compute) {
   std::lock_guard<std::mutex> lock(mutex_);
-  std::unique_ptr<Plan>& slot = plans_[{B, H, W}];
+  std::unique_ptr<Plan>& slot = plans_[{B, H, W, compute}];
   if (slot) return *slot;
   const ConvShape& s = shape_;
+  const bool bf16 = compute == DType::BF16;
+  const dt wt = bf16 ? dt::bf16 : dt::f32;
   auto p = std::make_unique<Plan>();
-  p->src = nhwc(B, s.Ci, H, W);
+  p->src_f32 = nhwc(B, s.Ci, H, W);
+  p->src = memory::desc({B, s.Ci, H, W}, wt, tag::nhwc);
+  if (bf16) {
+    const dnnl::reorder::primitive_desc rpd(dnnl_engine(), p->src_f32, dnnl_engine(), p->src, user_scratch_attr());
+    p->to_bf16 = dnnl::reorder(rpd);
+    p->reorder_scratch = rpd.scratchpad_desc();
+  }
   p->dst = nhwc(B, s.Co, s.out(H), s.out(W));
   p->bias = memory::desc({s.Co}, dt::f32, tag::x);
   const std::int64_t g = s.groups;
   const memory::dims wdims = g == 1 ? memory::dims{s.Co, s.Ci, s.k, s.k}
                                     : memory::dims{g, s.Co / g, s.Ci / g, s.k, s.k};
-  const memory::desc w_any(wdims, dt::f32, tag::any), w_user(wdims, dt::f32, g == 1 ? tag::oihw : tag::goihw);
+  const memory::desc w_any(wdims, wt, tag::any), w_user(wdims, dt::f32, g == 1 ? tag::oihw : tag::goihw);
   dnnl::post_ops ops;
   if (relu_) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
   dnnl::primitive_attr attr = user_scratch_attr();
@@ -144,14 +154,28 @@ const Conv2d::Plan& Conv2d::plan(std::int64_t B, std::int64_t H, std::int64_t W)
   return *slot;
 }
 
-void Conv2d::operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W) {
+void Conv2d::operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W, DType compute) {
   if (B == 0) return;
+  if (compute != DType::F32 && compute != DType::BF16)
+    runtime_error("convolution: compute type must be F32 or BF16, got ", dtype_name(compute));
   try {
-    const Plan& p = plan(B, H, W);
-    run_primitive(p.conv, p.scratch, p.src, x, *p.weights, p.bias, bias_.data(), p.dst, y);
+    const Plan& p = plan(B, H, W, compute);
+    const void* src = x;
+    thread_local std::vector<std::uint16_t> rounded;  // this thread's bf16 copy of x
+    if (compute == DType::BF16) {
+      rounded.resize(static_cast<std::size_t>(B * H * W * shape_.Ci));
+      dnnl::stream stream(dnnl_engine());
+      memory from(p.src_f32, dnnl_engine(), const_cast<float*>(x)), to(p.src, dnnl_engine(), rounded.data());
+      p.to_bf16.execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                                 {DNNL_ARG_SCRATCHPAD, thread_scratch(p.reorder_scratch)}});
+      stream.wait();
+      src = rounded.data();
+    }
+    run_primitive(p.conv, p.scratch, p.src, src, *p.weights, p.bias, bias_.data(), p.dst, y);
   } catch (const dnnl::error& err) {
     runtime_error("convolution ", shape_.Ci, "->", shape_.Co, " ", shape_.k, "x", shape_.k, " on ", B, "x", H, "x", W,
-                  " failed: ", err.what());
+                  " (", dtype_name(compute), ") failed: ", err.what(),
+                  compute == DType::BF16 ? " (bf16 needs a CPU with AVX-512 BF16 or AMX)" : "");
   }
 }
 

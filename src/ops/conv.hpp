@@ -15,6 +15,8 @@
 #include <tuple>
 #include <vector>
 
+#include "vrwkv/tensor.hpp"
+
 namespace dnnl {
 struct memory;
 }
@@ -45,18 +47,20 @@ class Conv2d {
   Conv2d(const Conv2d&) = delete;
   Conv2d& operator=(const Conv2d&) = delete;
   const ConvShape& shape() const { return shape_; }
-  // x [B,H,W,Ci] → y [B,Ho,Wo,Co].
-  void operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W);
+  // x [B,H,W,Ci] → y [B,Ho,Wo,Co]. compute BF16: x and the weights rounded
+  // to bfloat16, products accumulated in float32 (AVX-512 BF16 or AMX).
+  void operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W,
+                  DType compute = DType::F32);
 
  private:
   struct Plan;
-  const Plan& plan(std::int64_t B, std::int64_t H, std::int64_t W);
+  const Plan& plan(std::int64_t B, std::int64_t H, std::int64_t W, DType compute);
   ConvShape shape_;
   bool relu_;
   std::vector<float> weight_, bias_;  // folded, PyTorch layout
   std::mutex mutex_;
   std::vector<std::unique_ptr<dnnl::memory>> packed_;
-  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t>, std::unique_ptr<Plan>> plans_;
+  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, DType>, std::unique_ptr<Plan>> plans_;
 };
 
 // ConvTranspose2d with kernel = stride, with bias (the adapter's `up`).

@@ -73,8 +73,8 @@ Tensor tokens_tensor(const float* x, std::int64_t B, std::int64_t N, std::int64_
 // The ops of one path.
 class Runner {
  public:
-  Runner(State& state, const SegmentorConfig& config, bool reference)
-      : s_(state), c_(config), reference_(reference) {}
+  Runner(State& state, const SegmentorConfig& config, bool reference, bool bf16)
+      : s_(state), c_(config), reference_(reference), compute_(bf16 ? DType::BF16 : DType::F32) {}
   bool reference() const { return reference_; }
 
   // y = ConvModule / conv of x; y's pixels y_stride floats apart (0: Co).
@@ -82,10 +82,10 @@ class Runner {
             std::int64_t y_stride = 0) {
     const ops::ConvShape& sh = cw.shape;
     const std::int64_t n = B * sh.out(H) * sh.out(W), ys = y_stride ? y_stride : sh.Co;
-    if (!reference_ && ys == sh.Co) return s_.conv(cw)(x, y, B, H, W);
+    if (!reference_ && ys == sh.Co) return s_.conv(cw)(x, y, B, H, W, compute_);
     Buf tmp(n * sh.Co);
     if (!reference_) {
-      s_.conv(cw)(x, tmp.data(), B, H, W);
+      s_.conv(cw)(x, tmp.data(), B, H, W, compute_);
     } else {
       ops::conv2d_ref(x, cw.weight, cw.bias, tmp.data(), B, H, W, sh);
       if (cw.bn.weight)
@@ -127,6 +127,7 @@ class Runner {
   State& s_;
   const SegmentorConfig& c_;
   bool reference_;
+  DType compute_;
 };
 
 // The c tokens' three levels (strides 8, 16, 32 of the backbone input).
@@ -180,8 +181,9 @@ SegOutputs run(const Segmentor& seg, State& st, const Tensor& input, const Segme
   if (h < 32 || w < 32 || h % 32 || w % 32)
     input_error("input is ", h, "x", w, ": one segmentor call needs a height and width that are multiples of 32 "
                 "(the official backbone's constraint); use slide inference or resize the image");
+  if (options.bf16 && options.reference) input_error("bf16 runs on the fast path only, not the reference path");
   const ThreadScope threads(ctx);
-  Runner r(st, cfg, options.reference);
+  Runner r(st, cfg, options.reference, options.bf16);
   const SegWeights& W = st.w;
   const AdapterW& a = W.adapter;
   const auto keep = [&](const std::string& name, Tensor t) {
@@ -241,6 +243,7 @@ SegOutputs run(const Segmentor& seg, State& st, const Tensor& input, const Segme
   // The RWKV tokens.
   ForwardOptions fo;
   fo.reference = options.reference;
+  fo.bf16 = options.bf16;
   Tokens x = seg.backbone().embed(input, fo, ctx);
   if (x.grid_h != Hx || x.grid_w != Wx) runtime_error("patch grid ", x.grid_h, "x", x.grid_w, " for a ", h, "x", w, " input");
   Buf xb(x.x.f32(), x.x.f32() + B * T * C);
