@@ -103,6 +103,7 @@ class Segmentor {
   const Model& backbone() const { return backbone_; }
   // Every parameter under its official name (backbone.*, decode_head.*, auxiliary_head.*).
   const TensorMap& parameters() const { return params_; }
+  // Parameters as PyTorch counts them (BatchNorm running statistics are buffers).
   std::int64_t parameter_count() const;
   // 2 × multiply-adds of every convolution and linear of one whole-mode call on h×w.
   double flops(std::int64_t height, std::int64_t width) const;

@@ -38,8 +38,9 @@ enum class Format { Pth, Safetensors };
 // 8-byte length followed by '{' is safetensors.
 Format detect_format(const std::vector<std::uint8_t>& bytes, const std::string& path) {
   if (bytes.size() >= 4 && std::memcmp(bytes.data(), "PK\x03\x04", 4) == 0) return Format::Pth;
-  if (bytes.size() >= 2 && bytes[0] == 0x80) return Format::Pth;  // a legacy pickle: the reader explains
+  // Before the pickle test: a header length's first byte may be 0x80.
   if (bytes.size() >= 9 && bytes[8] == '{') return Format::Safetensors;
+  if (bytes.size() >= 2 && bytes[0] == 0x80) return Format::Pth;  // a legacy pickle: the reader explains
   input_error(path, ": not a model file (expected a PyTorch .pth checkpoint or a .safetensors file)");
 }
 

@@ -35,7 +35,7 @@ const memory* packed_weights(std::vector<std::unique_ptr<memory>>& packed, const
 
 void run_primitive(const dnnl::primitive& p, const memory::desc& scratch, const memory::desc& src, const void* x,
                    const memory& weights, const memory::desc& bias, const float* b, const memory::desc& dst,
-                   float* y) {
+                   void* y) {
   dnnl::stream stream(dnnl_engine());
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(src, dnnl_engine(), const_cast<void*>(x))},
                                           {DNNL_ARG_WEIGHTS, weights},
@@ -96,9 +96,9 @@ void conv_transpose2d_ref(const float* x, const float* weight, const float* bias
 struct Conv2d::Plan {
   dnnl::convolution_forward conv;
   const memory* weights = nullptr;
-  memory::desc src, dst, bias, scratch;
-  memory::desc src_f32, reorder_scratch;  // bf16: x is rounded to bf16 first
-  dnnl::reorder to_bf16;
+  memory::desc user_src, src, dst, user_dst, bias, scratch;  // src, dst: the primitive's layouts
+  dnnl::reorder to_src, to_user_dst;  // when the layouts differ: x rounded to bf16, or blocked for Winograd
+  memory::desc to_src_scratch, to_user_dst_scratch;
 };
 
 Conv2d::Conv2d(const float* weight, const float* bias, const ConvShape& shape, const float* scale,
@@ -118,22 +118,21 @@ Conv2d::Conv2d(const float* weight, const float* bias, const ConvShape& shape, c
 }
 Conv2d::~Conv2d() = default;
 
-const Conv2d::Plan& Conv2d::plan(std::int64_t B, std::int64_t H, std::int64_t W, DType compute) {
+bool Conv2d::winograd_applies() const {
+  const ConvShape& s = shape_;
+  return s.k == 3 && s.stride == 1 && s.pad == 1 && s.groups == 1 && s.Ci >= kWinogradMinChannels &&
+         s.Co >= kWinogradMinChannels;
+}
+
+const Conv2d::Plan& Conv2d::plan(std::int64_t B, std::int64_t H, std::int64_t W, ConvCompute compute) {
   std::lock_guard<std::mutex> lock(mutex_);
   std::unique_ptr<Plan>& slot = plans_[{B, H, W, compute}];
   if (slot) return *slot;
   const ConvShape& s = shape_;
-  const bool bf16 = compute == DType::BF16;
-  const dt wt = bf16 ? dt::bf16 : dt::f32;
+  const dt wt = compute == ConvCompute::BF16 ? dt::bf16 : dt::f32;
   auto p = std::make_unique<Plan>();
-  p->src_f32 = nhwc(B, s.Ci, H, W);
-  p->src = memory::desc({B, s.Ci, H, W}, wt, tag::nhwc);
-  if (bf16) {
-    const dnnl::reorder::primitive_desc rpd(dnnl_engine(), p->src_f32, dnnl_engine(), p->src, user_scratch_attr());
-    p->to_bf16 = dnnl::reorder(rpd);
-    p->reorder_scratch = rpd.scratchpad_desc();
-  }
-  p->dst = nhwc(B, s.Co, s.out(H), s.out(W));
+  p->user_src = nhwc(B, s.Ci, H, W);
+  p->user_dst = nhwc(B, s.Co, s.out(H), s.out(W));
   p->bias = memory::desc({s.Co}, dt::f32, tag::x);
   const std::int64_t g = s.groups;
   const memory::dims wdims = g == 1 ? memory::dims{s.Co, s.Ci, s.k, s.k}
@@ -143,10 +142,32 @@ const Conv2d::Plan& Conv2d::plan(std::int64_t B, std::int64_t H, std::int64_t W,
   if (relu_) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
   dnnl::primitive_attr attr = user_scratch_attr();
   attr.set_post_ops(ops);
-  const dnnl::convolution_forward::primitive_desc pd(
-      dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, p->src,
-                                      w_any, p->bias, p->dst, {s.stride, s.stride}, {s.pad, s.pad}, {s.pad, s.pad}),
-      attr, dnnl_engine());
+  const auto make = [&](dnnl::algorithm alg, const memory::desc& src, const memory::desc& dst) {
+    return dnnl::convolution_forward::primitive_desc(
+        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, alg, src, w_any, p->bias, dst,
+                                        {s.stride, s.stride}, {s.pad, s.pad}, {s.pad, s.pad}),
+        attr, dnnl_engine());
+  };
+  dnnl::convolution_forward::primitive_desc pd;
+  if (compute == ConvCompute::Winograd) {
+    // Winograd F(4×4, 3×3) runs on oneDNN's blocked layouts only.
+    pd = make(dnnl::algorithm::convolution_winograd, memory::desc({B, s.Ci, H, W}, dt::f32, tag::any),
+              memory::desc({B, s.Co, s.out(H), s.out(W)}, dt::f32, tag::any));
+  } else {
+    pd = make(dnnl::algorithm::convolution_direct, memory::desc({B, s.Ci, H, W}, wt, tag::nhwc), p->user_dst);
+  }
+  p->src = pd.src_desc();
+  p->dst = pd.dst_desc();
+  if (p->src != p->user_src) {
+    const dnnl::reorder::primitive_desc rpd(dnnl_engine(), p->user_src, dnnl_engine(), p->src, user_scratch_attr());
+    p->to_src = dnnl::reorder(rpd);
+    p->to_src_scratch = rpd.scratchpad_desc();
+  }
+  if (p->dst != p->user_dst) {
+    const dnnl::reorder::primitive_desc rpd(dnnl_engine(), p->dst, dnnl_engine(), p->user_dst, user_scratch_attr());
+    p->to_user_dst = dnnl::reorder(rpd);
+    p->to_user_dst_scratch = rpd.scratchpad_desc();
+  }
   p->conv = dnnl::convolution_forward(pd);
   p->scratch = pd.scratchpad_desc();
   p->weights = packed_weights(packed_, w_user, pd.weights_desc(), weight_.data());
@@ -158,20 +179,33 @@ void Conv2d::operator()(const float* x, float* y, std::int64_t B, std::int64_t H
   if (B == 0) return;
   if (compute != DType::F32 && compute != DType::BF16)
     runtime_error("convolution: compute type must be F32 or BF16, got ", dtype_name(compute));
+  const ConvCompute how = compute == DType::BF16 ? ConvCompute::BF16
+                          : winograd_ && winograd_applies() ? ConvCompute::Winograd
+                                                            : ConvCompute::Direct;
   try {
-    const Plan& p = plan(B, H, W, compute);
-    const void* src = x;
-    thread_local std::vector<std::uint16_t> rounded;  // this thread's bf16 copy of x
-    if (compute == DType::BF16) {
-      rounded.resize(static_cast<std::size_t>(B * H * W * shape_.Ci));
-      dnnl::stream stream(dnnl_engine());
-      memory from(p.src_f32, dnnl_engine(), const_cast<float*>(x)), to(p.src, dnnl_engine(), rounded.data());
-      p.to_bf16.execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
-                                 {DNNL_ARG_SCRATCHPAD, thread_scratch(p.reorder_scratch)}});
+    const Plan& p = plan(B, H, W, how);
+    dnnl::stream stream(dnnl_engine());
+    // This thread's copies of x and y in the primitive's layouts, when they differ from NHWC float32.
+    thread_local std::vector<char> src_copy, dst_copy;
+    const auto reorder = [&](const dnnl::reorder& r, const memory::desc& from_d, const void* from,
+                             const memory::desc& to_d, void* to, const memory::desc& scratch) {
+      memory a(from_d, dnnl_engine(), const_cast<void*>(from)), b(to_d, dnnl_engine(), to);
+      r.execute(stream, {{DNNL_ARG_FROM, a}, {DNNL_ARG_TO, b}, {DNNL_ARG_SCRATCHPAD, thread_scratch(scratch)}});
       stream.wait();
-      src = rounded.data();
+    };
+    const void* src = x;
+    if (p.to_src) {
+      src_copy.resize(p.src.get_size());
+      reorder(p.to_src, p.user_src, x, p.src, src_copy.data(), p.to_src_scratch);
+      src = src_copy.data();
     }
-    run_primitive(p.conv, p.scratch, p.src, src, *p.weights, p.bias, bias_.data(), p.dst, y);
+    void* dst = y;
+    if (p.to_user_dst) {
+      dst_copy.resize(p.dst.get_size());
+      dst = dst_copy.data();
+    }
+    run_primitive(p.conv, p.scratch, p.src, src, *p.weights, p.bias, bias_.data(), p.dst, dst);
+    if (p.to_user_dst) reorder(p.to_user_dst, p.dst, dst_copy.data(), p.user_dst, y, p.to_user_dst_scratch);
   } catch (const dnnl::error& err) {
     runtime_error("convolution ", shape_.Ci, "->", shape_.Co, " ", shape_.k, "x", shape_.k, " on ", B, "x", H, "x", W,
                   " (", dtype_name(compute), ") failed: ", err.what(),

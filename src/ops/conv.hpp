@@ -39,10 +39,21 @@ void conv_transpose2d_ref(const float* x, const float* weight, const float* bias
 // A convolution with an optional per-channel affine after it folded into
 // its weights and bias (an eval-mode BatchNorm: scale = γ/√(var+ε),
 // shift = β − mean·scale) and an optional ReLU as a post-op.
+// Float32 3×3 convolutions with at least this many input and output channels
+// run as Winograd F(4×4, 3×3) when allowed: 2.4× fewer multiplies for the
+// UPerHead's 512-channel convolutions; rounding like that of a sum over
+// ~4× more terms (tests/test_seg_ops.cpp measures it).
+constexpr std::int64_t kWinogradMinChannels = 256;
+
+enum class ConvCompute : std::uint8_t { Direct, Winograd, BF16 };
+
 class Conv2d {
  public:
   Conv2d(const float* weight, const float* bias, const ConvShape& shape, const float* scale = nullptr,
          const float* shift = nullptr, bool relu = false);
+  // Whether float32 calls may use Winograd (when the shape allows it; default yes).
+  void allow_winograd(bool allow) { winograd_ = allow; }
+  bool winograd_applies() const;
   ~Conv2d();
   Conv2d(const Conv2d&) = delete;
   Conv2d& operator=(const Conv2d&) = delete;
@@ -54,13 +65,14 @@ class Conv2d {
 
  private:
   struct Plan;
-  const Plan& plan(std::int64_t B, std::int64_t H, std::int64_t W, DType compute);
+  const Plan& plan(std::int64_t B, std::int64_t H, std::int64_t W, ConvCompute compute);
   ConvShape shape_;
   bool relu_;
+  bool winograd_ = true;
   std::vector<float> weight_, bias_;  // folded, PyTorch layout
   std::mutex mutex_;
   std::vector<std::unique_ptr<dnnl::memory>> packed_;
-  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, DType>, std::unique_ptr<Plan>> plans_;
+  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, ConvCompute>, std::unique_ptr<Plan>> plans_;
 };
 
 // ConvTranspose2d with kernel = stride, with bias (the adapter's `up`).

@@ -54,13 +54,14 @@ std::vector<BlockRange> equal_interactions(std::int64_t depth) {
 TensorMap read_checkpoint(const std::string& path, LoadReport& rep) {
   const std::vector<std::uint8_t> head = read_file_head(path, 16);
   TensorMap sd;
-  if (head.size() >= 4 && (std::memcmp(head.data(), "PK\x03\x04", 4) == 0 || head[0] == 0x80)) {
+  const bool safetensors = head.size() >= 9 && head[8] == '{';  // before the pickle test: 0x80 may start a length
+  if (!safetensors && head.size() >= 4 && (std::memcmp(head.data(), "PK\x03\x04", 4) == 0 || head[0] == 0x80)) {
     PthStateDict pth = read_pth(path);
     rep.format = "pth";
     rep.layout = pth.layout;
     rep.ignored = pth.ignored;
     sd = std::move(pth.tensors);
-  } else if (head.size() >= 9 && head[8] == '{') {
+  } else if (safetensors) {
     sd = read_safetensors(path);
     rep.format = rep.layout = "safetensors";
   } else {
@@ -221,7 +222,13 @@ Segmentor Segmentor::load(const std::string& path, const SegOverrides& overrides
   return seg;
 }
 
-std::int64_t Segmentor::parameter_count() const { return backbone_.parameter_count() + storage_.numel(); }
+std::int64_t Segmentor::parameter_count() const {
+  // PyTorch's count: BatchNorm running statistics are buffers, not parameters.
+  std::int64_t n = backbone_.parameter_count();
+  for (const auto& [name, t] : params_)
+    if (!name.ends_with(".running_mean") && !name.ends_with(".running_var")) n += t.numel();
+  return n;
+}
 
 double Segmentor::flops(std::int64_t h, std::int64_t w) const {
   // 2 × multiply-adds of every convolution and linear.
