@@ -103,6 +103,17 @@ TEST_F(SegCli, EvalSegMatchesTheMetricsOfItsPredictions) {
   EXPECT_GT(w.aAcc, 0.8);
 }
 
+// convert keeps the settings the tensors do not tell: the converted file runs
+// with no flags and reproduces the golden.
+TEST_F(SegCli, ConvertedSegmentorNeedsNoFlags) {
+  ASSERT_EQ(run("convert " + test::golden(kSlide + ".pth") + " " + path("s.safetensors") + kSlideFlags).code, 0);
+  const CliResult r = run("run --model " + path("s.safetensors") + " --mode slide --crop 64x64 --stride 43x43 --input " +
+                          test::golden(kSlide + ".safetensors") + " --output " + path("out.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(test::close_to(read_safetensors(path("out.safetensors")).at("seg.logits"),
+                             read_safetensors(test::golden(kSlide + ".safetensors")).at("seg.logits"), 5e-5));
+}
+
 TEST_F(SegCli, InfoReportsASegmentor) {
   const CliResult r = run("info upernet_vrwkv_t");
   ASSERT_EQ(r.code, 0) << r.err;

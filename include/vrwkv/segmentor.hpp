@@ -139,6 +139,12 @@ std::vector<std::pair<std::string, Shape>> segmentor_parameter_shapes(const Segm
 // ranges inside the depth, ...); throws Error(Input) naming `source`.
 void check_segmentor_config(const SegmentorConfig& config, const std::string& source);
 
+// The settings the tensors do not tell (interactions, deform heads and
+// points, post-norm, Bi-WKV), as JSON: the metadata "vrwkv.segmentor" of a
+// converted file, applied when it is loaded (before the caller's overrides).
+std::string segmentor_settings_to_json(const SegmentorConfig& config);
+SegOverrides segmentor_settings_from_json(const std::string& json, const std::string& source);
+
 // Whether a checkpoint file holds a segmentor (a spatial prior module and a
 // decode head) rather than a classifier; reads the file.
 bool is_segmentor_checkpoint(const std::string& path);

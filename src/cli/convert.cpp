@@ -5,6 +5,7 @@
 #include "commands.hpp"
 #include "common.hpp"
 #include "listing.hpp"
+#include "seg_options.hpp"
 #include "vrwkv/atomic_file.hpp"
 #include "vrwkv/safetensors.hpp"
 
@@ -13,6 +14,7 @@ namespace vrwkv::cli {
 void add_convert(CLI::App& app) {
   struct Options {
     ModelOptions model;
+    SegOptions seg;
     std::string output;
   };
   auto opt = std::make_shared<Options>();
@@ -23,10 +25,22 @@ void add_convert(CLI::App& app) {
   for (const char* unused : {"--model", "--dtype", "--threads"}) cmd->remove_option(cmd->get_option(unused));
   cmd->add_option("input", opt->model.model, "Checkpoint (.pth or .safetensors)")->required();
   cmd->add_option("output", opt->output, "Output .safetensors")->required();
+  opt->seg.add_to(*cmd);
   cmd->callback([opt] {
     check_output_path(opt->output, "output");
     check_not_an_input(opt->output, {opt->model.model}, "output");
     LoadReport report;
+    if (names_segmentor(opt->model)) {
+      const Segmentor seg = load_segmentor(opt->model, opt->seg, &report);
+      TensorMap all = seg.parameters();
+      for (const auto& [k, t] : seg.backbone().parameters()) all.emplace(k, t);
+      write_safetensors(opt->output, all, {{"vrwkv.segmentor", segmentor_settings_to_json(seg.config())},
+                                           {"format", "vrwkv"}});
+      std::fprintf(stderr, "%s: %s, %zu tensors, %lld parameters -> %s\n", opt->model.model.c_str(),
+                   report.layout.empty() ? "preset" : report.layout.c_str(), all.size(),
+                   static_cast<long long>(seg.parameter_count()), opt->output.c_str());
+      return;
+    }
     const Model model = opt->model.load(&report);
     write_safetensors(opt->output, model.parameters(), {{"vrwkv.config", config_to_json(model.config())},
                                                         {"format", "vrwkv"}});

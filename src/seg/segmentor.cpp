@@ -6,6 +6,8 @@
 #include <cstring>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "io/file.hpp"
 #include "io/pth.hpp"
 #include "ops/maps.hpp"
@@ -51,7 +53,7 @@ std::vector<BlockRange> equal_interactions(std::int64_t depth) {
   return r;
 }
 
-TensorMap read_checkpoint(const std::string& path, LoadReport& rep) {
+TensorMap read_checkpoint(const std::string& path, LoadReport& rep, Metadata* meta = nullptr) {
   const std::vector<std::uint8_t> head = read_file_head(path, 16);
   TensorMap sd;
   const bool safetensors = head.size() >= 9 && head[8] == '{';  // before the pickle test: 0x80 may start a length
@@ -62,7 +64,7 @@ TensorMap read_checkpoint(const std::string& path, LoadReport& rep) {
     rep.ignored = pth.ignored;
     sd = std::move(pth.tensors);
   } else if (safetensors) {
-    sd = read_safetensors(path);
+    sd = read_safetensors(path, meta);
     rep.format = rep.layout = "safetensors";
   } else {
     input_error(path, ": not a model file (expected an mmseg .pth checkpoint or a .safetensors file)");
@@ -210,10 +212,43 @@ Segmentor Segmentor::from_state_dict(const TensorMap& sd, const SegmentorConfig&
   return seg;
 }
 
+std::string segmentor_settings_to_json(const SegmentorConfig& c) {
+  nlohmann::json ranges = nlohmann::json::array();
+  for (const auto& [b, e] : c.adapter.interactions) ranges.push_back({b, e});
+  return nlohmann::json{{"post_norm", c.backbone.arch.post_norm},
+                        {"interaction_indexes", ranges},
+                        {"deform_heads", c.adapter.deform_heads},
+                        {"deform_points", c.adapter.deform_points},
+                        {"wkv", to_string(c.backbone.run.wkv)},
+                        {"wkv_chunks", c.backbone.run.wkv_chunks}}
+      .dump();
+}
+
+SegOverrides segmentor_settings_from_json(const std::string& text, const std::string& source) {
+  try {
+    const auto j = nlohmann::json::parse(text);
+    SegOverrides o;
+    o.post_norm = j.at("post_norm").get<bool>();
+    std::vector<BlockRange> r;
+    for (const auto& p : j.at("interaction_indexes")) r.push_back({p.at(0).get<std::int64_t>(), p.at(1).get<std::int64_t>()});
+    o.interactions = r;
+    o.deform_heads = j.at("deform_heads").get<std::int64_t>();
+    o.deform_points = j.at("deform_points").get<std::int64_t>();
+    o.wkv = wkv_from_string(j.at("wkv").get<std::string>());
+    o.wkv_chunks = j.at("wkv_chunks").get<int>();
+    return o;
+  } catch (const nlohmann::json::exception& e) {
+    input_error(source, ": metadata 'vrwkv.segmentor' is not valid (", e.what(), ")");
+  }
+}
+
 Segmentor Segmentor::load(const std::string& path, const SegOverrides& overrides, LoadReport* report) {
   LoadReport rep;
-  const TensorMap sd = read_checkpoint(path, rep);
+  Metadata meta;
+  const TensorMap sd = read_checkpoint(path, rep, &meta);
   SegmentorConfig config = infer_config(sd, path);
+  // A converted file's settings, then the caller's over them.
+  if (meta.count("vrwkv.segmentor")) apply_overrides(config, segmentor_settings_from_json(meta.at("vrwkv.segmentor"), path), path);
   apply_overrides(config, overrides, path);
   Segmentor seg = from_state_dict(sd, config, path);
   for (const auto& [k, t] : sd)
