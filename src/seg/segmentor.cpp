@@ -404,15 +404,24 @@ Tensor Segmentor::infer(const Tensor& input, const SegmentOptions& o, const Cont
           for (std::int64_t y = 0; y < h; ++y)
             std::memcpy(crop.f32() + (bc * h + y) * w, img.f32() + (bc * H + y1 + y) * W + x1, sizeof(float) * w);
         const Tensor logits = resize_logits(forward(crop, o, ctx).decode_logits, h, w);
+        float* sum = preds.f32();
+        const float* add = logits.f32();
+        const ThreadScope threads(ctx);
+#pragma omp parallel for collapse(2) schedule(static)
         for (std::int64_t bk = 0; bk < B * K; ++bk)
-          for (std::int64_t y = 0; y < h; ++y)
-            for (std::int64_t x = 0; x < w; ++x)
-              preds.f32()[(bk * H + y1 + y) * W + x1 + x] += logits.f32()[(bk * h + y) * w + x];
+          for (std::int64_t y = 0; y < h; ++y) {
+            float* row = sum + (bk * H + y1 + y) * W + x1;
+            const float* from = add + (bk * h + y) * w;
+            for (std::int64_t x = 0; x < w; ++x) row[x] += from[x];
+          }
         for (std::int64_t y = y1; y < y2; ++y)
           for (std::int64_t x = x1; x < x2; ++x) ++count[y * W + x];
       }
+      float* sum = preds.f32();
+      const ThreadScope threads(ctx);
+#pragma omp parallel for schedule(static)
       for (std::int64_t bk = 0; bk < B * K; ++bk)
-        for (std::int64_t p = 0; p < H * W; ++p) preds.f32()[bk * H * W + p] /= static_cast<float>(count[p]);
+        for (std::int64_t p = 0; p < H * W; ++p) sum[bk * H * W + p] /= static_cast<float>(count[p]);
     }
     return resize_logits(preds, Ho, Wo);
   };
