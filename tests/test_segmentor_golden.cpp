@@ -10,6 +10,7 @@
 
 #include "common.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/presets.hpp"
 #include "vrwkv/segmentor.hpp"
 
 namespace vrwkv::test {
@@ -148,6 +149,53 @@ INSTANTIATE_TEST_SUITE_P(Cases, GoldenSegmentor,
                          ::testing::Combine(::testing::Values("dense_small_96x128_whole",
                                                               "dense_small_80x120_slide_postnorm"),
                                             ::testing::Bool()));
+
+// The true VRWKV-T widths (C 192, 6 heads of 32, UPerHead 512 channels: the
+// Winograd convolutions), weights moved off their initialisation (injector
+// gamma, BatchNorm statistics, a classifier with O(1) logits), a batch of two
+// different images, slide inference over an odd size: fast against reference
+// (~20 s: the reference UPerHead is 10 GFLOP of float64 loops).
+TEST(Segmentor, FastMatchesReferenceAtTinyWidths) {
+  const SegmentorConfig c = segmentor_preset_config("upernet_vrwkv_t");
+  TensorMap p = segmentor_initial_parameters(c, 3);
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(0.1f, 1.0f), var(0.5f, 2.0f), n(-0.1f, 0.1f);
+  for (auto& [name, t] : p) {
+    float* v = t.f32();
+    if (name.ends_with("injector.gamma"))
+      for (std::int64_t i = 0; i < t.numel(); ++i) v[i] = u(rng);
+    if (name.ends_with("running_var"))
+      for (std::int64_t i = 0; i < t.numel(); ++i) v[i] = var(rng);
+    if (name.ends_with("running_mean") || name.ends_with(".bn.bias"))
+      for (std::int64_t i = 0; i < t.numel(); ++i) v[i] = n(rng);
+    if (name.ends_with("conv_seg.weight"))
+      for (std::int64_t i = 0; i < t.numel(); ++i) v[i] *= 30;
+  }
+  const Segmentor seg = Segmentor::from_state_dict(p, c, "tiny widths");
+  Tensor x(DType::F32, {2, 3, 64, 96});
+  std::normal_distribution<float> normal;
+  for (std::int64_t i = 0; i < x.numel(); ++i) x.f32()[i] = normal(rng);
+  SegmentOptions fast, ref;
+  fast.mode = ref.mode = SegmentOptions::Mode::Whole;
+  ref.reference = true;
+  const SegOutputs a = seg.forward(x, fast, {2}), b = seg.forward(x, ref, {2});
+  for (int k = 0; k < 4; ++k) EXPECT_TRUE(close_to(a.features[k], b.features[k], kSegTol)) << "features." << k;
+  EXPECT_TRUE(close_to(a.decode_logits, b.decode_logits, kSegTol));
+  EXPECT_TRUE(close_to(a.aux_logits, b.aux_logits, kSegTol));
+  EXPECT_GT(max_abs(b.decode_logits.f32(), b.decode_logits.numel()), 0.5);  // logits of size, not ~0
+  // Image 1 of the batch alone gives what it gives in the batch.
+  const Tensor one = x.view(3 * 64 * 96, {1, 3, 64, 96}).clone();
+  const SegOutputs single = seg.forward(one, fast, {2});
+  const std::int64_t n1 = single.decode_logits.numel();
+  EXPECT_LE(max_abs_diff(single.decode_logits.f32(), a.decode_logits.f32() + n1, n1), 1e-4);
+  // Slide inference over 64x80 (not a multiple of 32) with 64x64 crops, stride 43: two crops.
+  Tensor odd(DType::F32, {1, 3, 64, 80});
+  for (std::int64_t i = 0; i < odd.numel(); ++i) odd.f32()[i] = normal(rng);
+  fast.mode = ref.mode = SegmentOptions::Mode::Slide;
+  fast.crop_h = fast.crop_w = ref.crop_h = ref.crop_w = 64;
+  fast.stride_h = fast.stride_w = ref.stride_h = ref.stride_w = 43;
+  EXPECT_TRUE(close_to(seg.infer(odd, fast, {2}), seg.infer(odd, ref, {2}), kSegTol));
+}
 
 }  // namespace
 }  // namespace vrwkv::test
