@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <nlohmann/json.hpp>
@@ -12,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "vrwkv/error.hpp"
 #include "vrwkv/model.hpp"
 #include "vrwkv/safetensors.hpp"
 #include "vrwkv/tensor.hpp"
@@ -87,6 +90,35 @@ inline ::testing::AssertionResult close_to(const Tensor& got, const Tensor& want
   const double bound = rel * std::max(1.0, max_abs(w.f32(), w.numel()));
   if (diff <= bound) return ::testing::AssertionSuccess() << "max diff " << diff;
   return ::testing::AssertionFailure() << "max |diff| " << diff << " > bound " << bound;
+}
+
+// A fresh temporary directory, removed with its contents at the end of the test.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& prefix = "vrwkv_test") {
+    std::string pattern = (std::filesystem::temp_directory_path() / (prefix + "_XXXXXX")).string();
+    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+// The message of the Error(Input) that f throws ("" and a failure when it throws none).
+template <class F>
+std::string input_error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), Error::Kind::Input) << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "no error";
+  return "";
 }
 
 inline std::vector<float> random_vector(std::size_t n, std::mt19937& rng, float lo = -1, float hi = 1) {

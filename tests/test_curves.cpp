@@ -18,6 +18,8 @@
 namespace vrwkv {
 namespace {
 
+using test::input_error_of;
+
 using test::slurp;
 
 bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
@@ -47,18 +49,6 @@ class Curves : public ::testing::Test {
   std::string write(const std::string& name, const std::string& bytes) const {
     std::ofstream(path(name), std::ios::binary) << bytes;
     return path(name);
-  }
-  // The message of the Error(Input) that f throws ("" and a failure when it throws none).
-  template <class F>
-  std::string input_error_of(F&& f) const {
-    try {
-      f();
-    } catch (const Error& e) {
-      EXPECT_EQ(e.kind(), Error::Kind::Input) << e.what();
-      return e.what();
-    }
-    ADD_FAILURE() << "no error";
-    return "";
   }
 
   std::string dir_;

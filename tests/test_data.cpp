@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "train/augment.hpp"
+#include "common.hpp"
 #include "vrwkv/data.hpp"
 #include "vrwkv/error.hpp"
 
@@ -31,17 +32,8 @@ using Bytes = std::vector<std::uint8_t>;
 // ------------------------------------------------------------ helpers ----
 
 // A fresh temporary directory, removed with its contents at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "vrwkv_test_data_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
+struct TempDir : vrwkv::test::TempDir {
+  TempDir() : vrwkv::test::TempDir("vrwkv_test_data") {}
 };
 
 // Sets an environment variable for the scope, then restores it.

@@ -20,6 +20,8 @@
 namespace vrwkv {
 namespace {
 
+using test::input_error_of;
+
 using plot::largest_classes;
 using plot::segmentation_overlay;
 using Palette = std::vector<std::array<std::uint8_t, 3>>;
@@ -95,17 +97,6 @@ class Overlay : public ::testing::Test {
     return out;
   }
 
-  template <class F>
-  std::string input_error_of(F&& f) const {
-    try {
-      f();
-    } catch (const Error& e) {
-      EXPECT_EQ(e.kind(), Error::Kind::Input) << e.what();
-      return e.what();
-    }
-    ADD_FAILURE() << "no error";
-    return "";
-  }
 
   std::string dir_;
 };

@@ -22,6 +22,7 @@
 #include <span>
 #include <utility>
 
+#include "image/png_decoder.hpp"
 #include "io/file.hpp"
 #include "vrwkv/error.hpp"
 
@@ -272,100 +273,20 @@ Image decode_jpeg(const std::uint8_t* data, std::size_t size, const std::string&
 
 // ----------------------------------------------------------------- PNG ----
 
-struct PngSource {
-  const std::uint8_t* data;
-  std::size_t size;
-  std::size_t position;
-};
-
-void png_read_memory(png_structp png, png_bytep out, png_size_t length) {
-  auto* source = static_cast<PngSource*>(png_get_io_ptr(png));
-  if (length > source->size - source->position) png_error(png, "unexpected end of file");
-  std::memcpy(out, source->data + source->position, length);
-  source->position += length;
-}
-
-class PngDecoder {
- public:
-  PngDecoder(const std::uint8_t* data, std::size_t size) : source_{data, size, 0} {
-    png_ = png_create_read_struct(PNG_LIBPNG_VER_STRING, this, on_error, on_warning);
-    if (png_ != nullptr) info_ = png_create_info_struct(png_);
-  }
-  ~PngDecoder() {
-    if (png_ != nullptr) png_destroy_read_struct(&png_, info_ != nullptr ? &info_ : nullptr, nullptr);
-  }
-  PngDecoder(const PngDecoder&) = delete;
-  PngDecoder& operator=(const PngDecoder&) = delete;
-
-  bool created() const { return png_ != nullptr && info_ != nullptr; }
-
-  // Each step returns false after a libpng error; message() says which.
-  bool read_info() {
-    if (setjmp(png_jmpbuf(png_)) != 0) return false;
-    png_set_read_fn(png_, &source_, png_read_memory);
-    png_read_info(png_, info_);
-    return true;
-  }
-
-  // The transformations OpenCV's PngDecoder asks for with IMREAD_COLOR:
-  // 8-bit (high byte of 16-bit samples), alpha stripped, palette and grey
-  // expanded to RGB. Returns the number of interlace passes in *passes.
-  bool request_rgb8(int* passes) {
-    if (setjmp(png_jmpbuf(png_)) != 0) return false;
-    const int bit_depth = png_get_bit_depth(png_, info_);
-    const int color_type = png_get_color_type(png_, info_);
-    if (bit_depth == 16) png_set_strip_16(png_);
-    png_set_strip_alpha(png_);
-    if (color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png_);
+// The transformations OpenCV's PngDecoder asks for with IMREAD_COLOR:
+// 8-bit (high byte of 16-bit samples), alpha stripped, palette and grey
+// expanded to RGB.
+void rgb8_transforms(png_structp png, png_infop info) {
+    const int bit_depth = png_get_bit_depth(png, info);
+    const int color_type = png_get_color_type(png, info);
+    if (bit_depth == 16) png_set_strip_16(png);
+    png_set_strip_alpha(png);
+    if (color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
     if ((color_type & PNG_COLOR_MASK_COLOR) == 0) {
-      if (bit_depth < 8) png_set_expand_gray_1_2_4_to_8(png_);
-      png_set_gray_to_rgb(png_);
+      if (bit_depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+      png_set_gray_to_rgb(png);
     }
-    *passes = png_set_interlace_handling(png_);
-    png_read_update_info(png_, info_);
-    return true;
-  }
-
-  // Non-interlaced: appends rows to `rgb` (whose capacity must hold the image)
-  // through the one-row buffer `row`.
-  bool read_rows(std::vector<std::uint8_t>& rgb, std::uint8_t* row, std::size_t row_bytes, std::uint32_t height) {
-    if (setjmp(png_jmpbuf(png_)) != 0) return false;
-    for (std::uint32_t y = 0; y < height; ++y) {
-      png_read_row(png_, row, nullptr);
-      rgb.insert(rgb.end(), row, row + row_bytes);
-    }
-    png_read_end(png_, nullptr);
-    return true;
-  }
-
-  // Interlaced: later passes fill in rows of earlier ones, so the whole image
-  // must be in memory; `rows` points at every row of it.
-  bool read_image(png_bytepp rows) {
-    if (setjmp(png_jmpbuf(png_)) != 0) return false;
-    png_read_image(png_, rows);
-    png_read_end(png_, nullptr);
-    return true;
-  }
-
-  png_structp png() const { return png_; }
-  png_infop info() const { return info_; }
-  const char* message() const { return message_; }
-
- private:
-  static void on_error(png_structp png, png_const_charp text) {
-    auto* self = static_cast<PngDecoder*>(png_get_error_ptr(png));
-    std::snprintf(self->message_, sizeof self->message_, "%s", text);
-    png_longjmp(png, 1);
-  }
-  // libpng only warns about damage it can read past (bad CRC of an ancillary
-  // chunk, a bad sRGB profile, ...): the pixels are complete.
-  static void on_warning(png_structp, png_const_charp) {}
-
-  png_structp png_ = nullptr;
-  png_infop info_ = nullptr;
-  PngSource source_;
-  char message_[256] = "unknown error";
-};
+}
 
 // Deflate cannot compress better than 1032:1, so a file that declares more
 // raw data than that bound (with a factor 2 to spare) is surely truncated.
@@ -390,7 +311,7 @@ Image decode_png(const std::uint8_t* data, std::size_t size, const std::string& 
       name, size, width, height,
       png_get_bit_depth(decoder.png(), decoder.info()) * png_get_channels(decoder.png(), decoder.info()));
   int passes = 1;
-  if (!decoder.request_rgb8(&passes)) fail();
+  if (!decoder.request(rgb8_transforms, &passes)) fail();
   const std::size_t row_bytes = png_get_rowbytes(decoder.png(), decoder.info());
   if (png_get_channels(decoder.png(), decoder.info()) != 3 || png_get_bit_depth(decoder.png(), decoder.info()) != 8 ||
       row_bytes != std::size_t{width} * 3)

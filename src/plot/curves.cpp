@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "plot/cairo_output.hpp"
 #include "vrwkv/atomic_file.hpp"
 #include "vrwkv/error.hpp"
 
@@ -26,36 +27,14 @@ namespace vrwkv::train {
 namespace {
 
 using nlohmann::json;
+using plot_detail::printable;
+
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 bool blank(const std::string& s) {
   return std::all_of(s.begin(), s.end(), [](unsigned char c) { return c == ' ' || c == '\t' || c == '\r'; });
 }
 
-// Valid UTF-8 with control characters and invalid bytes replaced by '?', so a
-// string is safe on one line of stderr and in cairo_show_text.
-std::string printable(const std::string& s) {
-  std::string out;
-  for (std::size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-    if (len == 1) {
-      out += c < 0x20 || c == 0x7F ? '?' : static_cast<char>(c);
-      ++i;
-      continue;
-    }
-    bool ok = len > 1 && i + len <= s.size();
-    for (int k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
-    if (ok) {
-      out.append(s, i, len);
-      i += len;
-    } else {
-      out += '?';
-      ++i;
-    }
-  }
-  return out;
-}
 
 std::string excerpt(const std::string& line) {
   constexpr std::size_t kMax = 40;
@@ -230,25 +209,10 @@ struct Range {
   void add(double v) { lo = std::min(lo, v), hi = std::max(hi, v); }
 };
 
-struct Sink {
-  AtomicFile* file;
-  std::exception_ptr error;  // an exception must not unwind through cairo
-};
-
-cairo_status_t write_sink(void* closure, const unsigned char* data, unsigned int length) {
-  Sink* s = static_cast<Sink*>(closure);
-  if (s->error) return CAIRO_STATUS_WRITE_ERROR;
-  try {
-    s->file->write(data, length);
-  } catch (...) {
-    s->error = std::current_exception();
-    return CAIRO_STATUS_WRITE_ERROR;
-  }
-  return CAIRO_STATUS_SUCCESS;
-}
-
-using SurfacePtr = std::unique_ptr<cairo_surface_t, decltype(&cairo_surface_destroy)>;
-using ContextPtr = std::unique_ptr<cairo_t, decltype(&cairo_destroy)>;
+using plot_detail::ContextPtr;
+using plot_detail::Sink;
+using plot_detail::SurfacePtr;
+using plot_detail::write_sink;
 
 constexpr double kColours[][3] = {{0.12, 0.47, 0.71}, {0.84, 0.15, 0.16}, {0.17, 0.63, 0.17}, {1.0, 0.5, 0.05},
                                   {0.58, 0.4, 0.74},  {0.55, 0.34, 0.29}, {0.89, 0.47, 0.76}, {0.5, 0.5, 0.5}};

@@ -11,6 +11,7 @@
 #include <exception>
 #include <memory>
 
+#include "plot/cairo_output.hpp"
 #include "vrwkv/atomic_file.hpp"
 #include "vrwkv/error.hpp"
 
@@ -20,30 +21,6 @@ namespace {
 
 constexpr std::int64_t kMaxSide = 32767;  // the largest side of a cairo image surface
 
-// Valid UTF-8 with control characters and invalid bytes replaced by '?', safe
-// for cairo_show_text.
-std::string printable(const std::string& s) {
-  std::string out;
-  for (std::size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    const int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-    if (len == 1) {
-      out += c < 0x20 || c == 0x7F ? '?' : static_cast<char>(c);
-      ++i;
-      continue;
-    }
-    bool ok = len > 1 && i + len <= s.size();
-    for (int k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
-    if (ok) {
-      out.append(s, i, len);
-      i += len;
-    } else {
-      out += '?';
-      ++i;
-    }
-  }
-  return out;
-}
 
 // The share of the picture, as the legend shows it.
 std::string percent(std::int64_t count, std::int64_t total) {
@@ -160,25 +137,11 @@ void draw_legend(cairo_t* cr, std::vector<Row> rows, double w, double h) {
   }
 }
 
-struct Sink {
-  AtomicFile* file;
-  std::exception_ptr error;  // an exception must not unwind through cairo
-};
-
-cairo_status_t write_sink(void* closure, const unsigned char* data, unsigned int length) {
-  Sink* s = static_cast<Sink*>(closure);
-  if (s->error) return CAIRO_STATUS_WRITE_ERROR;
-  try {
-    s->file->write(data, length);
-  } catch (...) {
-    s->error = std::current_exception();
-    return CAIRO_STATUS_WRITE_ERROR;
-  }
-  return CAIRO_STATUS_SUCCESS;
-}
-
-using SurfacePtr = std::unique_ptr<cairo_surface_t, decltype(&cairo_surface_destroy)>;
-using ContextPtr = std::unique_ptr<cairo_t, decltype(&cairo_destroy)>;
+using plot_detail::ContextPtr;
+using plot_detail::printable;
+using plot_detail::Sink;
+using plot_detail::SurfacePtr;
+using plot_detail::write_sink;
 
 }  // namespace
 

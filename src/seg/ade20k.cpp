@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "image/png_decoder.hpp"
 #include "io/file.hpp"
 #include "vrwkv/error.hpp"
 
@@ -76,101 +77,20 @@ std::vector<std::string> unpaired(const std::vector<std::string>& a, const std::
 constexpr std::uint64_t kMaxSide = 65535;
 constexpr std::uint64_t kMaxPixels = std::uint64_t{1} << 28;
 
-struct PngSource {
-  const std::uint8_t* data;
-  std::size_t size;
-  std::size_t position;
-};
-
-void png_read_memory(png_structp png, png_bytep out, png_size_t length) {
-  auto* source = static_cast<PngSource*>(png_get_io_ptr(png));
-  if (length > source->size - source->position) png_error(png, "unexpected end of file");
-  std::memcpy(out, source->data + source->position, length);
-  source->position += length;
-}
-
-class LabelPngDecoder {
- public:
-  LabelPngDecoder(const std::uint8_t* data, std::size_t size) : source_{data, size, 0} {
-    png_ = png_create_read_struct(PNG_LIBPNG_VER_STRING, this, on_error, on_warning);
-    if (png_ != nullptr) info_ = png_create_info_struct(png_);
-  }
-  ~LabelPngDecoder() {
-    if (png_ != nullptr) png_destroy_read_struct(&png_, info_ != nullptr ? &info_ : nullptr, nullptr);
-  }
-  LabelPngDecoder(const LabelPngDecoder&) = delete;
-  LabelPngDecoder& operator=(const LabelPngDecoder&) = delete;
-
-  bool created() const { return png_ != nullptr && info_ != nullptr; }
-
-  // Each step returns false after a libpng error; message() says which.
-  bool read_info() {
-    if (setjmp(png_jmpbuf(png_)) != 0) return false;
-    png_set_read_fn(png_, &source_, png_read_memory);
-    png_read_info(png_, info_);
-    return true;
-  }
-
-  // One byte a pixel, as Pillow gives a palette or greyscale PNG: palette
-  // indices and 1-bit grey unpacked as they are, 2- and 4-bit grey scaled to
-  // 8 bits. Returns the number of interlace passes in *passes.
-  bool request_values(int* passes) {
-    if (setjmp(png_jmpbuf(png_)) != 0) return false;
-    const int bit_depth = png_get_bit_depth(png_, info_);
-    const int color_type = png_get_color_type(png_, info_);
+// One byte a pixel, as Pillow gives a palette or greyscale PNG: palette
+// indices and 1-bit grey unpacked as they are, 2- and 4-bit grey scaled to
+// 8 bits.
+void value_transforms(png_structp png, png_infop info) {
+    const int bit_depth = png_get_bit_depth(png, info);
+    const int color_type = png_get_color_type(png, info);
     if (bit_depth < 8) {
       if (color_type == PNG_COLOR_TYPE_GRAY && bit_depth > 1) {
-        png_set_expand_gray_1_2_4_to_8(png_);
+        png_set_expand_gray_1_2_4_to_8(png);
       } else {
-        png_set_packing(png_);
+        png_set_packing(png);
       }
     }
-    *passes = png_set_interlace_handling(png_);
-    png_read_update_info(png_, info_);
-    return true;
-  }
-
-  // Non-interlaced: appends rows to `values` (whose capacity must hold the
-  // image) through the one-row buffer `row`.
-  bool read_rows(std::vector<std::uint8_t>& values, std::uint8_t* row, std::size_t row_bytes, std::uint32_t height) {
-    if (setjmp(png_jmpbuf(png_)) != 0) return false;
-    for (std::uint32_t y = 0; y < height; ++y) {
-      png_read_row(png_, row, nullptr);
-      values.insert(values.end(), row, row + row_bytes);
-    }
-    png_read_end(png_, nullptr);
-    return true;
-  }
-
-  // Interlaced: later passes fill in rows of earlier ones, so the whole image
-  // must be in memory; `rows` points at every row of it.
-  bool read_image(png_bytepp rows) {
-    if (setjmp(png_jmpbuf(png_)) != 0) return false;
-    png_read_image(png_, rows);
-    png_read_end(png_, nullptr);
-    return true;
-  }
-
-  png_structp png() const { return png_; }
-  png_infop info() const { return info_; }
-  const char* message() const { return message_; }
-
- private:
-  static void on_error(png_structp png, png_const_charp text) {
-    auto* self = static_cast<LabelPngDecoder*>(png_get_error_ptr(png));
-    std::snprintf(self->message_, sizeof self->message_, "%s", text);
-    png_longjmp(png, 1);
-  }
-  // Warnings are about damage libpng reads past (a bad ancillary chunk, a
-  // palette index beyond the palette, which labels do not use): the values
-  // are complete.
-  static void on_warning(png_structp, png_const_charp) {}
-
-  png_structp png_ = nullptr;
-  png_infop info_ = nullptr;
-  PngSource source_;
-  char message_[256] = "unknown error";
-};
+}
 
 constexpr const char* kExpectedLabels = "expected a label image of 8-bit class values: a palette or greyscale PNG";
 
@@ -268,7 +188,7 @@ LabelMap decode_label_png(const std::uint8_t* data, std::size_t size, const std:
     const bool jpeg = size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF;
     input_error(name, ": ", jpeg ? "a JPEG" : "not a PNG", ", ", kExpectedLabels);
   }
-  LabelPngDecoder decoder(data, size);
+  PngDecoder decoder(data, size);
   if (!decoder.created()) input_error(name, ": cannot create a PNG decoder (out of memory)");
   const auto fail = [&] { input_error(name, ": invalid PNG data (", decoder.message(), ")"); };
   if (!decoder.read_info()) fail();
@@ -281,7 +201,7 @@ LabelMap decode_label_png(const std::uint8_t* data, std::size_t size, const std:
   check_dimensions(name, width, height);
   check_data_fits(name, size, width, height, bit_depth * png_get_channels(png, info));
   int passes = 1;
-  if (!decoder.request_values(&passes)) fail();
+  if (!decoder.request(value_transforms, &passes)) fail();
   const std::size_t row_bytes = png_get_rowbytes(png, info);
   if (png_get_channels(png, info) != 1 || png_get_bit_depth(png, info) != 8 || row_bytes != width)
     input_error(name, ": unsupported PNG pixel format, ", kExpectedLabels);

@@ -1,0 +1,61 @@
+// What the plots share: writing a cairo surface through an AtomicFile (the
+// stream callback), the owners of cairo objects, and text made safe to draw.
+#pragma once
+
+#include <cairo.h>
+
+#include <exception>
+#include <memory>
+#include <string>
+
+#include "vrwkv/atomic_file.hpp"
+
+namespace vrwkv::plot_detail {
+
+struct Sink {
+  AtomicFile* file;
+  std::exception_ptr error;  // an exception must not unwind through cairo
+};
+
+// cairo's write callback: the bytes go to the file; a failure stops cairo and is rethrown by the caller.
+inline cairo_status_t write_sink(void* closure, const unsigned char* data, unsigned int length) {
+  Sink* s = static_cast<Sink*>(closure);
+  if (s->error) return CAIRO_STATUS_WRITE_ERROR;
+  try {
+    s->file->write(data, length);
+  } catch (...) {
+    s->error = std::current_exception();
+    return CAIRO_STATUS_WRITE_ERROR;
+  }
+  return CAIRO_STATUS_SUCCESS;
+}
+
+// Valid UTF-8 with control characters and invalid bytes replaced by '?', so a
+// string is safe on one line of stderr and in cairo_show_text.
+inline std::string printable(const std::string& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    if (len == 1) {
+      out += c < 0x20 || c == 0x7F ? '?' : static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    bool ok = len > 1 && i + len <= s.size();
+    for (int k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+    if (ok) {
+      out.append(s, i, len);
+      i += len;
+    } else {
+      out += '?';
+      ++i;
+    }
+  }
+  return out;
+}
+
+using SurfacePtr = std::unique_ptr<cairo_surface_t, decltype(&cairo_surface_destroy)>;
+using ContextPtr = std::unique_ptr<cairo_t, decltype(&cairo_destroy)>;
+
+}  // namespace vrwkv::plot_detail
