@@ -1,6 +1,5 @@
 // vrwkv: the command-line program. It parses arguments and calls the library;
 // exit codes: 0 success, 2 bad input or usage, 1 failure at run time.
-#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -22,19 +21,10 @@ void choose_wait_policy(char** argv) {
   setenv("GOMP_SPINCOUNT", "10000", 1);
   execv("/proc/self/exe", argv);  // returns only on failure: then go on with the defaults
 }
-// The segmentor's maps are tens of MiB each, allocated and freed on every
-// call; glibc serves such sizes with mmap and unmaps them on free, so every
-// call page-faults its memory in again (measured: ~10 % of a 512² call).
-// Freed memory is kept for reuse instead.
-void keep_freed_memory() {
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
 }  // namespace
 
 int main(int argc, char** argv) {
   choose_wait_policy(argv);
-  keep_freed_memory();
   vrwkv::cli::install_signal_handlers();
   CLI::App app{"vrwkv: Vision-RWKV inference on the CPU, from official checkpoints"};
   app.require_subcommand(1);

@@ -1,5 +1,7 @@
 #include "seg_options.hpp"
 
+#include <malloc.h>
+
 #include <cstdio>
 #include <sstream>
 
@@ -69,11 +71,18 @@ SegmentOptions SegOptions::inference(const SegmentorConfig& config, const ModelO
   return o;
 }
 
+void keep_freed_memory() {
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
 Segmentor load_segmentor(const ModelOptions& m, const SegOptions& s, LoadReport* report) {
   const std::string path = m.path();
-  for (const std::string& name : segmentor_preset_names())
-    if (path == name) return Segmentor::preset(name);
-  return Segmentor::load(path, s.overrides(m), report);
+  bool preset = false;
+  for (const std::string& name : segmentor_preset_names()) preset = preset || path == name;
+  Segmentor seg = preset ? Segmentor::preset(path) : Segmentor::load(path, s.overrides(m), report);
+  keep_freed_memory();
+  return seg;
 }
 
 bool names_segmentor(const ModelOptions& m) {

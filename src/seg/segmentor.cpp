@@ -133,8 +133,14 @@ SegmentorConfig Segmentor::infer_config(const TensorMap& sd, const std::string& 
 void Segmentor::apply_overrides(SegmentorConfig& c, const SegOverrides& o, const std::string& source) {
   if (o.post_norm) c.backbone.arch.post_norm = *o.post_norm;
   if (o.interactions) c.adapter.interactions = *o.interactions;
+  // One of heads and points given: the other keeps their product, which the tensors fix.
+  const std::int64_t product = c.adapter.deform_heads * c.adapter.deform_points;
   if (o.deform_heads) c.adapter.deform_heads = *o.deform_heads;
   if (o.deform_points) c.adapter.deform_points = *o.deform_points;
+  if (o.deform_heads && !o.deform_points && product % *o.deform_heads == 0)
+    c.adapter.deform_points = product / *o.deform_heads;
+  if (o.deform_points && !o.deform_heads && product % *o.deform_points == 0)
+    c.adapter.deform_heads = product / *o.deform_points;
   if (o.wkv) c.backbone.run.wkv = *o.wkv;
   if (o.wkv_chunks) c.backbone.run.wkv_chunks = *o.wkv_chunks;
   check_segmentor_config(c, source);
