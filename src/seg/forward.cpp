@@ -308,7 +308,7 @@ SegOutputs run(const Segmentor& seg, State& st, const Tensor& input, const Segme
   // UPerHead. PPM on f4: cat(f4, resize(ConvModule(pool_s(f4)))) → bottleneck = lat[3].
   const SegHeadConfig& hc = cfg.head;
   const UperW& u = W.decode;
-  const std::int64_t ch = hc.channels, K = hc.num_classes, S = static_cast<std::int64_t>(hc.pool_scales.size());
+  const std::int64_t ch = hc.channels, S = static_cast<std::int64_t>(hc.pool_scales.size());
   const Map& f4 = f[3];
   Map lat[4];
   {
@@ -343,7 +343,6 @@ SegOutputs run(const Segmentor& seg, State& st, const Tensor& input, const Segme
   }
   out.decode_logits = to_nchw(logits);
   if (hc.auxiliary) out.aux_logits = to_nchw(r.conv(W.aux.conv_seg, r.conv(W.aux.conv, f[2])));
-  (void)K;
   return out;
 }
 
