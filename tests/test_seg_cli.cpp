@@ -57,6 +57,13 @@ TEST_F(SegCli, SegmentWritesBothPicturesAtThePhotoSize) {
   for (std::uint8_t v : map.values) ASSERT_LT(v, 19);
   EXPECT_TRUE(fs::exists(path("out/text_overlay.png")));
   EXPECT_GT(fs::file_size(path("out/text_overlay.png")), 1000u);
+  // A file that is not an image among photos: one line naming it, the others segmented, exit 2.
+  write("notes.jpg", "not a picture");
+  const CliResult bad = run("segment --model " + test::golden(kWhole + ".pth") + kWholeFlags + "--mode slide --crop 64x64 "
+                            "--stride 64x64 --threads 2 -o " + path("out2") + " " + path("notes.jpg") + " " + photo);
+  expect_input_error(bad, path("notes.jpg"));
+  EXPECT_TRUE(fs::exists(path("out2/text.png")));
+  EXPECT_FALSE(fs::exists(path("out2/notes.png")));
 }
 
 // A generated ADE20K folder: the annotations are the model's own predictions
