@@ -5,6 +5,7 @@
 // and FCNHead. The fast path runs oneDNN convolutions with the BatchNorms
 // folded in; the reference path runs the plain ops with separate BatchNorms.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "ops/deform_attn.hpp"
@@ -197,9 +198,10 @@ SegOutputs run(const Segmentor& seg, State& st, const Tensor& input, const Segme
 
   // The input as an NHWC map.
   Map img(B, h, w, 3);
+  const float* in = input.f32();
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t c = 0; c < 3; ++c)
-      for (std::int64_t p = 0; p < h * w; ++p) img.v[(b * h * w + p) * 3 + c] = input.f32()[(b * 3 + c) * h * w + p];
+      for (std::int64_t p = 0; p < h * w; ++p) img.v[(b * h * w + p) * 3 + c] = in[(b * 3 + c) * h * w + p];
 
   // Spatial prior module.
   Map s = r.conv(a.stem[2], r.conv(a.stem[1], r.conv(a.stem[0], img)));
@@ -341,6 +343,9 @@ SegOutputs run(const Segmentor& seg, State& st, const Tensor& input, const Segme
     }
     logits = r.conv(u.conv_seg, r.conv(u.fpn_bottleneck, cat));
   }
+  // Never a class claimed for an overflow.
+  for (float v : logits.v)
+    if (!std::isfinite(v)) runtime_error("the segmentation logits hold a non-finite value: the computation overflowed");
   out.decode_logits = to_nchw(logits);
   if (hc.auxiliary) out.aux_logits = to_nchw(r.conv(W.aux.conv_seg, r.conv(W.aux.conv, f[2])));
   return out;
