@@ -410,13 +410,14 @@ Tensor Segmentor::infer(const Tensor& input, const SegmentOptions& o, const Cont
           for (std::int64_t y = 0; y < h; ++y)
             std::memcpy(crop.f32() + (bc * h + y) * w, img.f32() + (bc * H + y1 + y) * W + x1, sizeof(float) * w);
         const Tensor logits = resize_logits(forward(crop, o, ctx).decode_logits, h, w);
+        const std::int64_t top = y1, left = x1;  // plain copies: OpenMP regions cannot name structured bindings (clang)
         float* sum = preds.f32();
         const float* add = logits.f32();
         const ThreadScope threads(ctx);
 #pragma omp parallel for collapse(2) schedule(static)
         for (std::int64_t bk = 0; bk < B * K; ++bk)
           for (std::int64_t y = 0; y < h; ++y) {
-            float* row = sum + (bk * H + y1 + y) * W + x1;
+            float* row = sum + (bk * H + top + y) * W + left;
             const float* from = add + (bk * h + y) * w;
             for (std::int64_t x = 0; x < w; ++x) row[x] += from[x];
           }
