@@ -6,6 +6,7 @@
 
 #include "io/file.hpp"
 #include "io/pth.hpp"
+#include "model/checkpoint.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/model.hpp"
 #include "vrwkv/safetensors.hpp"
@@ -14,16 +15,9 @@ namespace vrwkv {
 
 namespace {
 
-// Official names are "backbone.*" and "head.*". Accept DataParallel's
-// "module." prefix and backbone-only state dicts saved without "backbone.".
+// Official names are "backbone.*" and "head.*". Accept backbone-only state
+// dicts saved without "backbone.".
 TensorMap normalise_keys(TensorMap sd) {
-  bool all_module = !sd.empty();
-  for (const auto& [k, t] : sd) all_module = all_module && k.starts_with("module.");
-  if (all_module) {
-    TensorMap out;
-    for (auto& [k, t] : sd) out.emplace(k.substr(7), t);
-    sd = std::move(out);
-  }
   if (!sd.count("backbone.patch_embed.projection.weight") && sd.count("patch_embed.projection.weight")) {
     TensorMap out;
     for (auto& [k, t] : sd) out.emplace(k.starts_with("head.") ? k : "backbone." + k, t);
@@ -46,30 +40,43 @@ Format detect_format(const std::vector<std::uint8_t>& bytes, const std::string& 
 
 }  // namespace
 
-Model Model::load(const std::string& path, const ConfigOverrides& overrides, LoadReport* report) {
+namespace model {
+
+TensorMap read_checkpoint(const std::string& path, LoadReport& rep, Metadata* meta) {
   // The readers take the file themselves: only its first bytes are read here.
-  const std::vector<std::uint8_t> head = read_file_head(path, 16);
-  LoadReport rep;
   TensorMap sd;
-  Config config;
-  bool have_config = false;
-  if (detect_format(head, path) == Format::Pth) {
+  if (detect_format(read_file_head(path, 16), path) == Format::Pth) {
     PthStateDict pth = read_pth(path);
     rep.format = "pth";
     rep.layout = pth.layout;
     rep.ignored = pth.ignored;
-    sd = normalise_keys(std::move(pth.tensors));
+    sd = std::move(pth.tensors);
   } else {
-    Metadata meta;
-    sd = normalise_keys(read_safetensors(path, &meta));
-    rep.format = "safetensors";
-    rep.layout = "safetensors";
-    if (meta.count("vrwkv.config")) {
-      config = config_from_json(meta.at("vrwkv.config"), path);
-      have_config = true;
-    }
+    sd = read_safetensors(path, meta);
+    rep.format = rep.layout = "safetensors";
   }
-  if (!have_config) config = infer_config(sd, path);
+  // DataParallel's "module." prefix.
+  bool all_module = !sd.empty();
+  for (const auto& [k, t] : sd) all_module = all_module && k.starts_with("module.");
+  if (all_module) {
+    TensorMap out;
+    for (auto& [k, t] : sd) out.emplace(k.substr(7), t);
+    sd = std::move(out);
+  }
+  return sd;
+}
+
+}  // namespace model
+
+Model Model::load(const std::string& path, const ConfigOverrides& overrides, LoadReport* report) {
+  LoadReport rep;
+  Metadata meta;
+  const TensorMap sd = normalise_keys(model::read_checkpoint(path, rep, &meta));
+  Config config;
+  if (meta.count("vrwkv.config"))
+    config = config_from_json(meta.at("vrwkv.config"), path);
+  else
+    config = infer_config(sd, path);
   apply_overrides(config, overrides, path);
   Model model = from_state_dict(sd, config, path);
   for (const auto& [k, t] : sd)

@@ -8,8 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "io/file.hpp"
-#include "io/pth.hpp"
+#include "model/checkpoint.hpp"
 #include "ops/maps.hpp"
 #include "seg/state.hpp"
 #include "threads.hpp"
@@ -53,37 +52,12 @@ std::vector<BlockRange> equal_interactions(std::int64_t depth) {
   return r;
 }
 
-TensorMap read_checkpoint(const std::string& path, LoadReport& rep, Metadata* meta = nullptr) {
-  const std::vector<std::uint8_t> head = read_file_head(path, 16);
-  TensorMap sd;
-  const bool safetensors = head.size() >= 9 && head[8] == '{';  // before the pickle test: 0x80 may start a length
-  if (!safetensors && head.size() >= 4 && (std::memcmp(head.data(), "PK\x03\x04", 4) == 0 || head[0] == 0x80)) {
-    PthStateDict pth = read_pth(path);
-    rep.format = "pth";
-    rep.layout = pth.layout;
-    rep.ignored = pth.ignored;
-    sd = std::move(pth.tensors);
-  } else if (safetensors) {
-    sd = read_safetensors(path, meta);
-    rep.format = rep.layout = "safetensors";
-  } else {
-    input_error(path, ": not a model file (expected an mmseg .pth checkpoint or a .safetensors file)");
-  }
-  bool all_module = !sd.empty();
-  for (const auto& [k, t] : sd) all_module = all_module && k.starts_with("module.");
-  if (all_module) {
-    TensorMap out;
-    for (auto& [k, t] : sd) out.emplace(k.substr(7), t);
-    sd = std::move(out);
-  }
-  return sd;
-}
 
 }  // namespace
 
 bool is_segmentor_checkpoint(const std::string& path) {
   LoadReport rep;
-  const TensorMap sd = read_checkpoint(path, rep);
+  const TensorMap sd = model::read_checkpoint(path, rep);
   return sd.count("backbone.spm.stem.0.weight") && sd.count("decode_head.conv_seg.weight");
 }
 
@@ -251,7 +225,7 @@ SegOverrides segmentor_settings_from_json(const std::string& text, const std::st
 Segmentor Segmentor::load(const std::string& path, const SegOverrides& overrides, LoadReport* report) {
   LoadReport rep;
   Metadata meta;
-  const TensorMap sd = read_checkpoint(path, rep, &meta);
+  const TensorMap sd = model::read_checkpoint(path, rep, &meta);
   SegmentorConfig config = infer_config(sd, path);
   // A converted file's settings, then the caller's over them.
   if (meta.count("vrwkv.segmentor")) apply_overrides(config, segmentor_settings_from_json(meta.at("vrwkv.segmentor"), path), path);
