@@ -24,8 +24,8 @@ struct SegCase {
   Segmentor seg;
 };
 
-SegOverrides overrides_of(const nlohmann::json& j) {
-  SegOverrides o;
+AdapterOverrides overrides_of(const nlohmann::json& j) {
+  AdapterOverrides o;
   const auto& bb = j.at("config").at("backbone");
   o.post_norm = bb.value("post_norm", false);
   std::vector<BlockRange> r;

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "vrwkv/adapter.hpp"
 #include "vrwkv/context.hpp"
 #include "vrwkv/model.hpp"
 #include "vrwkv/tensor.hpp"
@@ -28,18 +29,6 @@ namespace vrwkv {
 namespace seg {
 struct State;
 }
-
-// Inclusive block ranges, one per interaction (`interaction_indexes`).
-using BlockRange = std::pair<std::int64_t, std::int64_t>;
-
-struct AdapterConfig {
-  std::int64_t conv_inplane = 64;  // SPM width i
-  std::int64_t deform_heads = 6;   // M
-  std::int64_t deform_points = 4;  // P
-  std::int64_t value_dims = 192;   // int(C·deform_ratio)
-  std::int64_t cffn_hidden = 48;   // int(C·cffn_ratio)
-  std::vector<BlockRange> interactions;  // 4 of them
-};
 
 struct SegHeadConfig {
   std::int64_t num_classes = 150;
@@ -67,15 +56,6 @@ struct SegmentorConfig {
   SegmentOptions test;              // the checkpoint's test_cfg (ADE20K: slide 512/341)
 };
 
-// What a user may set over what the tensors tell.
-struct SegOverrides {
-  std::optional<bool> post_norm;
-  std::optional<std::vector<BlockRange>> interactions;
-  std::optional<std::int64_t> deform_heads, deform_points;
-  std::optional<WkvSemantics> wkv;
-  std::optional<int> wkv_chunks;
-};
-
 // One backbone call and the heads on it; every map F32 NCHW.
 struct SegOutputs {
   std::vector<Tensor> features;  // 4 maps [B,C,h/4..h/32,·]
@@ -90,14 +70,14 @@ class Segmentor {
   // classes and heads come from the tensors; interactions, deform heads and
   // points, pre/post-norm and the Bi-WKV default to the official config of
   // the model size. Bad files and impossible settings throw Error(Input).
-  static Segmentor load(const std::string& path, const SegOverrides& overrides = {}, LoadReport* report = nullptr);
+  static Segmentor load(const std::string& path, const AdapterOverrides& overrides = {}, LoadReport* report = nullptr);
   static Segmentor from_state_dict(const TensorMap& state_dict, const SegmentorConfig& config,
                                    const std::string& source = "state dict");
   // The configuration a state dict implies (before overrides).
   // An official segmentor with its official initialisation (upernet_vrwkv_t/s/b/l).
   static Segmentor preset(const std::string& name, std::uint64_t seed = 0);
   static SegmentorConfig infer_config(const TensorMap& state_dict, const std::string& source);
-  static void apply_overrides(SegmentorConfig& config, const SegOverrides& overrides, const std::string& source);
+  static void apply_overrides(SegmentorConfig& config, const AdapterOverrides& overrides, const std::string& source);
 
   const SegmentorConfig& config() const { return config_; }
   const Model& backbone() const { return backbone_; }
@@ -143,7 +123,7 @@ void check_segmentor_config(const SegmentorConfig& config, const std::string& so
 // points, post-norm, Bi-WKV), as JSON: the metadata "vrwkv.segmentor" of a
 // converted file, applied when it is loaded (before the caller's overrides).
 std::string segmentor_settings_to_json(const SegmentorConfig& config);
-SegOverrides segmentor_settings_from_json(const std::string& json, const std::string& source);
+AdapterOverrides segmentor_settings_from_json(const std::string& json, const std::string& source);
 
 // Whether a checkpoint file holds a segmentor (a spatial prior module and a
 // decode head) rather than a classifier; reads the file.

@@ -42,8 +42,8 @@ void SegOptions::add_to(CLI::App& app) {
   app.add_flag("--flip", flip, "Average the softmax with the horizontally flipped image's");
 }
 
-SegOverrides SegOptions::overrides(const ModelOptions& m) const {
-  SegOverrides o;
+AdapterOverrides SegOptions::overrides(const ModelOptions& m) const {
+  AdapterOverrides o;
   const ConfigOverrides c = m.overrides();
   o.post_norm = c.post_norm;
   o.wkv = c.wkv;

@@ -19,7 +19,7 @@ struct SegOptions {
   // --interaction-indexes, --deform-heads, --deform-points, --mode, --crop, --stride, --flip.
   void add_to(CLI::App& app);
   // With --post-norm, --wkv, --wkv-chunks of the model options.
-  SegOverrides overrides(const ModelOptions& model) const;
+  AdapterOverrides overrides(const ModelOptions& model) const;
   // The checkpoint's test_cfg with these options (and --dtype) over it; checked (crop, stride).
   SegmentOptions inference(const SegmentorConfig& config, const ModelOptions& model) const;
 };

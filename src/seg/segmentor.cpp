@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "adapter/adapter.hpp"
 #include "model/checkpoint.hpp"
 #include "ops/maps.hpp"
 #include "seg/state.hpp"
@@ -18,43 +19,6 @@
 
 namespace vrwkv {
 
-namespace {
-
-bool is_backbone_model_key(const std::string& k) {
-  return k == "backbone.pos_embed" || k.starts_with("backbone.patch_embed.") || k.starts_with("backbone.layers.");
-}
-
-const Tensor& need(const TensorMap& sd, const std::string& name, int ndim, const std::string& source) {
-  const auto it = sd.find(name);
-  if (it == sd.end()) input_error(source, ": missing tensor '", name, "' (not a VRWKV-Adapter segmentor?)");
-  if (it->second.ndim() != ndim)
-    input_error(source, ": tensor '", name, "' has shape ", shape_str(it->second.shape()), ", expected ", ndim,
-                " dimensions");
-  return it->second;
-}
-
-// The official configs by embed width (DENSE.md (a)): tiny, small, base, large.
-struct OfficialSize {
-  std::int64_t embed, heads;
-  bool post_norm;
-};
-constexpr OfficialSize kSizes[] = {{192, 6, false}, {384, 6, true}, {768, 12, true}, {1024, 16, true}};
-const OfficialSize* official_size(std::int64_t C) {
-  for (const OfficialSize& s : kSizes)
-    if (s.embed == C) return &s;
-  return nullptr;
-}
-
-// Four equal groups of blocks (the official 12- and 24-block configs).
-std::vector<BlockRange> equal_interactions(std::int64_t depth) {
-  std::vector<BlockRange> r;
-  for (std::int64_t i = 0; i < 4; ++i) r.push_back({i * depth / 4, (i + 1) * depth / 4 - 1});
-  return r;
-}
-
-
-}  // namespace
-
 bool is_segmentor_checkpoint(const std::string& path) {
   LoadReport rep;
   const TensorMap sd = model::read_checkpoint(path, rep);
@@ -62,82 +26,34 @@ bool is_segmentor_checkpoint(const std::string& path) {
 }
 
 SegmentorConfig Segmentor::infer_config(const TensorMap& sd, const std::string& source) {
-  SegmentorConfig c;
-  TensorMap bb;
-  for (const auto& [k, t] : sd)
-    if (is_backbone_model_key(k)) bb.emplace(k, t);
   if (!sd.count("backbone.spm.stem.0.weight") || !sd.count("decode_head.conv_seg.weight"))
     input_error(source, ": not a VRWKV-Adapter + UPerHead segmentor (no backbone.spm.stem.0.weight or "
                 "decode_head.conv_seg.weight)");
-  c.backbone = vrwkv::infer_config(bb, source);
-  Architecture& a = c.backbone.arch;
-  const OfficialSize* size = official_size(a.embed_dims);
-  a.post_norm = size && size->post_norm;  // the T segmentor is pre-norm with layer scale
-  a.final_norm = false;
-  a.head = HeadKind::None;
-  c.backbone.run.wkv = WkvSemantics::Official;
-  c.backbone.run.wkv_chunks = 32;  // the cuda_new kernel the segmentation code compiles
-  c.backbone.run.out_indices = {a.depth - 1};
-
-  AdapterConfig& ad = c.adapter;
-  ad.conv_inplane = need(sd, "backbone.spm.stem.0.weight", 4, source).dim(0);
-  const std::string inj = "backbone.interactions.0.injector.attn.";
-  ad.value_dims = need(sd, inj + "value_proj.weight", 2, source).dim(0);
-  ad.cffn_hidden = need(sd, "backbone.interactions.0.extractor.ffn.fc1.weight", 2, source).dim(0);
-  const std::int64_t heads_points =
-      need(sd, "backbone.interactions.0.extractor.attn.attention_weights.weight", 2, source).dim(0);
-  ad.deform_heads = size ? size->heads : 0;
-  ad.deform_points = 4;
-  if (size && heads_points % size->heads == 0) ad.deform_points = heads_points / size->heads;
-  if (!size) ad.deform_heads = heads_points % 4 == 0 ? heads_points / 4 : 0;
-  std::int64_t n = 0;
-  while (sd.count("backbone.interactions." + std::to_string(n) + ".injector.gamma")) ++n;
-  if (n != 4) input_error(source, ": ", n, " interactions (backbone.interactions.N), expected 4");
-  if (a.depth % 4 == 0) ad.interactions = equal_interactions(a.depth);
-
+  SegmentorConfig c;
+  adapter::infer_config(sd, source, c.backbone, c.adapter);
   SegHeadConfig& h = c.head;
-  const Tensor& seg = need(sd, "decode_head.conv_seg.weight", 4, source);
+  const Tensor& seg = sd.at("decode_head.conv_seg.weight");
+  if (seg.ndim() != 4) input_error(source, ": decode_head.conv_seg.weight has shape ", shape_str(seg.shape()),
+                                   ", expected [K,C,1,1]");
   h.num_classes = seg.dim(0);
   h.channels = seg.dim(1);
   h.auxiliary = sd.count("auxiliary_head.conv_seg.weight") > 0;
-  if (h.auxiliary) h.aux_channels = need(sd, "auxiliary_head.conv_seg.weight", 4, source).dim(1);
+  if (h.auxiliary) {
+    const Tensor& aux = sd.at("auxiliary_head.conv_seg.weight");
+    if (aux.ndim() != 4) input_error(source, ": auxiliary_head.conv_seg.weight has shape ", shape_str(aux.shape()),
+                                     ", expected [K,C,1,1]");
+    h.aux_channels = aux.dim(1);
+  }
   return c;
 }
 
-void Segmentor::apply_overrides(SegmentorConfig& c, const SegOverrides& o, const std::string& source) {
-  if (o.post_norm) c.backbone.arch.post_norm = *o.post_norm;
-  if (o.interactions) c.adapter.interactions = *o.interactions;
-  // One of heads and points given: the other keeps their product, which the tensors fix.
-  const std::int64_t product = c.adapter.deform_heads * c.adapter.deform_points;
-  if (o.deform_heads) c.adapter.deform_heads = *o.deform_heads;
-  if (o.deform_points) c.adapter.deform_points = *o.deform_points;
-  if (o.deform_heads && !o.deform_points && product % *o.deform_heads == 0)
-    c.adapter.deform_points = product / *o.deform_heads;
-  if (o.deform_points && !o.deform_heads && product % *o.deform_points == 0)
-    c.adapter.deform_heads = product / *o.deform_points;
-  if (o.wkv) c.backbone.run.wkv = *o.wkv;
-  if (o.wkv_chunks) c.backbone.run.wkv_chunks = *o.wkv_chunks;
+void Segmentor::apply_overrides(SegmentorConfig& c, const AdapterOverrides& o, const std::string& source) {
+  adapter::apply_overrides(c.backbone, c.adapter, o, source);
   check_segmentor_config(c, source);
 }
 
 void check_segmentor_config(const SegmentorConfig& c, const std::string& source) {
-  check_config(c.backbone, source);
-  const Architecture& a = c.backbone.arch;
-  const AdapterConfig& ad = c.adapter;
-  if (ad.interactions.size() != 4)
-    input_error(source, ": ", ad.interactions.size(), " interaction block ranges, expected 4 (set "
-                "--interaction-indexes, e.g. 0-2,3-5,6-8,9-11)");
-  for (const BlockRange& r : ad.interactions)
-    if (r.first < 0 || r.first > r.second || r.second >= a.depth)
-      input_error(source, ": interaction blocks ", r.first, "-", r.second, " are not a range of the ", a.depth,
-                  " blocks");
-  if (ad.deform_heads < 1 || ad.deform_points < 1 || ad.deform_heads > 1024 || ad.deform_points > 1024)
-    input_error(source, ": the deformable attention's heads (", ad.deform_heads, ") and points (", ad.deform_points,
-                ") cannot be told from the tensors; set --deform-heads and --deform-points");
-  if (ad.value_dims % ad.deform_heads)
-    input_error(source, ": value width ", ad.value_dims, " is not divisible by ", ad.deform_heads,
-                " deformable-attention heads (set --deform-heads and --deform-points)");
-  if (ad.conv_inplane < 1 || ad.cffn_hidden < 1) input_error(source, ": empty adapter widths");
+  adapter::check_config(c.backbone, c.adapter, source);
   const SegHeadConfig& h = c.head;
   if (h.num_classes < 1 || h.num_classes > 255)
     input_error(source, ": ", h.num_classes, " classes; the class-index maps hold at most 255");
@@ -156,73 +72,23 @@ std::vector<std::pair<std::string, Shape>> segmentor_parameter_shapes(const Segm
 Segmentor Segmentor::from_state_dict(const TensorMap& sd, const SegmentorConfig& config, const std::string& source) {
   check_segmentor_config(config, source);
   auto state = std::make_shared<seg::State>();
-  const std::vector<seg::TensorSlot> slots = seg::tensor_slots(config, state->w);
-  // Every tensor present with its shape, before anything is allocated.
-  std::int64_t total = 0;
-  for (const seg::TensorSlot& s : slots) {
-    const auto it = sd.find(s.name);
-    if (it == sd.end()) input_error(source, ": missing tensor '", s.name, "' required by the segmentor");
-    if (it->second.shape() != s.shape)
-      input_error(source, ": tensor '", s.name, "' has shape ", shape_str(it->second.shape()), ", expected ",
-                  shape_str(s.shape));
-    if (it->second.dtype() == DType::I64 || it->second.dtype() == DType::Bool)
-      input_error(source, ": tensor '", s.name, "' is ", dtype_name(it->second.dtype()), ", expected floats");
-    total += shape_numel(s.shape);
-  }
-  TensorMap bb;
-  for (const auto& [k, t] : sd)
-    if (is_backbone_model_key(k)) bb.emplace(k, t);
   Segmentor seg;
   seg.config_ = config;
-  seg.backbone_ = Model::from_state_dict(bb, config.backbone, source);
-  seg.storage_ = Tensor(DType::F32, {total});
-  std::int64_t at = 0;
-  for (const seg::TensorSlot& s : slots) {
-    const Tensor src = sd.at(s.name).to_f32();
-    Tensor dst = seg.storage_.view(at, s.shape);
-    std::memcpy(dst.f32(), src.f32(), dst.nbytes());
-    for (std::int64_t i = 0; i < dst.numel(); ++i)
-      if (!std::isfinite(dst.f32()[i]))
-        input_error(source, ": tensor '", s.name, "' holds a non-finite value (", dst.f32()[i], " at element ", i, ")");
-    *s.slot = dst.f32();
-    seg.params_.emplace(s.name, dst);
-    at += dst.numel();
-  }
+  adapter::bind_slots(seg::tensor_slots(config, state->w), sd, source, "segmentor", seg.storage_, seg.params_);
+  seg.backbone_ = Model::from_state_dict(adapter::backbone_model_tensors(sd), config.backbone, source);
   seg.state_ = std::move(state);
   return seg;
 }
 
 std::string segmentor_settings_to_json(const SegmentorConfig& c) {
-  nlohmann::json ranges = nlohmann::json::array();
-  for (const auto& [b, e] : c.adapter.interactions) ranges.push_back({b, e});
-  return nlohmann::json{{"post_norm", c.backbone.arch.post_norm},
-                        {"interaction_indexes", ranges},
-                        {"deform_heads", c.adapter.deform_heads},
-                        {"deform_points", c.adapter.deform_points},
-                        {"wkv", to_string(c.backbone.run.wkv)},
-                        {"wkv_chunks", c.backbone.run.wkv_chunks}}
-      .dump();
+  return adapter::settings_to_json(c.backbone, c.adapter);
 }
 
-SegOverrides segmentor_settings_from_json(const std::string& text, const std::string& source) {
-  try {
-    const auto j = nlohmann::json::parse(text);
-    SegOverrides o;
-    o.post_norm = j.at("post_norm").get<bool>();
-    std::vector<BlockRange> r;
-    for (const auto& p : j.at("interaction_indexes")) r.push_back({p.at(0).get<std::int64_t>(), p.at(1).get<std::int64_t>()});
-    o.interactions = r;
-    o.deform_heads = j.at("deform_heads").get<std::int64_t>();
-    o.deform_points = j.at("deform_points").get<std::int64_t>();
-    o.wkv = wkv_from_string(j.at("wkv").get<std::string>());
-    o.wkv_chunks = j.at("wkv_chunks").get<int>();
-    return o;
-  } catch (const nlohmann::json::exception& e) {
-    input_error(source, ": metadata 'vrwkv.segmentor' is not valid (", e.what(), ")");
-  }
+AdapterOverrides segmentor_settings_from_json(const std::string& text, const std::string& source) {
+  return adapter::settings_from_json(text, source, "vrwkv.segmentor");
 }
 
-Segmentor Segmentor::load(const std::string& path, const SegOverrides& overrides, LoadReport* report) {
+Segmentor Segmentor::load(const std::string& path, const AdapterOverrides& overrides, LoadReport* report) {
   LoadReport rep;
   Metadata meta;
   const TensorMap sd = model::read_checkpoint(path, rep, &meta);
@@ -248,40 +114,12 @@ std::int64_t Segmentor::parameter_count() const {
 double Segmentor::flops(std::int64_t h, std::int64_t w) const {
   // 2 × multiply-adds of every convolution and linear.
   const SegmentorConfig& c = config_;
-  const Architecture& a = c.backbone.arch;
-  const std::int64_t C = a.embed_dims, T = (h / 16) * (w / 16), n8 = (h / 8) * (w / 8), n32 = (h / 32) * (w / 32);
-  const std::int64_t Nc = n8 + T + n32;
-  double macs = 0;
-  // Patch embedding and blocks: the backbone's own count (its convention counts multiply-adds of the linears).
+  const seg::SegWeights& W = state_->w;
+  double macs = adapter::flops(c.backbone, c.adapter, W.adapter, h, w) / 2;
   const auto conv_macs = [](const seg::ConvW& cw, std::int64_t outH, std::int64_t outW) {
     const ops::ConvShape& s = cw.shape;
     return static_cast<double>(outH) * outW * s.Co * (s.Ci / s.groups) * s.k * s.k;
   };
-  const auto lin = [](const seg::LinearW& l, std::int64_t M) { return static_cast<double>(M) * l.out * l.in; };
-  macs += static_cast<double>(T) * C * 3 * 16 * 16;  // patch embedding
-  // VRWKV block linears: key/value/receptance/output C², ffn key/value C·hidden, receptance C².
-  std::int64_t blocks = 0;
-  for (const BlockRange& r : c.adapter.interactions) blocks += r.second - r.first + 1;
-  macs += static_cast<double>(blocks) * T * (5.0 * C * C + 2.0 * C * a.hidden_dims);
-  const seg::SegWeights& W = state_->w;
-  const seg::AdapterW& ad = W.adapter;
-  macs += conv_macs(ad.stem[0], h / 2, w / 2) + conv_macs(ad.stem[1], h / 2, w / 2) +
-          conv_macs(ad.stem[2], h / 2, w / 2);
-  macs += conv_macs(ad.conv2, h / 8, w / 8) + conv_macs(ad.conv3, h / 16, w / 16) + conv_macs(ad.conv4, h / 32, w / 32);
-  macs += conv_macs(ad.fc[0], h / 4, w / 4) + conv_macs(ad.fc[1], h / 8, w / 8) + conv_macs(ad.fc[2], h / 16, w / 16) +
-          conv_macs(ad.fc[3], h / 32, w / 32);
-  const auto attn = [&](const seg::DeformAttnW& at, std::int64_t Lq, std::int64_t len_in) {
-    return lin(at.value_proj, len_in) + lin(at.sampling_offsets, Lq) + lin(at.attention_weights, Lq) +
-           lin(at.output_proj, Lq);
-  };
-  const auto extractor = [&](const seg::ExtractorW& e) {
-    return attn(e.attn, Nc, T) + lin(e.fc1, Nc) + lin(e.fc2, Nc) + static_cast<double>(Nc) * e.fc1.out * 9;
-  };
-  for (const seg::InteractionW& it : ad.interactions) {
-    macs += attn(it.attn, T, Nc) + extractor(it.extractor);
-    for (const seg::ExtractorW& e : it.extra) macs += extractor(e);
-  }
-  macs += static_cast<double>(h / 8) * (w / 8) * C * C * 4;  // up (2×2 transposed)
   const seg::UperW& u = W.decode;
   const std::int64_t H32 = h / 32, W32 = w / 32;
   for (std::size_t k = 0; k < c.head.pool_scales.size(); ++k)

@@ -1,13 +1,9 @@
 // A loaded segmentor's bound weights and the fast path's primitives made
-// from them (BatchNorms folded into the convolutions before them), shared by
-// the copies of a Segmentor; and the forward of one backbone call.
+// from them, shared by the copies of a Segmentor; and the forward of one
+// backbone call with the heads.
 #pragma once
 
-#include <map>
-#include <memory>
-#include <mutex>
-
-#include "ops/conv.hpp"
+#include "adapter/convs.hpp"
 #include "seg/params.hpp"
 #include "vrwkv/segmentor.hpp"
 
@@ -15,13 +11,7 @@ namespace vrwkv::seg {
 
 struct State {
   SegWeights w;
-  std::mutex mutex;  // guards the maps below
-  std::map<const ConvW*, std::unique_ptr<ops::Conv2d>> convs;
-  std::unique_ptr<ops::ConvTranspose2d> up;
-
-  // The fast convolution of c (made on first use).
-  ops::Conv2d& conv(const ConvW& c);
-  ops::ConvTranspose2d& up_conv();
+  adapter::ConvCache convs;
 };
 
 // One backbone call and the heads (Segmentor::forward). With `trace`, the
