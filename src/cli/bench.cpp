@@ -11,7 +11,7 @@
 
 #include "commands.hpp"
 #include "common.hpp"
-#include "seg_options.hpp"
+#include "dense_options.hpp"
 #include "vrwkv/atomic_file.hpp"
 #include "vrwkv/bench.hpp"
 #include "vrwkv/error.hpp"
@@ -164,7 +164,7 @@ void add_bench(CLI::App& app) {
                     "upernet_vrwkv_t/s/b/l) nor a readable file");
     }
     if (opt->worker) {
-      // A segmentor keeps freed memory for reuse, as `vrwkv segment` does (seg_options.hpp).
+      // A segmentor keeps freed memory for reuse, as `vrwkv segment` does (dense_options.hpp).
       const auto seg = segmentor_preset_names();
       if (std::find(seg.begin(), seg.end(), specs.at(0).model) != seg.end()) keep_freed_memory();
       std::printf("%s\n", bench::to_json(bench::run(specs.at(0))).c_str());

@@ -5,7 +5,7 @@
 #include "commands.hpp"
 #include "common.hpp"
 #include "listing.hpp"
-#include "seg_options.hpp"
+#include "dense_options.hpp"
 #include "vrwkv/atomic_file.hpp"
 #include "vrwkv/safetensors.hpp"
 
@@ -14,7 +14,7 @@ namespace vrwkv::cli {
 void add_convert(CLI::App& app) {
   struct Options {
     ModelOptions model;
-    SegOptions seg;
+    DenseOptions seg;
     std::string output;
   };
   auto opt = std::make_shared<Options>();

@@ -10,7 +10,7 @@
 
 #include "commands.hpp"
 #include "common.hpp"
-#include "seg_options.hpp"
+#include "dense_options.hpp"
 #include "validators.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/seg_data.hpp"
@@ -23,7 +23,7 @@ namespace vrwkv::cli {
 namespace {
 
 // mmseg's evaluation of a segmentor on DIR/images/validation, DIR/annotations/validation.
-void eval_segmentor(const ModelOptions& mo, const SegOptions& so, const std::string& data, std::int64_t limit,
+void eval_segmentor(const ModelOptions& mo, const DenseOptions& so, const std::string& data, std::int64_t limit,
                     bool json) {
   if (!data.starts_with("ade20k:"))
     input_error("--data: segmentation evaluates an ADE20K-layout folder, ade20k:DIR, got '", data, "'");
@@ -80,7 +80,7 @@ void eval_segmentor(const ModelOptions& mo, const SegOptions& so, const std::str
 void add_eval(CLI::App& app) {
   struct Options {
     ModelOptions model;
-    SegOptions seg;
+    DenseOptions seg;
     std::string data, task = "cls";
     bool json = false, strict = false;
     std::int64_t batch = 256, limit = 0;

@@ -4,7 +4,7 @@
 #include "commands.hpp"
 #include "common.hpp"
 #include "listing.hpp"
-#include "seg_options.hpp"
+#include "dense_options.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::cli {
@@ -12,7 +12,7 @@ namespace vrwkv::cli {
 namespace {
 
 // A segmentor: the backbone, the adapter, the heads, the inference defaults.
-void info_segmentor(const ModelOptions& mo, const SegOptions& so, const std::string& res) {
+void info_segmentor(const ModelOptions& mo, const DenseOptions& so, const std::string& res) {
   LoadReport report;
   const Segmentor seg = load_segmentor(mo, so, &report);
   const SegmentorConfig& c = seg.config();
@@ -52,7 +52,7 @@ void info_segmentor(const ModelOptions& mo, const SegOptions& so, const std::str
 void add_info(CLI::App& app) {
   struct Options {
     ModelOptions model;
-    SegOptions seg;
+    DenseOptions seg;
     std::string res;
   };
   auto opt = std::make_shared<Options>();

@@ -10,7 +10,7 @@
 
 #include "commands.hpp"
 #include "common.hpp"
-#include "seg_options.hpp"
+#include "dense_options.hpp"
 #include "vrwkv/atomic_file.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/seg_data.hpp"
@@ -22,7 +22,7 @@ namespace vrwkv::cli {
 void add_segment(CLI::App& app) {
   struct Options {
     ModelOptions model;
-    SegOptions seg;
+    DenseOptions seg;
     std::vector<std::string> images;
     std::string out = ".";
     int top = 3;

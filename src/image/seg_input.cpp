@@ -5,15 +5,12 @@
 
 #include <opencv2/imgproc.hpp>
 
+#include "image/cv_resize.hpp"
 #include "image/image.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv {
 
-namespace {
-
-// cv::resize(INTER_LINEAR) of RGB uint8 pixels (the official pipeline's
-// cv2.resize: fixed-point coefficients; a same-size resize is a copy).
 std::vector<std::uint8_t> cv_resize(const std::vector<std::uint8_t>& src, std::int64_t h, std::int64_t w,
                                     std::int64_t oh, std::int64_t ow) {
   if (oh == h && ow == w) return src;
@@ -24,12 +21,15 @@ std::vector<std::uint8_t> cv_resize(const std::vector<std::uint8_t>& src, std::i
   return out;
 }
 
-}  // namespace
+std::array<std::int64_t, 2> rescale_size(std::int64_t h, std::int64_t w, std::int64_t long_edge,
+                                         std::int64_t short_edge) {
+  const double scale = std::min(static_cast<double>(long_edge) / std::max(h, w),
+                                static_cast<double>(short_edge) / std::min(h, w));
+  return {static_cast<std::int64_t>(h * scale + 0.5), static_cast<std::int64_t>(w * scale + 0.5)};
+}
 
 std::array<std::int64_t, 2> rescale_size(std::int64_t h, std::int64_t w, const SegPipeline& p) {
-  const double scale = std::min(static_cast<double>(p.long_edge) / std::max(h, w),
-                                static_cast<double>(p.short_edge) / std::min(h, w));
-  return {static_cast<std::int64_t>(h * scale + 0.5), static_cast<std::int64_t>(w * scale + 0.5)};
+  return rescale_size(h, w, p.long_edge, p.short_edge);
 }
 
 SegImage preprocess_seg_image(std::vector<std::uint8_t> rgb, std::int64_t h, std::int64_t w, const SegPipeline& p) {

@@ -1,4 +1,4 @@
-#include "seg_options.hpp"
+#include "dense_options.hpp"
 
 #include <malloc.h>
 
@@ -27,7 +27,7 @@ std::vector<BlockRange> parse_ranges(const std::string& text) {
 }
 }  // namespace
 
-void SegOptions::add_to(CLI::App& app) {
+void DenseOptions::add_adapter_to(CLI::App& app) {
   app.add_option("--interaction-indexes", interactions,
                  "Blocks of each interaction, inclusive ranges, e.g. 0-2,3-5,6-8,9-11 (default: the official "
                  "config of the depth)");
@@ -35,6 +35,10 @@ void SegOptions::add_to(CLI::App& app) {
       ->check(CLI::Range(1, 1024));
   app.add_option("--deform-points", deform_points, "Deformable-attention points per level (default 4)")
       ->check(CLI::Range(1, 1024));
+}
+
+void DenseOptions::add_to(CLI::App& app) {
+  add_adapter_to(app);
   app.add_option("--mode", mode, "Inference: whole | slide (default: the checkpoint's, slide for ADE20K)")
       ->check(CLI::IsMember({"whole", "slide"}));
   app.add_option("--crop", crop, "Slide crop HxW (default 512x512)");
@@ -42,7 +46,7 @@ void SegOptions::add_to(CLI::App& app) {
   app.add_flag("--flip", flip, "Average the softmax with the horizontally flipped image's");
 }
 
-AdapterOverrides SegOptions::overrides(const ModelOptions& m) const {
+AdapterOverrides DenseOptions::overrides(const ModelOptions& m) const {
   AdapterOverrides o;
   const ConfigOverrides c = m.overrides();
   o.post_norm = c.post_norm;
@@ -54,7 +58,7 @@ AdapterOverrides SegOptions::overrides(const ModelOptions& m) const {
   return o;
 }
 
-SegmentOptions SegOptions::inference(const SegmentorConfig& config, const ModelOptions& model) const {
+SegmentOptions DenseOptions::inference(const SegmentorConfig& config, const ModelOptions& model) const {
   SegmentOptions o = config.test;
   if (!mode.empty()) o.mode = mode == "whole" ? SegmentOptions::Mode::Whole : SegmentOptions::Mode::Slide;
   if (!crop.empty()) std::tie(o.crop_h, o.crop_w) = parse_resolution(crop, "--crop");
@@ -76,7 +80,7 @@ void keep_freed_memory() {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
-Segmentor load_segmentor(const ModelOptions& m, const SegOptions& s, LoadReport* report) {
+Segmentor load_segmentor(const ModelOptions& m, const DenseOptions& s, LoadReport* report) {
   const std::string path = m.path();
   bool preset = false;
   for (const std::string& name : segmentor_preset_names()) preset = preset || path == name;
@@ -90,6 +94,30 @@ bool names_segmentor(const ModelOptions& m) {
   for (const std::string& name : segmentor_preset_names())
     if (path == name) return true;
   return is_segmentor_checkpoint(path);
+}
+
+bool names_detector(const ModelOptions& m) {
+  const std::string path = m.path();
+  for (const std::string& name : detector_preset_names())
+    if (path == name) return true;
+  return is_detector_checkpoint(path);
+}
+
+Detector load_detector(const ModelOptions& m, const DenseOptions& d, LoadReport* report) {
+  const std::string path = m.path();
+  bool preset = false;
+  for (const std::string& name : detector_preset_names()) preset = preset || path == name;
+  Detector det = preset ? Detector::preset(path) : Detector::load(path, d.overrides(m), report);
+  keep_freed_memory();
+  return det;
+}
+
+std::vector<std::string> detector_classes(const DetectorConfig& c) {
+  if (!c.labels.empty()) return c.labels;
+  if (c.head.num_classes == 80) return coco_classes();
+  std::vector<std::string> out;
+  for (std::int64_t k = 0; k < c.head.num_classes; ++k) out.push_back("class " + std::to_string(k));
+  return out;
 }
 
 std::vector<std::string> segmentor_classes(const SegmentorConfig& c) {
