@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "vrwkv 0.1.0");
   vrwkv::cli::add_classify(app);
   vrwkv::cli::add_segment(app);
+  vrwkv::cli::add_detect(app);
   vrwkv::cli::add_run(app);
   vrwkv::cli::add_convert(app);
   vrwkv::cli::add_info(app);
