@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -43,5 +44,10 @@ struct AdapterOverrides {
   std::optional<WkvSemantics> wkv;
   std::optional<int> wkv_chunks;
 };
+
+// What a checkpoint file holds, told by its tensor names (reads the file):
+// a classifier, a segmentor (adapter + decode head) or a detector (FPN + RPN).
+enum class CheckpointKind : std::uint8_t { Classifier, Segmentor, Detector };
+CheckpointKind checkpoint_kind(const std::string& path);
 
 }  // namespace vrwkv

@@ -10,8 +10,8 @@
 namespace vrwkv::bench {
 
 struct Spec {
-  std::string model;  // a model file, a VRWKV preset (vrwkv_t...), a segmentor preset (upernet_vrwkv_t...)
-                      // or a ViT preset (vit_t, vit_s)
+  std::string model;  // a model file, a VRWKV preset (vrwkv_t...), a segmentor preset (upernet_vrwkv_t...),
+                      // a detector preset (mask_rcnn_vrwkv_t...) or a ViT preset (vit_t, vit_s)
   std::int64_t batch = 1, height = 224, width = 224;
   int threads = 1;
   std::string dtype = "fp32";
@@ -21,6 +21,11 @@ struct Spec {
   std::string mode = "whole";  // segmentors: "whole" or "slide" inference (512² crops, stride 341)
 };
 
+// A detector's time per stage, medians over the timed calls (ms).
+struct StageMs {
+  double backbone = 0, fpn = 0, rpn = 0, roi = 0, mask = 0;
+};
+
 struct Record {
   Spec spec;
   double flops_per_image = 0;  // 2 × multiply-adds
@@ -28,6 +33,7 @@ struct Record {
   double peak_rss_mib = 0;
   std::int64_t parameters = 0;
   double activation_mib = 0;  // train: activations kept for the backward
+  StageMs stages;             // detectors
 };
 
 // fp32 FMA throughput of `threads` threads, GFLOP/s (2 FLOPs per FMA lane).

@@ -74,6 +74,7 @@ struct Detections {
   Tensor scores;  // F32 [N]
   Tensor labels;  // I64 [N], 0-based class indices
   Tensor masks;   // U8 [N,ori_h,ori_w] (0/1); empty without masks
+  std::int64_t proposals = 0;  // the RPN's proposals (RoIs of the box head)
   std::int64_t size() const { return scores.ndim() ? scores.dim(0) : 0; }
 };
 
@@ -96,6 +97,7 @@ class Detector {
   static Detector preset(const std::string& name, std::uint64_t seed = 0);
 
   const DetectorConfig& config() const { return config_; }
+  void set_test_config(const DetTestConfig& test) { config_.test = test; }
   const Model& backbone() const { return backbone_; }
   const TensorMap& parameters() const { return params_; }  // the adapter's, neck's and heads'
   std::int64_t parameter_count() const;                    // as PyTorch counts them (no BN buffers)

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapter/adapter.hpp"
+#include "model/checkpoint.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/presets.hpp"
 
@@ -205,3 +206,17 @@ double flops(const Config& backbone, const AdapterConfig& c, const AdapterW& ad,
 }
 
 }  // namespace vrwkv::adapter
+
+namespace vrwkv {
+
+CheckpointKind checkpoint_kind(const std::string& path) {
+  LoadReport report;
+  const TensorMap sd = model::read_checkpoint(path, report);
+  if (sd.count("neck.lateral_convs.0.conv.weight") && sd.count("rpn_head.rpn_conv.weight"))
+    return CheckpointKind::Detector;
+  if (sd.count("backbone.spm.stem.0.weight") && sd.count("decode_head.conv_seg.weight"))
+    return CheckpointKind::Segmentor;
+  return CheckpointKind::Classifier;
+}
+
+}  // namespace vrwkv

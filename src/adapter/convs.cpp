@@ -54,6 +54,13 @@ ops::ConvTranspose2d& ConvCache::conv_transpose(const ConvW& c) {
   return *slot;
 }
 
+ops::PackedLinear& ConvCache::linear(const LinearW& l, DType weights, const float* weight) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::unique_ptr<ops::PackedLinear>& slot = linears_[{&l, weights}];
+  if (!slot) slot = std::make_unique<ops::PackedLinear>(weight ? weight : l.weight, l.out, l.in, weights, nullptr, l.bias);
+  return *slot;
+}
+
 void Runner::conv(const ConvW& cw, const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W,
                   std::int64_t y_stride) {
   const ops::ConvShape& sh = cw.shape;
@@ -90,8 +97,10 @@ Map Runner::conv_transpose(const ConvW& cw, const Map& x) {
   return y;
 }
 
-void Runner::linear(const LinearW& l, const float* x, float* y, std::int64_t M) {
-  (reference_ ? ops::linear_ref : ops::linear)(x, l.weight, l.bias, y, M, l.out, l.in);
+void Runner::linear(const LinearW& l, const float* x, float* y, std::int64_t M, const float* weight) {
+  if (M == 0) return;
+  if (reference_) return ops::linear_ref(x, l.weight, l.bias, y, M, l.out, l.in);
+  cache_.linear(l, DType::F32, weight)(ops::Activations{const_cast<float*>(x), DType::F32}, ops::Activations{y, DType::F32}, M);
 }
 
 void Runner::layernorm(const NormW& n, const float* x, float* y, std::int64_t N, std::int64_t C, float eps) {

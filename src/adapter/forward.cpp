@@ -17,7 +17,7 @@ namespace {
 
 constexpr float kAdapterNormEps = 1e-6f;
 
-using Buf = std::vector<float>;
+using Buf = Floats;  // every buffer below is written in full before it is read
 
 Tensor tokens_tensor(const float* x, std::int64_t B, std::int64_t N, std::int64_t C) {
   Tensor t(DType::F32, {B, N, C});
@@ -95,8 +95,9 @@ std::array<Map, 4> forward(const Model& backbone, const AdapterConfig& cfg, cons
   if (options.bf16 && options.reference) input_error("bf16 runs on the fast path only, not the reference path");
   const ThreadScope threads(ctx);
   Runner r(cache, options.reference, options.bf16);
-  const auto keep = [&](const std::string& name, Tensor t) {
-    if (trace) (*trace)[name] = std::move(t);
+  // Stores make() under `name` when tracing; make runs only then.
+  const auto keep = [&](const std::string& name, auto&& make) {
+    if (trace) (*trace)[name] = make();
   };
 
   // The input as an NHWC map.
@@ -115,9 +116,9 @@ std::array<Map, 4> forward(const Model& backbone, const AdapterConfig& cfg, cons
   Map c4p = r.conv(a.conv4, c3p);
   Map c1 = r.conv(a.fc[0], pooled);
   const Map cl[3] = {r.conv(a.fc[1], c2p), r.conv(a.fc[2], c3p), r.conv(a.fc[3], c4p)};
-  keep("backbone.spm.c1", to_nchw(c1));
+  keep("backbone.spm.c1", [&] { return to_nchw(c1); });
   for (int l = 0; l < 3; ++l)
-    keep("backbone.spm.c" + std::to_string(l + 2), tokens_tensor(cl[l].data(), B, cl[l].H * cl[l].W, C));
+    keep("backbone.spm.c" + std::to_string(l + 2), [&] { return tokens_tensor(cl[l].data(), B, cl[l].H * cl[l].W, C); });
 
   // deform_inputs: the levels and reference points.
   Levels lv;
@@ -133,8 +134,8 @@ std::array<Map, 4> forward(const Model& backbone, const AdapterConfig& cfg, cons
     Tensor t1(DType::F32, {1, T, 1, 2}), t2(DType::F32, {1, Nc, 1, 2});
     std::copy(ref1.begin(), ref1.end(), t1.f32());
     std::copy(ref2.begin(), ref2.end(), t2.f32());
-    keep("deform.ref1", std::move(t1));
-    keep("deform.ref2", std::move(t2));
+    keep("deform.ref1", [&] { return std::move(t1); });
+    keep("deform.ref2", [&] { return std::move(t2); });
   }
 
   // c = cat(c2, c3, c4) + level_embed, per image.
@@ -173,8 +174,8 @@ std::array<Map, 4> forward(const Model& backbone, const AdapterConfig& cfg, cons
     std::copy(x.x.f32(), x.x.f32() + B * T * C, xb.begin());
     extractor(r, cfg, it.extractor, c, xb, ref2, lv, B, C);
     for (const ExtractorW& e : it.extra) extractor(r, cfg, e, c, xb, ref2, lv, B, C);
-    keep("backbone.interactions." + std::to_string(i) + ".x", tokens_tensor(xb.data(), B, T, C));
-    keep("backbone.interactions." + std::to_string(i) + ".c", tokens_tensor(c.data(), B, Nc, C));
+    keep("backbone.interactions." + std::to_string(i) + ".x", [&] { return tokens_tensor(xb.data(), B, T, C); });
+    keep("backbone.interactions." + std::to_string(i) + ".c", [&] { return tokens_tensor(c.data(), B, Nc, C); });
     if (options.fusion == AdapterFusion::PerInteraction || i + 1 == a.interactions.size()) outs.push_back(xb);
   }
 
@@ -189,7 +190,7 @@ std::array<Map, 4> forward(const Model& backbone, const AdapterConfig& cfg, cons
     }
   {
     const Map up = r.conv_transpose(a.up, f[1]);
-    keep("backbone.up", to_nchw(up));
+    keep("backbone.up", [&] { return to_nchw(up); });
     for (std::size_t k = 0; k < up.v.size(); ++k) f[0].v[k] += up.v[k];
   }
   const auto stage = [&](int k) -> const Buf& { return outs[options.fusion == AdapterFusion::PerInteraction ? k : 0]; };
@@ -198,9 +199,10 @@ std::array<Map, 4> forward(const Model& backbone, const AdapterConfig& cfg, cons
   for (std::size_t k = 0; k < f[2].v.size(); ++k) f[2].v[k] += stage(2)[k];
   add_resized(stage(3).data(), B, Hx, Wx, C, f[3].data(), f[3].H, f[3].W, 2.0, 2.0);  // scale_factor 0.5
   for (int k = 0; k < 4; ++k) {
-    keep("backbone.norm" + std::to_string(k + 1) + ".in", to_nchw(f[k]));
+    keep("backbone.norm" + std::to_string(k + 1) + ".in", [&] { return to_nchw(f[k]); });
     const BatchNormW& bn = a.norm[k];
-    ops::batch_norm_ref(f[k].data(), f[k].data(), B * f[k].H * f[k].W, C, bn.weight, bn.bias, bn.mean, bn.var);
+    (r.reference() ? ops::batch_norm_ref : ops::batch_norm)(f[k].data(), f[k].data(), B * f[k].H * f[k].W, C, bn.weight,
+                                                             bn.bias, bn.mean, bn.var, false);
   }
   return f;
 }

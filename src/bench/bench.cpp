@@ -16,6 +16,7 @@
 #include "vrwkv/model.hpp"
 #include "vrwkv/optimizer.hpp"
 #include "vrwkv/presets.hpp"
+#include "vrwkv/detector.hpp"
 #include "vrwkv/segmentor.hpp"
 #include "vrwkv/vit.hpp"
 
@@ -84,9 +85,37 @@ Record run(const Spec& spec) {
   ForwardOptions options;
   if (spec.dtype != "fp32" && spec.dtype != "bf16") input_error("--dtype: expected fp32 or bf16, got '", spec.dtype, "'");
   options.bf16 = spec.dtype == "bf16";
+  Detector detector;
+  std::vector<DetStageTimes> stage_times;
+  const auto det_presets = detector_preset_names();
+  const bool det_preset = std::find(det_presets.begin(), det_presets.end(), spec.model) != det_presets.end();
   const auto seg_presets = segmentor_preset_names();
   const bool seg_preset = std::find(seg_presets.begin(), seg_presets.end(), spec.model) != seg_presets.end();
-  if (seg_preset || (!spec.model.starts_with("vit_") && !spec.model.starts_with("vrwkv_") &&
+  const bool file = !spec.model.starts_with("vit_") && !spec.model.starts_with("vrwkv_") && !seg_preset;
+  if (det_preset || (file && is_detector_checkpoint(spec.model))) {
+    if (spec.train) input_error("--train is available for classification models only");
+    if (spec.batch != 1) input_error("--batch: a detector runs one image per call (batch 1)");
+    if (spec.height % 32 || spec.width % 32)
+      input_error("--res: a detector's input is padded to multiples of 32, got ", spec.height, "x", spec.width);
+    detector = det_preset ? Detector::preset(spec.model, 0) : Detector::load(spec.model);
+    if (!detector.config().has_backbone) input_error(spec.model, ": the detector holds only the neck and heads");
+    // Every call carries the cap of 100 detections through the mask head,
+    // as a trained model does on a COCO photo: the score threshold is 0.
+    DetTestConfig test = detector.config().test;
+    test.score_thr = 0;
+    detector.set_test_config(test);
+    ImageMeta meta{spec.height, spec.width, spec.height, spec.width, spec.height, spec.width, {1, 1, 1, 1}};
+    DetectOptions o;
+    o.bf16 = options.bf16;
+    const Detections d = detector.detect(input, meta, o, ctx);
+    rec.flops_per_image = detector.flops(spec.height, spec.width, d.proposals, d.size());
+    rec.parameters = detector.parameter_count();
+    step = [&, meta, o] {
+      DetStageTimes t;
+      detector.detect(input, meta, o, ctx, nullptr, &t);
+      stage_times.push_back(t);
+    };
+  } else if (seg_preset || (!spec.model.starts_with("vit_") && !spec.model.starts_with("vrwkv_") &&
                      is_segmentor_checkpoint(spec.model))) {
     if (spec.train) input_error("--train is available for classification models only");
     segmentor = seg_preset ? Segmentor::preset(spec.model, 0) : Segmentor::load(spec.model);
@@ -155,6 +184,15 @@ Record run(const Spec& spec) {
     ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   }
   rec.latency_ms_median = percentile(ms, 0.5);
+  if (!stage_times.empty()) {
+    const auto median = [&](double DetStageTimes::*field) {
+      std::vector<double> v;
+      for (std::size_t i = spec.warmup; i < stage_times.size(); ++i) v.push_back(1000 * stage_times[i].*field);
+      return percentile(v, 0.5);
+    };
+    rec.stages = {median(&DetStageTimes::backbone), median(&DetStageTimes::fpn), median(&DetStageTimes::rpn),
+                  median(&DetStageTimes::roi), median(&DetStageTimes::mask)};
+  }
   rec.latency_ms_p90 = percentile(ms, 0.9);
   rec.images_per_second = spec.batch * 1000.0 / rec.latency_ms_median;
   rec.gflops_per_second = rec.flops_per_image * rec.images_per_second / 1e9;
@@ -166,7 +204,7 @@ Record run(const Spec& spec) {
 }
 
 std::string to_json(const Record& r) {
-  return nlohmann::json{{"model", r.spec.model},
+  nlohmann::json j{{"model", r.spec.model},
                         {"batch", r.spec.batch},
                         {"height", r.spec.height},
                         {"width", r.spec.width},
@@ -183,8 +221,11 @@ std::string to_json(const Record& r) {
                         {"latency_ms_p90", r.latency_ms_p90},
                         {"gflops_per_second", r.gflops_per_second},
                         {"peak_rss_mib", r.peak_rss_mib},
-                        {"activation_mib", r.activation_mib}}
-      .dump();
+                        {"activation_mib", r.activation_mib}};
+  if (r.stages.backbone > 0)
+    j["stage_ms"] = {{"backbone", r.stages.backbone}, {"fpn", r.stages.fpn}, {"rpn", r.stages.rpn},
+                     {"roi", r.stages.roi}, {"mask", r.stages.mask}};
+  return j.dump();
 }
 
 Record from_json(const std::string& line) {
@@ -200,6 +241,10 @@ Record from_json(const std::string& line) {
   r.spec.recompute = j.value("recompute", false);
   r.spec.mode = j.value("mode", "whole");
   r.activation_mib = j.value("activation_mib", 0.0);
+  if (j.contains("stage_ms")) {
+    const auto& s = j.at("stage_ms");
+    r.stages = {s.at("backbone"), s.at("fpn"), s.at("rpn"), s.at("roi"), s.at("mask")};
+  }
   r.spec.reps = j.at("reps");
   r.parameters = j.at("parameters");
   r.flops_per_image = j.at("flops_per_image");

@@ -103,7 +103,8 @@ void add_bench(CLI::App& app) {
       "Peak = the fp32 FMA throughput of the same threads, measured at the start of the run.");
   cmd->add_option("--model,-m", opt->models,
                   "Comma-separated model files or presets: vrwkv_t, vrwkv_s, vrwkv_b, vrwkv_l, vit_t, vit_s, "
-                  "upernet_vrwkv_t/s/b/l (segmentors, 150 classes; presets: official initialisation, seed 0)");
+                  "upernet_vrwkv_t/s/b/l (segmentors, 150 classes), mask_rcnn_vrwkv_t/s/b/l (detectors, 80 classes, batch 1, "
+                  "score threshold 0 so that 100 detections reach the masks); presets: official initialisation, seed 0");
   cmd->add_option("--mode", opt->mode,
                   "Segmentors: whole (one call on the whole image) or slide (512x512 crops, stride 341)")
       ->check(CLI::IsMember({"whole", "slide"}));
@@ -158,15 +159,17 @@ void add_bench(CLI::App& app) {
     for (const std::string& m : split(opt->models)) {
       auto presets = preset_names();
       for (const std::string& p : segmentor_preset_names()) presets.push_back(p);
+      for (const std::string& p : detector_preset_names()) presets.push_back(p);
       const bool preset = m == "vit_t" || m == "vit_s" || std::find(presets.begin(), presets.end(), m) != presets.end();
       if (!preset && access(m.c_str(), R_OK) != 0)
         input_error("--model: '", m, "' is neither a preset (vrwkv_t, vrwkv_s, vrwkv_b, vrwkv_l, vit_t, vit_s, "
-                    "upernet_vrwkv_t/s/b/l) nor a readable file");
+                    "upernet_vrwkv_t/s/b/l, mask_rcnn_vrwkv_t/s/b/l) nor a readable file");
     }
     if (opt->worker) {
       // A segmentor keeps freed memory for reuse, as `vrwkv segment` does (dense_options.hpp).
-      const auto seg = segmentor_preset_names();
-      if (std::find(seg.begin(), seg.end(), specs.at(0).model) != seg.end()) keep_freed_memory();
+      std::vector<std::string> dense = segmentor_preset_names();
+      for (const std::string& p : detector_preset_names()) dense.push_back(p);
+      if (std::find(dense.begin(), dense.end(), specs.at(0).model) != dense.end()) keep_freed_memory();
       std::printf("%s\n", bench::to_json(bench::run(specs.at(0))).c_str());
       return;
     }
@@ -184,6 +187,9 @@ void add_bench(CLI::App& app) {
                   r.peak_rss_mib);
       if (s.train) std::printf(" %9.1f", r.activation_mib);
       std::printf("\n");
+      if (r.stages.backbone > 0)
+        std::printf("  stages ms: backbone %.1f, FPN %.1f, RPN + NMS %.1f, RoI heads + NMS %.1f, masks %.1f\n",
+                    r.stages.backbone, r.stages.fpn, r.stages.rpn, r.stages.roi, r.stages.mask);
       std::fflush(stdout);
       records.push_back(r);
     }

@@ -30,6 +30,18 @@ void add_convert(CLI::App& app) {
     check_output_path(opt->output, "output");
     check_not_an_input(opt->output, {opt->model.model}, "output");
     LoadReport report;
+    if (names_detector(opt->model)) {
+      const Detector det = load_detector(opt->model, opt->seg, &report);
+      TensorMap all = det.parameters();
+      if (det.config().has_backbone)
+        for (const auto& [k, t] : det.backbone().parameters()) all.emplace(k, t);
+      write_safetensors(opt->output, all, {{"vrwkv.detector", detector_settings_to_json(det.config())},
+                                           {"format", "vrwkv"}});
+      std::fprintf(stderr, "%s: %s, %zu tensors, %lld parameters -> %s\n", opt->model.model.c_str(),
+                   report.layout.empty() ? "preset" : report.layout.c_str(), all.size(),
+                   static_cast<long long>(det.parameter_count()), opt->output.c_str());
+      return;
+    }
     if (names_segmentor(opt->model)) {
       const Segmentor seg = load_segmentor(opt->model, opt->seg, &report);
       TensorMap all = seg.parameters();

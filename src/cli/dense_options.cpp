@@ -3,6 +3,7 @@
 #include <malloc.h>
 
 #include <cstdio>
+#include <map>
 #include <sstream>
 
 #include "vrwkv/error.hpp"
@@ -89,19 +90,23 @@ Segmentor load_segmentor(const ModelOptions& m, const DenseOptions& s, LoadRepor
   return seg;
 }
 
-bool names_segmentor(const ModelOptions& m) {
+namespace {
+// The kind of model --model names: a preset's, or the checkpoint's (read once per path).
+CheckpointKind kind_of(const ModelOptions& m) {
   const std::string path = m.path();
   for (const std::string& name : segmentor_preset_names())
-    if (path == name) return true;
-  return is_segmentor_checkpoint(path);
-}
-
-bool names_detector(const ModelOptions& m) {
-  const std::string path = m.path();
+    if (path == name) return CheckpointKind::Segmentor;
   for (const std::string& name : detector_preset_names())
-    if (path == name) return true;
-  return is_detector_checkpoint(path);
+    if (path == name) return CheckpointKind::Detector;
+  static std::map<std::string, CheckpointKind> known;
+  const auto it = known.find(path);
+  if (it != known.end()) return it->second;
+  return known[path] = checkpoint_kind(path);
 }
+}  // namespace
+
+bool names_segmentor(const ModelOptions& m) { return kind_of(m) == CheckpointKind::Segmentor; }
+bool names_detector(const ModelOptions& m) { return kind_of(m) == CheckpointKind::Detector; }
 
 Detector load_detector(const ModelOptions& m, const DenseOptions& d, LoadReport* report) {
   const std::string path = m.path();

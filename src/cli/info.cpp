@@ -47,6 +47,50 @@ void info_segmentor(const ModelOptions& mo, const DenseOptions& so, const std::s
                 list_some(report.ignored).c_str());
 }
 
+// A detector: the backbone and adapter (when present), the neck and heads, FLOPs at 1333×800.
+void info_detector(const ModelOptions& mo, const DenseOptions& dense, const std::string& res) {
+  LoadReport report;
+  const Detector det = load_detector(mo, dense, &report);
+  const DetectorConfig& c = det.config();
+  long long h = 800, w = 1344;  // 1333×800 padded to multiples of 32
+  if (!res.empty()) std::tie(h, w) = parse_resolution(res, "--res");
+  std::printf("file          %s (%s)\n", mo.model.c_str(), report.layout.empty() ? "preset" : report.layout.c_str());
+  std::printf("task          detection: %sFPN + RPN + Mask R-CNN heads\n",
+              c.has_backbone ? "VRWKV-Adapter + " : "(neck and heads only) ");
+  if (c.has_backbone) {
+    const Architecture& a = c.backbone.arch;
+    std::printf("embed_dims    %lld\ndepth         %lld\nhidden_dims   %lld\n", (long long)a.embed_dims,
+                (long long)a.depth, (long long)a.hidden_dims);
+    std::printf("key_norm      %s\npost_norm     %s\nlayer_scale   %s\n", a.key_norm ? "true" : "false",
+                a.post_norm ? "true" : "false", a.layer_scale ? "true" : "false");
+    std::printf("wkv           %s", to_string(c.backbone.run.wkv).c_str());
+    if (c.backbone.run.wkv == WkvSemantics::Official) std::printf(" (S = %d)", c.backbone.run.wkv_chunks);
+    std::printf("\ninteractions ");
+    for (const auto& [b, e] : c.adapter.interactions) std::printf(" %lld-%lld", (long long)b, (long long)e);
+    std::printf("\nconv_inplane  %lld\ndeform        %lld heads, %lld points, value %lld\ncffn_hidden   %lld\n",
+                (long long)c.adapter.conv_inplane, (long long)c.adapter.deform_heads,
+                (long long)c.adapter.deform_points, (long long)c.adapter.value_dims, (long long)c.adapter.cffn_hidden);
+  }
+  const DetHeadConfig& hd = c.head;
+  std::printf("neck          FPN %lld -> %lld, 5 levels (strides 4-64)\n", (long long)hd.in_channels,
+              (long long)hd.fpn_channels);
+  std::printf("heads         RPN %lld (3 anchors), box head fc %lld, mask head %lld\n", (long long)hd.rpn_channels,
+              (long long)hd.fc_channels, (long long)hd.mask_channels);
+  std::printf("classes       %lld\n", (long long)hd.num_classes);
+  std::printf("test          RPN top %lld per level, NMS %.2f, %lld proposals; score > %.2f, NMS %.2f, %lld "
+              "detections; masks >= %.2f\n",
+              (long long)c.test.rpn_nms_pre, c.test.rpn_iou, (long long)c.test.rpn_max_per_img, c.test.score_thr,
+              c.test.iou, (long long)c.test.max_per_img, c.test.mask_thr);
+  std::printf("parameters    %lld (%.1fM", (long long)det.parameter_count(), det.parameter_count() / 1e6);
+  if (c.has_backbone) std::printf("; backbone blocks and embeddings %.1fM", det.backbone().parameter_count() / 1e6);
+  std::printf(")\nFLOPs         %.1f G at %lldx%lld with 1000 proposals and 100 detections (2 x multiply-adds of "
+              "convolutions and linears)\n",
+              det.flops(h, w) / 1e9, h, w);
+  if (!report.ignored.empty())
+    std::printf("ignored       %zu entries not part of the model: %s\n", report.ignored.size(),
+                list_some(report.ignored).c_str());
+}
+
 }  // namespace
 
 void add_info(CLI::App& app) {
@@ -61,10 +105,11 @@ void add_info(CLI::App& app) {
   // Shared model options that info does not use are refused, not ignored: the model is the first argument
   // and nothing runs.
   for (const char* unused : {"--model", "--dtype", "--threads"}) cmd->remove_option(cmd->get_option(unused));
-  cmd->add_option("file", opt->model.model, "Model file (.pth or .safetensors) or a segmentor preset")->required();
-  cmd->add_option("--res", opt->res, "Input resolution for FLOPs: N or HxW (default: the training grid; 512 for segmentors)");
+  cmd->add_option("file", opt->model.model, "Model file (.pth or .safetensors), or a segmentor or detector preset")->required();
+  cmd->add_option("--res", opt->res, "Input resolution for FLOPs: N or HxW (default: the training grid; 512 for segmentors, 800x1344 for detectors)");
   opt->seg.add_to(*cmd);
   cmd->callback([opt] {
+    if (names_detector(opt->model)) return info_detector(opt->model, opt->seg, opt->res);
     if (names_segmentor(opt->model)) return info_segmentor(opt->model, opt->seg, opt->res);
     LoadReport report;
     const Model model = opt->model.load(&report);

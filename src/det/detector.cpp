@@ -34,10 +34,7 @@ bool is_detector_state_dict(const TensorMap& sd) {
   return sd.count("neck.lateral_convs.0.conv.weight") && sd.count("rpn_head.rpn_conv.weight");
 }
 
-bool is_detector_checkpoint(const std::string& path) {
-  LoadReport rep;
-  return is_detector_state_dict(model::read_checkpoint(path, rep));
-}
+bool is_detector_checkpoint(const std::string& path) { return checkpoint_kind(path) == CheckpointKind::Detector; }
 
 DetectorConfig Detector::infer_config(const TensorMap& sd, const std::string& source) {
   if (!is_detector_state_dict(sd))

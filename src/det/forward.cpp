@@ -10,7 +10,6 @@
 
 #include "det/state.hpp"
 #include "ops/boxes.hpp"
-#include "ops/linear.hpp"
 #include "ops/maps.hpp"
 #include "ops/roi_align.hpp"
 #include "threads.hpp"
@@ -42,7 +41,7 @@ float sigmoid(float x) { return static_cast<float>(1.0 / (1.0 + std::exp(-static
 
 Tensor rows_tensor(const std::vector<float>& v, std::int64_t n, std::int64_t k) {
   Tensor t(DType::F32, {n, k});
-  if (n * k) std::memcpy(t.f32(), v.data(), sizeof(float) * n * k);
+  if (n > 0 && k > 0) std::memcpy(t.f32(), v.data(), sizeof(float) * n * k);
   return t;
 }
 
@@ -72,8 +71,9 @@ Detections run_heads(const DetectorConfig& cfg, State& st, const std::array<Map,
   const DetHeadConfig& hc = cfg.head;
   const DetTestConfig& tc = cfg.test;
   const std::int64_t F = hc.fpn_channels, K = hc.num_classes, A = static_cast<std::int64_t>(kAnchorRatios.size());
-  const auto keep = [&](const std::string& name, Tensor t) {
-    if (trace) (*trace)[name] = std::move(t);
+  // Stores make() under `name` when tracing; make runs only then.
+  const auto keep = [&](const std::string& name, auto&& make) {
+    if (trace) (*trace)[name] = make();
   };
   DetStageTimes local;
   DetStageTimes& tm = times ? *times : local;
@@ -93,7 +93,7 @@ Detections run_heads(const DetectorConfig& cfg, State& st, const std::array<Map,
     for (std::int64_t y = 0; y < P[4].H; ++y)
       for (std::int64_t x = 0; x < P[4].W; ++x)
         std::copy_n(p4.data() + ((2 * y) * p4.W + 2 * x) * F, F, P[4].data() + (y * P[4].W + x) * F);
-    for (int i = 0; i < 5; ++i) keep("fpn." + std::to_string(i), to_nchw(P[i]));
+    for (int i = 0; i < 5; ++i) keep("fpn." + std::to_string(i), [&] { return to_nchw(P[i]); });
   }
   tm.fpn += since(t0);
 
@@ -105,15 +105,17 @@ Detections run_heads(const DetectorConfig& cfg, State& st, const std::array<Map,
   for (int l = 0; l < 5; ++l) {
     const Map t = r.conv(W.rpn.conv, P[l]);
     const Map cls = r.conv(W.rpn.cls, t), reg = r.conv(W.rpn.reg, t);
-    keep("rpn.cls." + std::to_string(l), to_nchw(cls));
-    keep("rpn.reg." + std::to_string(l), to_nchw(reg));
+    keep("rpn.cls." + std::to_string(l), [&] { return to_nchw(cls); });
+    keep("rpn.reg." + std::to_string(l), [&] { return to_nchw(reg); });
     const std::int64_t n = P[l].H * P[l].W * A;  // row (y·W + x)·A + a, as the flattened head outputs
     std::vector<float> s(n);
     for (std::int64_t i = 0; i < n; ++i) s[i] = sigmoid(cls.v[i]);
     std::vector<std::int64_t> order(n);
     std::iota(order.begin(), order.end(), 0);
     if (tc.rpn_nms_pre > 0 && tc.rpn_nms_pre < n) {
-      std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return s[a] > s[b]; });
+      // The first nms_pre of a stable sort by descending score.
+      std::partial_sort(order.begin(), order.begin() + tc.rpn_nms_pre, order.end(),
+                        [&](std::int64_t a, std::int64_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });
       order.resize(tc.rpn_nms_pre);
     }
     const std::vector<float> grid = ops::grid_anchors(P[l].H, P[l].W, kAnchorStrides[l], kAnchorScale, kAnchorRatios);
@@ -148,7 +150,7 @@ Detections run_heads(const DetectorConfig& cfg, State& st, const std::array<Map,
     }
   }
   const std::int64_t nP = static_cast<std::int64_t>(proposals.size() / 5);
-  keep("proposals", rows_tensor(proposals, nP, 5));
+  keep("proposals", [&] { return rows_tensor(proposals, nP, 5); });
   tm.rpn += since(t0);
 
   // Box head on the proposals.
@@ -158,29 +160,29 @@ Detections run_heads(const DetectorConfig& cfg, State& st, const std::array<Map,
   for (std::int64_t i = 0; i < nP; ++i) std::copy_n(proposals.data() + i * 5, 4, rois.data() + i * 4);
   std::vector<float> cls_score(nP * (K + 1)), bbox_pred(nP * 4 * K);
   if (nP) {
-    const std::int64_t S = kRoiSize, D = F * S * S, Hd = hc.fc_channels;
-    std::vector<float> feats(nP * D);
+    // The rows padded to a multiple of 64 (zeros), so that the packed GEMMs see few distinct sizes.
+    const std::int64_t S = kRoiSize, D = F * S * S, Hd = hc.fc_channels, Mp = (nP + 63) / 64 * 64;
+    std::vector<float> feats(Mp * D, 0.0f);
     const std::vector<std::int64_t> lv = ops::roi_levels(rois.data(), nP, 4);
     roi_align(maps, F, rois.data(), lv.data(), nP, S, feats.data());
     if (trace || options.reference) {
       Tensor nchw = roi_nchw(feats, nP, S, F);
       if (options.reference) std::memcpy(feats.data(), nchw.f32(), sizeof(float) * nP * D);
-      keep("roi_feats", std::move(nchw));
+      keep("roi_feats", [&] { return std::move(nchw); });
     }
-    std::vector<float> h0(nP * Hd), h1(nP * Hd);
-    const LinearW& fc0 = W.box.shared[0];
-    if (options.reference)
-      ops::linear_ref(feats.data(), fc0.weight, fc0.bias, h0.data(), nP, Hd, D);
-    else
-      ops::linear(feats.data(), st.fc0_weight_nhwc(F), fc0.bias, h0.data(), nP, Hd, D);
-    ops::relu(h0.data(), nP * Hd);
-    r.linear(W.box.shared[1], h0.data(), h1.data(), nP);
-    ops::relu(h1.data(), nP * Hd);
-    r.linear(W.box.cls, h1.data(), cls_score.data(), nP);
-    r.linear(W.box.reg, h1.data(), bbox_pred.data(), nP);
+    std::vector<float> h0(Mp * Hd), h1(Mp * Hd), cls(Mp * (K + 1)), reg(Mp * 4 * K);
+    // The fast path reads the RoI features in NHWC order, with shared_fcs.0's columns reordered to match.
+    r.linear(W.box.shared[0], feats.data(), h0.data(), Mp, options.reference ? nullptr : st.fc0_weight_nhwc(F));
+    ops::relu(h0.data(), Mp * Hd);
+    r.linear(W.box.shared[1], h0.data(), h1.data(), Mp);
+    ops::relu(h1.data(), Mp * Hd);
+    r.linear(W.box.cls, h1.data(), cls.data(), Mp);
+    r.linear(W.box.reg, h1.data(), reg.data(), Mp);
+    std::copy_n(cls.begin(), nP * (K + 1), cls_score.begin());
+    std::copy_n(reg.begin(), nP * 4 * K, bbox_pred.begin());
   }
-  keep("bbox.cls_score", rows_tensor(cls_score, nP, K + 1));
-  keep("bbox.bbox_pred", rows_tensor(bbox_pred, nP, 4 * K));
+  keep("bbox.cls_score", [&] { return rows_tensor(cls_score, nP, K + 1); });
+  keep("bbox.bbox_pred", [&] { return rows_tensor(bbox_pred, nP, 4 * K); });
 
   // Scores (softmax, background last), class-specific boxes rescaled to the
   // original image, then multi-class NMS.
@@ -219,6 +221,7 @@ Detections run_heads(const DetectorConfig& cfg, State& st, const std::array<Map,
   for (const float v : det_boxes)
     if (!std::isfinite(v)) runtime_error("the detector's boxes hold a non-finite value: the computation overflowed");
   Detections out;
+  out.proposals = nP;
   out.bboxes = rows_tensor(det_boxes, N, 4);
   out.scores = Tensor(DType::F32, {N});
   out.labels = Tensor(DType::I64, {N});
@@ -233,7 +236,7 @@ Detections run_heads(const DetectorConfig& cfg, State& st, const std::array<Map,
   out.masks = Tensor(DType::U8, {N, meta.ori_h, meta.ori_w});
   std::vector<float> mrois(N * 4);
   for (std::int64_t i = 0; i < N * 4; ++i) mrois[i] = det_boxes[i] * meta.scale_factor[i % 4];
-  keep("mask.rois", rows_tensor(mrois, N, 4));
+  keep("mask.rois", [&] { return rows_tensor(mrois, N, 4); });
   std::vector<float> label_logits(N * 28 * 28);
   if (N) {
     const std::int64_t S = kMaskRoiSize;
@@ -257,7 +260,7 @@ Detections run_heads(const DetectorConfig& cfg, State& st, const std::array<Map,
   if (trace) {
     Tensor t(DType::F32, {N, 28, 28});
     if (N) std::memcpy(t.f32(), label_logits.data(), sizeof(float) * N * 28 * 28);
-    keep("mask.logits", std::move(t));
+    keep("mask.logits", [&] { return std::move(t); });
   }
   tm.mask += since(t0);
   return out;

@@ -1,7 +1,9 @@
 #include "ops/boxes.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <map>
 #include <numeric>
 
 namespace vrwkv::ops {
@@ -75,27 +77,30 @@ std::vector<std::int64_t> nms(const float* boxes, const float* scores, std::int6
   std::vector<std::int64_t> order(n);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return scores[a] > scores[b]; });
-  std::vector<float> area(n);
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float* b = boxes + i * 4;
-    area[i] = (b[2] - b[0]) * (b[3] - b[1]);
+  // The candidates still alive, in score order, as packed rows (x1, y1, x2, y2, area).
+  std::vector<std::array<float, 5>> alive(n);
+  std::vector<std::int64_t> index = order;
+  for (std::int64_t k = 0; k < n; ++k) {
+    const float* b = boxes + order[k] * 4;
+    alive[k] = {b[0], b[1], b[2], b[3], (b[2] - b[0]) * (b[3] - b[1])};
   }
-  std::vector<char> suppressed(n, 0);
   std::vector<std::int64_t> keep;
-  for (std::int64_t oi = 0; oi < n; ++oi) {
-    const std::int64_t i = order[oi];
-    if (suppressed[i]) continue;
-    keep.push_back(i);
-    const float* bi = boxes + i * 4;
-    for (std::int64_t oj = oi + 1; oj < n; ++oj) {
-      const std::int64_t j = order[oj];
-      if (suppressed[j]) continue;
-      const float* bj = boxes + j * 4;
+  std::size_t count = alive.size();
+  for (std::size_t head = 0; head < count; ++head) {
+    keep.push_back(index[head]);
+    const std::array<float, 5> bi = alive[head];
+    std::size_t out = head + 1;
+    for (std::size_t k = head + 1; k < count; ++k) {
+      const std::array<float, 5>& bj = alive[k];
       const float w = std::max(0.0f, std::min(bi[2], bj[2]) - std::max(bi[0], bj[0]));
       const float h = std::max(0.0f, std::min(bi[3], bj[3]) - std::max(bi[1], bj[1]));
       const float inter = w * h;
-      if (inter / (area[i] + area[j] - inter) > iou_threshold) suppressed[j] = 1;
+      if (inter / (bi[4] + bj[4] - inter) > iou_threshold) continue;  // suppressed
+      alive[out] = bj;
+      index[out] = index[k];
+      ++out;
     }
+    count = out;
   }
   return keep;
 }
@@ -113,22 +118,17 @@ std::vector<std::int64_t> batched_nms(const float* boxes, const float* scores, c
   constexpr std::int64_t kSplitThreshold = 10000;
   if (n < kSplitThreshold) return nms(shifted.data(), scores, n, iou_threshold);
   // One group at a time, then every kept box by descending score.
-  std::vector<std::int64_t> group_ids(ids, ids + n);
-  std::sort(group_ids.begin(), group_ids.end());
-  group_ids.erase(std::unique(group_ids.begin(), group_ids.end()), group_ids.end());
+  std::map<std::int64_t, std::vector<std::int64_t>> groups;
+  for (std::int64_t i = 0; i < n; ++i) groups[ids[i]].push_back(i);
   std::vector<std::int64_t> keep;
   std::vector<float> gb, gs;
-  std::vector<std::int64_t> members;
-  for (const std::int64_t g : group_ids) {
-    members.clear();
+  for (const auto& [g, members] : groups) {
     gb.clear();
     gs.clear();
-    for (std::int64_t i = 0; i < n; ++i)
-      if (ids[i] == g) {
-        members.push_back(i);
-        gb.insert(gb.end(), shifted.begin() + i * 4, shifted.begin() + i * 4 + 4);
-        gs.push_back(scores[i]);
-      }
+    for (const std::int64_t i : members) {
+      gb.insert(gb.end(), shifted.begin() + i * 4, shifted.begin() + i * 4 + 4);
+      gs.push_back(scores[i]);
+    }
     for (const std::int64_t k : nms(gb.data(), gs.data(), static_cast<std::int64_t>(members.size()), iou_threshold))
       keep.push_back(members[k]);
   }

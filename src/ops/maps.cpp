@@ -116,6 +116,21 @@ void batch_norm_ref(const float* x, float* y, std::int64_t n, std::int64_t C, co
     }
 }
 
+void batch_norm(const float* x, float* y, std::int64_t n, std::int64_t C, const float* weight, const float* bias,
+                const float* mean, const float* var, bool relu) {
+  std::vector<float> scale(C), shift(C);
+  batch_norm_affine(C, weight, bias, mean, var, scale.data(), shift.data());
+  const float* sc = scale.data();
+  const float* sh = shift.data();
+#pragma omp parallel for schedule(static)
+  for (std::int64_t i = 0; i < n; ++i) {
+#pragma omp simd
+    for (std::int64_t c = 0; c < C; ++c) y[i * C + c] = x[i * C + c] * sc[c] + sh[c];
+    if (relu)
+      for (std::int64_t c = 0; c < C; ++c) y[i * C + c] = std::max(y[i * C + c], 0.0f);
+  }
+}
+
 void batch_norm_affine(std::int64_t C, const float* weight, const float* bias, const float* mean, const float* var,
                        float* scale, float* shift) {
   for (std::int64_t c = 0; c < C; ++c) {

@@ -34,6 +34,9 @@ void adaptive_avg_pool(const float* x, float* y, std::int64_t B, std::int64_t H,
 constexpr double kBatchNormEps = 1e-5;
 void batch_norm_ref(const float* x, float* y, std::int64_t n, std::int64_t C, const float* weight, const float* bias,
                     const float* mean, const float* var, bool relu = false);
+// The same in float32 as one per-channel affine (the fast path).
+void batch_norm(const float* x, float* y, std::int64_t n, std::int64_t C, const float* weight, const float* bias,
+                const float* mean, const float* var, bool relu = false);
 // The per-channel scale and shift of that BatchNorm (for folding into a convolution).
 void batch_norm_affine(std::int64_t C, const float* weight, const float* bias, const float* mean, const float* var,
                        float* scale, float* shift);

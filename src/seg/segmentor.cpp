@@ -19,11 +19,7 @@
 
 namespace vrwkv {
 
-bool is_segmentor_checkpoint(const std::string& path) {
-  LoadReport rep;
-  const TensorMap sd = model::read_checkpoint(path, rep);
-  return sd.count("backbone.spm.stem.0.weight") && sd.count("decode_head.conv_seg.weight");
-}
+bool is_segmentor_checkpoint(const std::string& path) { return checkpoint_kind(path) == CheckpointKind::Segmentor; }
 
 SegmentorConfig Segmentor::infer_config(const TensorMap& sd, const std::string& source) {
   if (!sd.count("backbone.spm.stem.0.weight") || !sd.count("decode_head.conv_seg.weight"))
