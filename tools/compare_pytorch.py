@@ -49,6 +49,16 @@ time in the backbone and in the decode head. Resolutions are square, multiples
 of 32.
 
   tools/compare_pytorch.py --task seg --model upernet_vrwkv_t --res 512,1024 --threads 2
+
+With --task det both sides time the Mask R-CNN detector on one 1333x800 image
+(padded to 800x1344): backbone, FPN, RPN with NMS, RoI heads with NMS, masks
+(`vrwkv bench --model mask_rcnn_vrwkv_t`). The score threshold is 0 on both
+sides so that 100 detections reach the mask head, as a trained model's do on
+a COCO photo. The PyTorch detector is tools/det_pytorch.py (RoIAlign, NMS and
+mask pasting in PyTorch); before timing it is checked in float64 against
+../shared/golden/det and det_e2e.
+
+  tools/compare_pytorch.py --task det --model mask_rcnn_vrwkv_t --res 800x1344 --threads 2
 """
 import argparse
 import ctypes
@@ -561,11 +571,63 @@ def main_seg(a):
         json.dump(out, open(a.json, "w"), indent=1)
 
 
+def main_det(a):
+    """--task det: the PyTorch detector's golden check, `vrwkv bench` of the detector, then the PyTorch
+    timings, with the time per stage on both sides."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import det_pytorch
+
+    if a.model not in det_pytorch.PRESETS:
+        sys.exit(f"compare_pytorch: --model {a.model}: expected one of {', '.join(det_pytorch.PRESETS)}")
+    h, _, w = a.res.lower().partition("x")
+    if not (h.isdigit() and w.isdigit()) or int(h) % 32 or int(w) % 32:
+        sys.exit(f"compare_pytorch: --res {a.res}: expected HxW, multiples of 32")
+    h, w = int(h), int(w)
+    blas, is_openblas = blas_info()
+    if not det_pytorch.self_check(out=sys.stderr):
+        sys.exit("compare_pytorch: the PyTorch detector is not the golden one (see the errors above)")
+    records, error = run_vrwkv_bench([a.vrwkv, "bench", "--model", a.model, "--res", f"{h}x{w}", "--threads",
+                                      str(a.threads), "--warmup", str(a.warmup), "--reps", str(a.reps)])
+    env, before = settings_text()
+    print(f"detection of one image ({h}x{w} input, score threshold 0 so that 100 detections reach the masks): "
+          f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, float32\n"
+          f"BLAS: {blas}{'' if is_openblas else ' (not OpenBLAS: run VRWKV_PYTORCH=1 tools/setup.sh)'}\n"
+          f"settings: {env}{f' (the environment had {before})' if before else ''}\n"
+          f"PyTorch detector: matches the goldens of shared/golden/det and det_e2e in float64\n"
+          f"FLOPs: 2 x multiply-adds of every convolution and linear")
+    if error:
+        print(f"vrwkv bench failed: {error}\n(PyTorch numbers only)")
+    torch.manual_seed(0)
+    model = det_pytorch.Detector(det_pytorch.preset(a.model)).float().eval()
+    model.test["score_thr"] = 0.0
+    t = det_pytorch.time_detect(model, h, w, a.warmup, a.reps)
+    r = records[0] if records else {"model": a.model, "height": h, "width": w}
+    r.update(pytorch_latency_ms_median=t["ms"], pytorch_stage_ms=t["stages"], pytorch_flops_per_image=t["flops"],
+             pytorch_settings={"blas": blas, "env": env, "threads": a.threads})
+    ms = r.get("latency_ms_median")
+    print(f"\n{'':10} {'total ms':>9} {'backbone':>9} {'FPN':>7} {'RPN+NMS':>8} {'RoI+NMS':>8} {'masks':>7} "
+          f"{'GFLOP/s':>8}")
+    if ms:
+        s = r.get("stage_ms", {})
+        print(f"{'vrwkv':10} {ms:9.0f} {s.get('backbone', 0):9.0f} {s.get('fpn', 0):7.0f} {s.get('rpn', 0):8.0f} "
+              f"{s.get('roi', 0):8.0f} {s.get('mask', 0):7.0f} {r['flops_per_image'] / ms / 1e6:8.1f}")
+    s = t["stages"]
+    print(f"{'PyTorch':10} {t['ms']:9.0f} {s['backbone']:9.0f} {s['fpn']:7.0f} {s['rpn']:8.0f} {s['roi']:8.0f} "
+          f"{s['mask']:7.0f} {t['flops'] / t['ms'] / 1e6:8.1f}")
+    if ms:
+        r["ratio"] = t["ms"] / ms
+        print(f"vrwkv / PyTorch: {r['ratio']:.2f}x; {t['flops'] / 1e9:.1f} GFLOP (vrwkv counts "
+              f"{r['flops_per_image'] / 1e9:.1f}); vrwkv peak RSS {r.get('peak_rss_mib', 0):.0f} MiB")
+    if a.json:
+        json.dump([r], open(a.json, "w"), indent=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vrwkv", default="build/vrwkv", help="the vrwkv program")
-    p.add_argument("--task", choices=("cls", "seg"), default="cls",
-                   help="cls: classification models; seg: the segmentor, whole-mode inference of one image")
+    p.add_argument("--task", choices=("cls", "seg", "det"), default="cls",
+                   help="cls: classification models; seg: the segmentor, whole-mode inference of one image; "
+                   "det: the detector on one image")
     p.add_argument("--model", help="comma-separated presets (vrwkv_t/s/b/l, vit_t/s; with --task seg "
                    "upernet_vrwkv_t/s/b/l); default vrwkv_t, upernet_vrwkv_t with --task seg")
     p.add_argument("--batch", default="1,8", help="batch sizes (--task seg: always 1)")
@@ -582,6 +644,11 @@ def main():
                    help="golden vectors to check the PyTorch model against")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.task == "det":
+        if a.train:
+            p.error("--train: not with --task det")
+        a.model, a.res = a.model or "mask_rcnn_vrwkv_t", a.res or "800x1344"
+        return main_det(a)
     if a.task == "seg":
         if a.train:
             p.error("--train: not with --task seg")

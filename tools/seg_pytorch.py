@@ -466,6 +466,8 @@ class VRWKVAdapter(nn.Module):
         self.indexes = [list(ix) for ix in cfg["interaction_indexes"]]
         self.up = nn.ConvTranspose2d(C, C, 2, 2)
         self.norm1, self.norm2, self.norm3, self.norm4 = bn(C), bn(C), bn(C), bn(C)
+        # The detection adapter (DENSE.md (f)) adds the last interaction's tokens to all four scales.
+        self.final_fusion = cfg.get("final_fusion", False)
 
     def forward(self, img, trace=None):
         """img [B,3,h,w] (h, w multiples of 32) -> 4 maps at strides 4, 8, 16, 32. trace: a dict that
@@ -500,6 +502,8 @@ class VRWKVAdapter(nn.Module):
         up = self.up(c2)
         rec("backbone.up", up)
         c1 = up + c1
+        if self.final_fusion:
+            outs = [outs[-1]] * 4
         bil = lambda t, s: F.interpolate(t, scale_factor=s, mode="bilinear", align_corners=False)
         ins = (c1 + bil(outs[0], 4), c2 + bil(outs[1], 2), c3 + outs[2], c4 + bil(outs[3], 0.5))
         feats = []
