@@ -71,9 +71,10 @@ ImageMeta meta_of(const TensorMap& t) {
   return m;
 }
 
-// Rows of `got` [n,k] reordered to `want`'s, where the golden allows adjacent
-// near-tied proposals to swap (margins.proposal_order.pairs_below).
-std::vector<std::int64_t> proposal_rows(const Tensor& got, const Tensor& want, const nlohmann::json& j) {
+// Rows of `got` [n,5] reordered to `want`'s where two adjacent proposals
+// whose scores differ by less than 1e-6 came out swapped (the goldens allow
+// it: margins.proposal_order; a float32 run of mmdet's code swaps such pairs).
+std::vector<std::int64_t> proposal_rows(const Tensor& got, const Tensor& want) {
   const std::int64_t n = want.dim(0);
   std::vector<std::int64_t> rows(n);
   for (std::int64_t i = 0; i < n; ++i) rows[i] = i;
@@ -82,11 +83,10 @@ std::vector<std::int64_t> proposal_rows(const Tensor& got, const Tensor& want, c
       if (std::abs(got.f32()[g * 5 + k] - want.f32()[w * 5 + k]) > 1e-3) return false;
     return true;
   };
-  if (!j.at("margins").contains("proposal_order")) return rows;
-  for (const auto& p : j.at("margins").at("proposal_order").at("pairs_below")) {
-    const std::int64_t a = p.at(0), b = p.at(1);
-    if (b < n && !same_box(a, a) && same_box(a, b) && same_box(b, a)) std::swap(rows[a], rows[b]);
-  }
+  for (std::int64_t i = 0; i + 1 < n; ++i)
+    if (!same_box(i, i) && same_box(i, i + 1) && same_box(i + 1, i) &&
+        std::abs(want.f32()[i * 5 + 4] - want.f32()[(i + 1) * 5 + 4]) < 1e-6)
+      std::swap(rows[i], rows[i + 1]);
   return rows;
 }
 
@@ -111,13 +111,14 @@ void expect_matches(const TensorMap& got, const DetCase& c) {
     EXPECT_TRUE(close_to(got.at(name), w, kDetTol)) << c.name << " " << name;
     ++dense;
   }
-  EXPECT_EQ(dense, whole ? 28 : 15) << "dense tensors compared";  // fpn 5 + rpn 10 (+ features 4, backbone 9)
+  if (!c.j.is_null()) EXPECT_EQ(dense, whole ? 28 : 15) << "dense tensors compared";  // fpn 5 + rpn 10 (+ features 4, backbone 9)
   // Proposals: the same list (near-tied neighbours allowed to swap), then the RoI rows in that order.
   const Tensor& gp = got.at("proposals");
   ASSERT_EQ(gp.dim(0), want.at("num_proposals").data<std::int64_t>()[0]) << c.name;
-  const std::vector<std::int64_t> rows = proposal_rows(gp, want.at("proposals"), c.j);
+  const std::vector<std::int64_t> rows = proposal_rows(gp, want.at("proposals"));
   for (const char* name : {"proposals", "roi_feats", "bbox.cls_score", "bbox.bbox_pred"})
-    EXPECT_TRUE(close_to(take_rows(got.at(name), rows), want.at(name), kDetTol)) << c.name << " " << name;
+    if (want.count(name))
+      EXPECT_TRUE(close_to(take_rows(got.at(name), rows), want.at(name), kDetTol)) << c.name << " " << name;
   // Detections: same order, labels identical.
   const std::int64_t N = want.at("num_dets").data<std::int64_t>()[0];
   ASSERT_EQ(got.at("det.scores").dim(0), N) << c.name;
@@ -186,6 +187,39 @@ TEST_P(GoldenDetectorE2E, Matches) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, GoldenDetectorE2E, ::testing::Bool());
+
+// Other sizes and paddings: the golden cases' weights on new inputs
+// (tests/data/det, made by `tools/det_pytorch.py --make-case`, its float64
+// run of mmdet's definitions, which reproduces the goldens to 3e-7): the
+// heads on a 128×224 grid (FPN levels down to 2×4) with a non-uniform
+// rescale, and the whole detector on a 64×128 input with 60×125 of image.
+class ExtraDetectorCases : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ExtraDetectorCases, Match) {
+  DetectOptions o;
+  o.reference = GetParam();
+  {
+    DetCase c{"det", "heads_p128x224_i120x213_o90x160", nullptr,
+              read_safetensors(std::string(VRWKV_SOURCE_DIR) + "/tests/data/det/heads_p128x224_i120x213_o90x160.safetensors")};
+    const Detector det = Detector::load(golden("det/det_s1_rescale.pth"));
+    std::vector<Tensor> features;
+    for (int l = 0; l < 4; ++l) features.push_back(c.t.at("features." + std::to_string(l)));
+    TensorMap trace;
+    const Detections d = det.detect_features(features, meta_of(c.t), o, {}, &trace);
+    expect_matches(detections_map(d, std::move(trace)), c);
+  }
+  {
+    DetCase c{"det_e2e", "e2e_p64x128_i60x125_o45x94", nullptr,
+              read_safetensors(std::string(VRWKV_SOURCE_DIR) + "/tests/data/det/e2e_p64x128_i60x125_o45x94.safetensors")};
+    const DetCase g = load_case("det_e2e", "det_e2e_s1_72x100_r96x133");
+    const Detector det = Detector::load(g.pth(), overrides_of(g.j));
+    TensorMap trace;
+    const Detections d = det.detect(c.t.at("input"), meta_of(c.t), o, {}, &trace);
+    expect_matches(detections_map(d, std::move(trace)), c);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, ExtraDetectorCases, ::testing::Bool());
 
 class DetectorRun : public Cli {};
 

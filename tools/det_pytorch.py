@@ -441,6 +441,63 @@ def self_check(verbose=True, out=sys.stdout):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Extra cases: a golden case's weights on other sizes and paddings, computed in float64 here
+
+def write_safetensors(path, tensors):
+    names = {torch.float32: "F32", torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
+    header, blobs, at = {}, [], 0
+    for k, t in tensors.items():
+        t = t.contiguous()
+        b = t.numpy().tobytes()
+        header[k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [at, at + len(b)]}
+        blobs.append(b)
+        at += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+
+
+def make_case(base, out, pad, img, ori, seed):
+    """The case `base`'s weights on new input (random features or a random image) of padded size `pad`,
+    resized size `img` and original size `ori`, in float64: the golden file's names, stored as float32."""
+    meta = json.load(open(base + ".json"))
+    sd = load_checkpoint(base + ".pth")
+    whole = "backbone" in meta["config"]
+    model = Detector(config_from_case(meta, sd), backbone=whole)
+    model.load_state_dict(sd, strict=True)
+    model.double().eval()
+    g = torch.Generator().manual_seed(seed)
+    sf = [float(torch.tensor(img[1] / ori[1], dtype=torch.float32)), float(torch.tensor(img[0] / ori[0], dtype=torch.float32))]
+    m = dict(img_shape=list(img), ori_shape=list(ori), pad_shape=list(pad), scale_factor=sf * 2)
+    t = {}
+    with torch.inference_mode():
+        if whole:
+            x = torch.zeros(1, 3, *pad, dtype=torch.float64)
+            x[:, :, :img[0], :img[1]] = torch.randn(1, 3, *img, generator=g, dtype=torch.float64)
+            x = x.float().double()
+            t["input"] = x
+            boxes, scores, labels, masks = model(x, m, t)
+        else:
+            C = meta["config"]["neck"]["in_channels"][0]
+            feats = [torch.randn(1, C, pad[0] // s, pad[1] // s, generator=g, dtype=torch.float64).float().double()
+                     for s in STRIDES[:4]]
+            t.update({f"features.{i}": f for i, f in enumerate(feats)})
+            boxes, scores, labels, masks = model.heads(feats, m, t)
+    t.update({"det.bboxes": boxes, "det.scores": scores, "det.labels": labels, "mask.binary": masks,
+              "img_shape": torch.tensor(img), "ori_shape": torch.tensor(ori), "pad_shape": torch.tensor(pad),
+              "scale_factor": torch.tensor(sf * 2, dtype=torch.float32),
+              "mask.near_thr_idx": torch.zeros(0, 3, dtype=torch.int32),
+              "num_proposals": torch.tensor([t["proposals"].shape[0]]), "num_dets": torch.tensor([len(labels)])})
+    # Left out to keep the files small: the RoI features (the box head's outputs follow from them) and
+    # the inputs' echoes.
+    drop = ("deform.", "roi_feats", "backbone.patch_embed")
+    t = {k: (v.float() if v.dtype == torch.float64 else v) for k, v in t.items() if not k.startswith(drop)}
+    write_safetensors(out, t)
+    return t["proposals"].shape[0], len(labels)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Timing
 
 def time_detect(model, h, w, warmup, reps):
@@ -473,9 +530,17 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--blas-threads", type=int, help="OpenBLAS threads (default: --threads)")
     p.add_argument("--openblas-coretype", help="OpenBLAS kernels (see compare_pytorch.py)")
+    p.add_argument("--make-case", nargs=6, metavar=("GOLDEN_CASE", "OUT", "PAD", "IMG", "ORI", "SEED"),
+                   help="write GOLDEN_CASE's weights on a new input (sizes HxW) computed in float64 to OUT")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     a = p.parse_args()
+    if a.make_case:
+        base, out, pad, img, ori, seed = a.make_case
+        hw = lambda v: tuple(int(x) for x in v.split("x"))
+        n = make_case(base, out, hw(pad), hw(img), hw(ori), int(seed))
+        print(f"{out}: {n[0]} proposals, {n[1]} detections")
+        return
     if not (a.check or a.time):
         p.error("give --check and/or --time")
     torch.set_num_threads(a.threads)
