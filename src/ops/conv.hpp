@@ -76,7 +76,10 @@ class Conv2d {
   std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, ConvCompute>, std::unique_ptr<Plan>> plans_;
 };
 
-// ConvTranspose2d with kernel = stride, with bias (the adapter's `up`).
+class PackedLinear;
+
+// ConvTranspose2d with kernel = stride, with bias (the adapter's `up`, the
+// mask head's `upsample`): one packed GEMM and a scatter into the k×k blocks.
 class ConvTranspose2d {
  public:
   ConvTranspose2d(const float* weight, const float* bias, const ConvShape& shape);
@@ -86,12 +89,9 @@ class ConvTranspose2d {
   void operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W);
 
  private:
-  struct Plan;
   ConvShape shape_;
-  std::vector<float> weight_, bias_;
-  std::mutex mutex_;
-  std::vector<std::unique_ptr<dnnl::memory>> packed_;
-  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t>, std::unique_ptr<Plan>> plans_;
+  std::vector<float> weight_, bias_;  // weight_: [k·k·Co, Ci], rows (di, dj, co)
+  std::unique_ptr<PackedLinear> gemm_;
 };
 
 }  // namespace vrwkv::ops
