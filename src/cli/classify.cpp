@@ -35,10 +35,8 @@ void add_classify(CLI::App& app) {
     if (cfg.head == HeadKind::None) input_error(opt->model.path(), ": the model has no classification head");
     const std::vector<std::string> names = class_names(model.config());
     const int k = static_cast<int>(std::min<std::int64_t>(opt->topk, cfg.num_classes));
-    // An image that cannot be read is reported on one line and the others are classified; the last such
-    // error is kept back and ends the run (exit 2) after them, so one bad image still gives one line.
-    std::string pending;
-    std::size_t unreadable = 0;
+    // An image that cannot be read is reported on one line and the others are classified (exit 2 at the end).
+    UnreadableImages unreadable;
     for (std::size_t start = 0; start < opt->images.size(); start += opt->batch) {
       const std::size_t end = std::min(opt->images.size(), start + opt->batch);
       std::vector<std::string> paths;
@@ -49,8 +47,7 @@ void add_classify(CLI::App& app) {
           paths.push_back(opt->images[i]);
         } catch (const Error& e) {
           if (opt->strict || e.kind() != Error::Kind::Input) throw;
-          if (!pending.empty()) std::fprintf(stderr, "vrwkv: %s\n", pending.c_str());
-          pending = e.what(), ++unreadable;
+          unreadable.add(e.what());
         }
       }
       if (paths.empty()) continue;
@@ -76,11 +73,7 @@ void add_classify(CLI::App& app) {
       }
       std::fflush(stdout);
     }
-    if (!pending.empty()) {
-      if (unreadable > 1)
-        input_error(pending, " (", unreadable, " of ", opt->images.size(), " images could not be read)");
-      input_error(pending);
-    }
+    unreadable.finish(opt->images.size());
   });
 }
 

@@ -1,3 +1,4 @@
+#include <cstdio>
 #include "common.hpp"
 
 #include <unistd.h>
@@ -151,5 +152,17 @@ std::vector<std::int64_t> parse_index_list(const std::string& text, const std::s
   return out;
 }
 
-}  // namespace vrwkv::cli
+void UnreadableImages::add(const std::string& message) {
+  if (!pending_.empty()) std::fprintf(stderr, "vrwkv: %s\n", pending_.c_str());
+  pending_ = message;
+  ++count_;
+}
 
+void UnreadableImages::finish(std::size_t total) const {
+  if (count_ == 0) return;
+  if (count_ > 1 && total) input_error(pending_, " (", count_, " of ", total, " images could not be read)");
+  if (count_ > 1) input_error(pending_, " (", count_, " images could not be read)");
+  input_error(pending_);
+}
+
+}  // namespace vrwkv::cli

@@ -40,6 +40,22 @@ struct ModelOptions {
 };
 
 // Parses "N" (square) or "HxW" into {H, W}, each in 1..16384.
+// The images a command could not read: each gets one line on stderr as the
+// next one comes (the last is kept back), the others are processed, and
+// finish() then ends the command with exit 2 and that last line, so one bad
+// image still gives one line.
+class UnreadableImages {
+ public:
+  void add(const std::string& message);
+  std::size_t count() const { return count_; }
+  // total > 0: "(N of total images could not be read)", else "(N images ...)".
+  void finish(std::size_t total = 0) const;
+
+ private:
+  std::string pending_;
+  std::size_t count_ = 0;
+};
+
 std::pair<std::int64_t, std::int64_t> parse_resolution(const std::string& text, const std::string& option);
 
 // Parses "0,5,11" (negative allowed).

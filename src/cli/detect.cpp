@@ -81,17 +81,14 @@ void add_detect(CLI::App& app) {
     o.bf16 = opt->model.dtype == "bf16";
     o.masks = !opt->no_masks;
     std::vector<coco::Result> results;
-    std::string pending;
-    std::size_t unreadable = 0;
+    UnreadableImages unreadable;
     for (std::size_t i = 0; i < opt->images.size(); ++i) {
       DetImage img;
       try {
         img = load_det_image(opt->images[i]);
       } catch (const Error& e) {
         if (e.kind() != Error::Kind::Input) throw;
-        if (!pending.empty()) std::fprintf(stderr, "vrwkv: %s\n", pending.c_str());
-        pending = e.what();
-        ++unreadable;
+        unreadable.add(e.what());
         continue;
       }
       const Detections d = det.detect(img.input, img.meta, o, opt->model.context());
@@ -120,8 +117,7 @@ void add_detect(CLI::App& app) {
       f.write(text.data(), text.size());
       f.commit();
     }
-    if (unreadable > 1) input_error(pending, " (", unreadable, " images could not be read)");
-    if (unreadable == 1) input_error(pending);
+    unreadable.finish();
   });
 }
 

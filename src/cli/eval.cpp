@@ -183,12 +183,11 @@ void add_eval(CLI::App& app) {
     const bool tty = !opt->json && isatty(STDERR_FILENO);
     // An unreadable image: one line, left out of the counts; the last such error is kept back and ends the
     // run (exit 2) after the results, so one bad image still gives one line.
-    std::string pending;
+    UnreadableImages unreadable;
     const auto on_image_error = [&](std::int64_t, const std::string& message) {
       if (opt->strict) input_error(message);
       if (tty) std::fprintf(stderr, "\r\033[K");
-      if (!pending.empty()) std::fprintf(stderr, "vrwkv: %s\n", pending.c_str());
-      pending = message;
+      unreadable.add(message);
     };
     const train::EvalResult r = train::evaluate(
         model, *data, opt->batch, opt->limit,
@@ -209,10 +208,7 @@ void add_eval(CLI::App& app) {
       std::printf("\n");
     }
     std::fflush(stdout);
-    if (!pending.empty()) {
-      if (r.skipped > 1) input_error(pending, " (", r.skipped, " images could not be read)");
-      input_error(pending);
-    }
+    unreadable.finish();
   });
 }
 

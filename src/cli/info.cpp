@@ -11,27 +11,32 @@ namespace vrwkv::cli {
 
 namespace {
 
+// The VRWKV part and the adapter of a dense model.
+void print_adapter(const Config& backbone, const AdapterConfig& ad) {
+  const Architecture& a = backbone.arch;
+  std::printf("embed_dims    %lld\ndepth         %lld\nhidden_dims   %lld\n", (long long)a.embed_dims,
+              (long long)a.depth, (long long)a.hidden_dims);
+  std::printf("key_norm      %s\npost_norm     %s\nlayer_scale   %s\n", a.key_norm ? "true" : "false",
+              a.post_norm ? "true" : "false", a.layer_scale ? "true" : "false");
+  std::printf("wkv           %s", to_string(backbone.run.wkv).c_str());
+  if (backbone.run.wkv == WkvSemantics::Official) std::printf(" (S = %d)", backbone.run.wkv_chunks);
+  std::printf("\ninteractions ");
+  for (const auto& [b, e] : ad.interactions) std::printf(" %lld-%lld", (long long)b, (long long)e);
+  std::printf("\nconv_inplane  %lld\ndeform        %lld heads, %lld points, value %lld\ncffn_hidden   %lld\n",
+              (long long)ad.conv_inplane, (long long)ad.deform_heads, (long long)ad.deform_points,
+              (long long)ad.value_dims, (long long)ad.cffn_hidden);
+}
+
 // A segmentor: the backbone, the adapter, the heads, the inference defaults.
 void info_segmentor(const ModelOptions& mo, const DenseOptions& so, const std::string& res) {
   LoadReport report;
   const Segmentor seg = load_segmentor(mo, so, &report);
   const SegmentorConfig& c = seg.config();
-  const Architecture& a = c.backbone.arch;
   long long h = 512, w = 512;
   if (!res.empty()) std::tie(h, w) = parse_resolution(res, "--res");
   std::printf("file          %s (%s)\n", mo.model.c_str(), report.layout.empty() ? "preset" : report.layout.c_str());
   std::printf("task          segmentation: VRWKV-Adapter + UPerHead%s\n", c.head.auxiliary ? " + FCNHead (auxiliary)" : "");
-  std::printf("embed_dims    %lld\ndepth         %lld\nhidden_dims   %lld\n", (long long)a.embed_dims,
-              (long long)a.depth, (long long)a.hidden_dims);
-  std::printf("key_norm      %s\npost_norm     %s\nlayer_scale   %s\n", a.key_norm ? "true" : "false",
-              a.post_norm ? "true" : "false", a.layer_scale ? "true" : "false");
-  std::printf("wkv           %s", to_string(c.backbone.run.wkv).c_str());
-  if (c.backbone.run.wkv == WkvSemantics::Official) std::printf(" (S = %d)", c.backbone.run.wkv_chunks);
-  std::printf("\ninteractions ");
-  for (const auto& [b, e] : c.adapter.interactions) std::printf(" %lld-%lld", (long long)b, (long long)e);
-  std::printf("\nconv_inplane  %lld\ndeform        %lld heads, %lld points, value %lld\ncffn_hidden   %lld\n",
-              (long long)c.adapter.conv_inplane, (long long)c.adapter.deform_heads, (long long)c.adapter.deform_points,
-              (long long)c.adapter.value_dims, (long long)c.adapter.cffn_hidden);
+  print_adapter(c.backbone, c.adapter);
   std::printf("classes       %lld (UPerHead %lld channels", (long long)c.head.num_classes, (long long)c.head.channels);
   if (c.head.auxiliary) std::printf(", FCNHead %lld", (long long)c.head.aux_channels);
   std::printf(")\ntest          %s", c.test.mode == SegmentOptions::Mode::Whole ? "whole" : "slide");
@@ -58,18 +63,7 @@ void info_detector(const ModelOptions& mo, const DenseOptions& dense, const std:
   std::printf("task          detection: %sFPN + RPN + Mask R-CNN heads\n",
               c.has_backbone ? "VRWKV-Adapter + " : "(neck and heads only) ");
   if (c.has_backbone) {
-    const Architecture& a = c.backbone.arch;
-    std::printf("embed_dims    %lld\ndepth         %lld\nhidden_dims   %lld\n", (long long)a.embed_dims,
-                (long long)a.depth, (long long)a.hidden_dims);
-    std::printf("key_norm      %s\npost_norm     %s\nlayer_scale   %s\n", a.key_norm ? "true" : "false",
-                a.post_norm ? "true" : "false", a.layer_scale ? "true" : "false");
-    std::printf("wkv           %s", to_string(c.backbone.run.wkv).c_str());
-    if (c.backbone.run.wkv == WkvSemantics::Official) std::printf(" (S = %d)", c.backbone.run.wkv_chunks);
-    std::printf("\ninteractions ");
-    for (const auto& [b, e] : c.adapter.interactions) std::printf(" %lld-%lld", (long long)b, (long long)e);
-    std::printf("\nconv_inplane  %lld\ndeform        %lld heads, %lld points, value %lld\ncffn_hidden   %lld\n",
-                (long long)c.adapter.conv_inplane, (long long)c.adapter.deform_heads,
-                (long long)c.adapter.deform_points, (long long)c.adapter.value_dims, (long long)c.adapter.cffn_hidden);
+    print_adapter(c.backbone, c.adapter);
   }
   const DetHeadConfig& hd = c.head;
   std::printf("neck          FPN %lld -> %lld, 5 levels (strides 4-64)\n", (long long)hd.in_channels,

@@ -59,17 +59,14 @@ void add_segment(CLI::App& app) {
     std::vector<std::array<std::uint8_t, 3>> palette;
     for (std::size_t k = 0; k < names.size(); ++k) palette.push_back(ade20k_palette()[k % ade20k_palette().size()]);
     // An image that cannot be read: one line, the others are segmented, and the exit code is 2.
-    std::string pending;
-    std::size_t unreadable = 0;
+    UnreadableImages unreadable;
     for (std::size_t i = 0; i < opt->images.size(); ++i) {
       SegImage img;
       try {
         img = load_seg_image(opt->images[i]);
       } catch (const Error& e) {
         if (e.kind() != Error::Kind::Input) throw;
-        if (!pending.empty()) std::fprintf(stderr, "vrwkv: %s\n", pending.c_str());
-        pending = e.what();
-        ++unreadable;
+        unreadable.add(e.what());
         continue;
       }
       SegmentOptions o = base;
@@ -88,8 +85,7 @@ void add_segment(CLI::App& app) {
       std::printf("\n");
       std::fflush(stdout);
     }
-    if (unreadable > 1) input_error(pending, " (", unreadable, " images could not be read)");
-    if (unreadable == 1) input_error(pending);
+    unreadable.finish();
   });
 }
 
