@@ -25,9 +25,11 @@ std::vector<std::uint8_t> rle_decode(const Rle& rle);                      // ro
 std::string rle_to_string(const Rle& rle);
 Rle rle_from_string(const std::string& counts, std::int64_t h, std::int64_t w);
 // Polygons [x0,y0,x1,y1,...] rasterised as pycocotools' frPyObjects (each
-// polygon upsampled ×5 along its edges, then merged by union).
+// polygon upsampled ×5 along its edges, then merged by union). Coordinates
+// must be finite and within ±100,000 (Error(Input) otherwise).
 Rle rle_from_polygons(const std::vector<std::vector<double>>& polygons, std::int64_t h, std::int64_t w);
 std::int64_t rle_area(const Rle& rle);
+Rle rle_union(const Rle& a, const Rle& b);
 // IoU as maskUtils.iou: intersection / union, or intersection / area(dt) when gt is a crowd.
 double rle_iou(const Rle& dt, const Rle& gt, bool crowd);
 double box_iou(const std::array<double, 4>& dt, const std::array<double, 4>& gt, bool crowd);  // xywh
@@ -66,6 +68,7 @@ struct Dataset {
 };
 // An instances JSON file; a file that does not parse or lacks a field: Error(Input) naming it.
 Dataset read_annotations(const std::string& path);
+Dataset parse_annotations(const std::string& json, const std::string& source);
 
 // COCOeval's summary, in its order: AP, AP50, AP75, APs, APm, APl, AR1,
 // AR10, AR100, ARs, ARm, ARl (−1 where nothing counts).

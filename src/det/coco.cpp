@@ -103,12 +103,20 @@ namespace {
 Rle polygon_rle(const std::vector<double>& xy, std::int64_t h, std::int64_t w) {
   const std::size_t k = xy.size() / 2;
   constexpr double scale = 5;
+  constexpr double kMaxCoordinate = 1e5;
+  constexpr long long kMaxSteps = 1LL << 22;  // points walked along the outline (COCO's are ~10^4)
   std::vector<long long> x(k + 1), y(k + 1);
   for (std::size_t j = 0; j < k; ++j) {
+    for (int c = 0; c < 2; ++c)
+      if (!std::isfinite(xy[2 * j + c]) || std::abs(xy[2 * j + c]) > kMaxCoordinate)
+        input_error("a polygon coordinate (", xy[2 * j + c], ") is not a number within ±", kMaxCoordinate);
     x[j] = static_cast<long long>(scale * xy[2 * j] + 0.5);
     y[j] = static_cast<long long>(scale * xy[2 * j + 1] + 0.5);
   }
   x[k] = x[0], y[k] = y[0];
+  long long steps = 0;
+  for (std::size_t j = 0; j < k; ++j) steps += std::max(std::llabs(x[j] - x[j + 1]), std::llabs(y[j] - y[j + 1])) + 1;
+  if (steps > kMaxSteps) input_error("a polygon's outline is too long (", steps, " steps at ×5)");
   std::vector<long long> u, v;
   for (std::size_t j = 0; j < k; ++j) {
     long long xs = x[j], xe = x[j + 1], ys = y[j], ye = y[j + 1];
@@ -167,13 +175,40 @@ Rle polygon_rle(const std::vector<double>& xy, std::int64_t h, std::int64_t w) {
 
 }  // namespace
 
-Rle rle_from_polygons(const std::vector<std::vector<double>>& polygons, std::int64_t h, std::int64_t w) {
-  std::vector<std::uint8_t> m(h * w, 0);
-  for (const std::vector<double>& p : polygons) {
-    const std::vector<std::uint8_t> one = rle_decode(polygon_rle(p, h, w));
-    for (std::size_t i = 0; i < m.size(); ++i) m[i] |= one[i];
+Rle rle_union(const Rle& a, const Rle& b) {
+  if (a.h != b.h || a.w != b.w) input_error("masks of ", a.h, "x", a.w, " and ", b.h, "x", b.w, " merged");
+  // Walk both run lists at once; a run ends where the union's value changes.
+  Rle out{a.h, a.w, {}};
+  std::size_t i = 0, j = 0;
+  std::int64_t ri = a.counts.empty() ? 0 : a.counts[0], rj = b.counts.empty() ? 0 : b.counts[0];
+  bool vi = false, vj = false, current = false;
+  std::int64_t run = 0;
+  while (i < a.counts.size() && j < b.counts.size()) {
+    const std::int64_t step = std::min(ri, rj);
+    if ((vi || vj) != current) {
+      out.counts.push_back(static_cast<std::uint32_t>(run));
+      run = 0;
+      current = !current;
+    }
+    run += step;
+    ri -= step, rj -= step;
+    if (ri == 0) {
+      if (++i < a.counts.size()) ri = a.counts[i];
+      vi = !vi;
+    }
+    if (rj == 0) {
+      if (++j < b.counts.size()) rj = b.counts[j];
+      vj = !vj;
+    }
   }
-  return rle_encode(m.data(), h, w);
+  out.counts.push_back(static_cast<std::uint32_t>(run));
+  return out;
+}
+
+Rle rle_from_polygons(const std::vector<std::vector<double>>& polygons, std::int64_t h, std::int64_t w) {
+  Rle m{h, w, {static_cast<std::uint32_t>(h * w)}};
+  for (const std::vector<double>& p : polygons) m = rle_union(m, polygon_rle(p, h, w));
+  return m;
 }
 
 std::int64_t rle_area(const Rle& r) {
@@ -254,9 +289,15 @@ std::string results_json(const std::vector<Result>& results) {
 Dataset read_annotations(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) input_error(path, ": cannot read the annotation file");
+  std::ostringstream text;
+  text << f.rdbuf();
+  return parse_annotations(text.str(), path);
+}
+
+Dataset parse_annotations(const std::string& text, const std::string& path) {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(f);
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     input_error(path, ": not a JSON file (", e.what(), ")");
   }
@@ -266,7 +307,7 @@ Dataset read_annotations(const std::string& path) {
     for (const auto& im : j.at("images")) {
       Image i{im.at("id").get<std::int64_t>(), im.at("height").get<std::int64_t>(), im.at("width").get<std::int64_t>(),
               im.at("file_name").get<std::string>()};
-      if (i.height < 1 || i.width < 1 || i.height > 65536 || i.width > 65536)
+      if (i.height < 1 || i.width < 1 || i.height > 32768 || i.width > 32768)
         input_error(path, ": image ", i.id, " is ", i.width, "x", i.height);
       if (!image_at.emplace(i.id, d.images.size()).second) input_error(path, ": image id ", i.id, " appears twice");
       d.images.push_back(std::move(i));
