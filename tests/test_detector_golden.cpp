@@ -169,6 +169,27 @@ TEST_P(GoldenDetectorHeads, Match) {
   expect_matches(detections_map(d, std::move(trace)), c);
 }
 
+// No detection above the threshold: empty results of the right shapes, masks skipped, files still written.
+TEST(Detector, NoDetectionsGiveEmptyResults) {
+  const DetCase c = load_case("det", "det_s1_rescale");
+  Detector det = Detector::load(c.pth());
+  DetTestConfig test = det.config().test;
+  test.score_thr = 1.0f;  // softmax scores never exceed it
+  det.set_test_config(test);
+  std::vector<Tensor> features;
+  for (int l = 0; l < 4; ++l) features.push_back(c.t.at("features." + std::to_string(l)));
+  const Detections d = det.detect_features(features, meta_of(c.t));
+  EXPECT_EQ(d.size(), 0);
+  EXPECT_EQ(d.bboxes.shape(), (Shape{0, 4}));
+  EXPECT_EQ(d.labels.shape(), (Shape{0}));
+  EXPECT_EQ(d.masks.shape(), (Shape{0, 72, 108}));
+  EXPECT_EQ(d.proposals, 712);
+  TempDir dir;
+  const std::string out = (dir.path / "empty.safetensors").string();
+  write_safetensors(out, {{"det.bboxes", d.bboxes}, {"mask.binary", d.masks}});
+  EXPECT_EQ(read_safetensors(out).at("mask.binary").shape(), (Shape{0, 72, 108}));
+}
+
 INSTANTIATE_TEST_SUITE_P(Cases, GoldenDetectorHeads,
                          ::testing::Combine(::testing::ValuesIn(kHeadCases), ::testing::Bool()));
 
