@@ -116,6 +116,9 @@ void run_detector(const ModelOptions& mo, const DenseOptions& dense, const std::
     for (int l = 0; l < 4; ++l) {
       const auto it = in.find("features." + std::to_string(l));
       if (it == in.end()) input_error(input_path, ": no tensor 'features.", l, "' (--from-features reads features.0..3)");
+      if (it->second.ndim() != 4)
+        input_error(input_path, ": tensor 'features.", l, "' has shape ", shape_str(it->second.shape()),
+                    ", expected F32 [1,C,H,W]");
       features.push_back(it->second);
     }
     const ImageMeta meta = read_meta(in, input_path, features[0].dim(2) * 4, features[0].dim(3) * 4);
