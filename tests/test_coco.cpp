@@ -54,6 +54,10 @@ TEST(CocoRle, ColumnMajorRunsStartWithZeros) {
   const std::uint8_t one[2] = {1, 0};
   EXPECT_EQ(coco::rle_encode(one, 1, 2).counts, (std::vector<std::uint32_t>{0, 1, 1}));
   EXPECT_THROW(coco::rle_from_string("0", 3, 3), Error);  // runs covering 0 of 9 pixels
+  // Hostile strings: a count longer than 12 characters, runs beyond the mask, a character outside the alphabet.
+  EXPECT_THROW(coco::rle_from_string(std::string(13, 'o') + "0", 3, 3), Error);
+  EXPECT_THROW(coco::rle_from_string("o?o?o?o?o?o?", 3, 3), Error);
+  EXPECT_THROW(coco::rle_from_string(" ", 3, 3), Error);
 }
 
 TEST(CocoRle, PolygonsCoverThePixelsWhoseCentresAreInside) {
@@ -67,6 +71,10 @@ TEST(CocoRle, PolygonsCoverThePixelsWhoseCentresAreInside) {
   // Two polygons merge by union; a right triangle of legs 10 holds about half the square.
   EXPECT_EQ(coco::rle_area(coco::rle_from_polygons({{0, 0, 10, 0, 10, 10, 0, 10}, {5, 5, 15, 5, 15, 15, 5, 15}}, 20, 20)),
             175);
+  // A first entry of 4 numbers makes the list boxes (x, y, w, h), as pycocotools' frPyObjects.
+  EXPECT_EQ(coco::rle_area(coco::rle_from_polygons({{0, 0, 10, 10}}, 20, 20)), 100);
+  EXPECT_THROW(coco::rle_from_polygons({{0, 0, 10}}, 20, 20), Error);
+  EXPECT_THROW(coco::rle_from_polygons({{0, 0, 1e9, 0, 0, 10}}, 20, 20), Error);  // outside ±100,000
   const std::int64_t tri = coco::rle_area(coco::rle_from_polygons({{0, 0, 10, 0, 0, 10}}, 20, 20));
   EXPECT_GE(tri, 45);
   EXPECT_LE(tri, 55);

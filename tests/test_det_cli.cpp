@@ -172,6 +172,14 @@ TEST_F(DetCli, BadCheckpointsAreOneLineErrors) {
   expect_input_error(run("run --model " + test::golden(kHeads + ".pth") + " --from-features --input " +
                          path("f.safetensors") + " -o " + path("o.st")),
                      "feature map 2");
+  // Image metadata whose scale factor does not take the original size to the resized one.
+  TensorMap m = read_safetensors(test::golden(kHeads + ".safetensors"));
+  m["scale_factor"] = Tensor(DType::F32, {4});
+  std::fill(m["scale_factor"].f32(), m["scale_factor"].f32() + 4, 1e-30f);
+  write_safetensors(path("m.safetensors"), m);
+  expect_input_error(run("run --model " + test::golden(kHeads + ".pth") + " --from-features --input " +
+                         path("m.safetensors") + " -o " + path("o.st")),
+                     "scale factor");
   // A heads-only detector cannot detect on a photo.
   expect_input_error(run("detect --model " + test::golden(kHeads + ".pth") + " -o " + path("d") + " " +
                          test::golden("dense/preprocess/rocket.jpg")),

@@ -64,7 +64,7 @@ struct ImageMeta {
 
 struct DetectOptions {
   bool reference = false;  // the reference ops (float64 accumulation, separate BatchNorms)
-  bool bf16 = false;       // convolutions and linears in bfloat16 (fast path)
+  bool bf16 = false;       // convolutions and the VRWKV blocks' linears in bfloat16 (fast path)
   bool masks = true;       // run the mask head
 };
 
@@ -97,7 +97,8 @@ class Detector {
   static Detector preset(const std::string& name, std::uint64_t seed = 0);
 
   const DetectorConfig& config() const { return config_; }
-  void set_test_config(const DetTestConfig& test) { config_.test = test; }
+  // Error(Input) for a negative count or a threshold outside [0, 1].
+  void set_test_config(const DetTestConfig& test);
   const Model& backbone() const { return backbone_; }
   const TensorMap& parameters() const { return params_; }  // the adapter's, neck's and heads'
   std::int64_t parameter_count() const;                    // as PyTorch counts them (no BN buffers)

@@ -98,8 +98,9 @@ void apply_overrides(Config& backbone, AdapterConfig& ad, const AdapterOverrides
   const std::int64_t product = ad.deform_heads * ad.deform_points;
   if (o.deform_heads) ad.deform_heads = *o.deform_heads;
   if (o.deform_points) ad.deform_points = *o.deform_points;
-  if (o.deform_heads && !o.deform_points && product % *o.deform_heads == 0) ad.deform_points = product / *o.deform_heads;
-  if (o.deform_points && !o.deform_heads && product % *o.deform_points == 0)
+  if (o.deform_heads && !o.deform_points && *o.deform_heads > 0 && product % *o.deform_heads == 0)
+    ad.deform_points = product / *o.deform_heads;
+  if (o.deform_points && !o.deform_heads && *o.deform_points > 0 && product % *o.deform_points == 0)
     ad.deform_heads = product / *o.deform_points;
   if (o.wkv) backbone.run.wkv = *o.wkv;
   if (o.wkv_chunks) backbone.run.wkv_chunks = *o.wkv_chunks;

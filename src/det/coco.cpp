@@ -66,30 +66,29 @@ Rle rle_from_string(const std::string& s, std::int64_t h, std::int64_t w) {
   Rle r{h, w, {}};
   std::size_t p = 0;
   std::vector<long long> counts;
+  long long total = 0;
   while (p < s.size()) {
     long long x = 0;
     int k = 0;
     bool more = true;
     while (more) {
       if (p >= s.size()) input_error("an RLE string ends inside a count");
-      const long long c = static_cast<long long>(s[p]) - 48;
+      if (k >= 12) input_error("an RLE count is too long");
+      const long long c = static_cast<long long>(static_cast<unsigned char>(s[p])) - 48;
       if (c < 0 || c > 63) input_error("an RLE string holds the character '", s[p], "'");
       x |= (c & 0x1f) << (5 * k);
       more = c & 0x20;
       ++p, ++k;
-      if (!more && (c & 0x10)) x |= -1LL << (5 * k);
-      if (k > 12) input_error("an RLE count is too long");
+      if (!more && (c & 0x10)) x |= -1LL << (5 * k);  // k ≤ 12: a shift below 64
     }
     if (counts.size() > 2) x += counts[counts.size() - 2];
+    // Every run within the mask, checked as it is read (so no sum can overflow).
+    if (x < 0 || x > h * w - total) input_error("an RLE string gives a run of ", x, " pixels in a ", h, "x", w, " mask");
+    total += x;
     counts.push_back(x);
   }
-  long long total = 0;
-  for (const long long c : counts) {
-    if (c < 0) input_error("an RLE string gives a negative run");
-    total += c;
-    r.counts.push_back(static_cast<std::uint32_t>(c));
-  }
   if (total != h * w) input_error("an RLE mask's runs cover ", total, " pixels, expected ", h, "x", w);
+  for (const long long c : counts) r.counts.push_back(static_cast<std::uint32_t>(c));
   return r;
 }
 
@@ -206,8 +205,22 @@ Rle rle_union(const Rle& a, const Rle& b) {
 }
 
 Rle rle_from_polygons(const std::vector<std::vector<double>>& polygons, std::int64_t h, std::int64_t w) {
+  // As frPyObjects: a list whose first entry has 4 numbers is boxes (x, y, w, h); otherwise polygons of
+  // floor(n/2) points each.
+  if (polygons.empty()) input_error("a segmentation with no polygon");
+  const bool boxes = polygons[0].size() == 4;
+  if (!boxes && polygons[0].size() < 4) input_error("a polygon of ", polygons[0].size(), " numbers");
   Rle m{h, w, {static_cast<std::uint32_t>(h * w)}};
-  for (const std::vector<double>& p : polygons) m = rle_union(m, polygon_rle(p, h, w));
+  for (const std::vector<double>& p : polygons) {
+    if (boxes) {
+      if (p.size() != 4) input_error("a box of ", p.size(), " numbers among boxes");
+      const double x1 = p[0], y1 = p[1], x2 = p[0] + p[2], y2 = p[1] + p[3];
+      m = rle_union(m, polygon_rle({x1, y1, x1, y2, x2, y2, x2, y1}, h, w));
+    } else {
+      if (p.size() < 2) input_error("a polygon of ", p.size(), " numbers");
+      m = rle_union(m, polygon_rle(std::vector<double>(p.begin(), p.begin() + p.size() / 2 * 2), h, w));
+    }
+  }
   return m;
 }
 
@@ -273,11 +286,10 @@ std::vector<Result> to_results(const Detections& d, std::int64_t image_id, const
 std::string results_json(const std::vector<Result>& results) {
   nlohmann::json a = nlohmann::json::array();
   for (const Result& r : results) {
-    // Floats as mmdet writes them: float32 values.
+    // As mmdet writes them: x, y and the score float32 values, w and h their differences in double.
     nlohmann::json j{{"image_id", r.image_id},
                      {"category_id", r.category_id},
-                     {"bbox", {static_cast<float>(r.bbox[0]), static_cast<float>(r.bbox[1]),
-                               static_cast<float>(r.bbox[2]), static_cast<float>(r.bbox[3])}},
+                     {"bbox", {static_cast<float>(r.bbox[0]), static_cast<float>(r.bbox[1]), r.bbox[2], r.bbox[3]}},
                      {"score", static_cast<float>(r.score)}};
     if (!r.segmentation.counts.empty())
       j["segmentation"] = {{"size", {r.segmentation.h, r.segmentation.w}}, {"counts", rle_to_string(r.segmentation)}};
@@ -315,6 +327,8 @@ Dataset parse_annotations(const std::string& text, const std::string& path) {
     std::vector<std::pair<std::int64_t, std::string>> cats;
     for (const auto& c : j.at("categories")) cats.push_back({c.at("id").get<std::int64_t>(), c.value("name", "")});
     std::sort(cats.begin(), cats.end());
+    cats.erase(std::unique(cats.begin(), cats.end(), [](const auto& a, const auto& b) { return a.first == b.first; }),
+               cats.end());
     for (const auto& [id, name] : cats) d.category_ids.push_back(id), d.category_names.push_back(name);
     for (const auto& a : j.at("annotations")) {
       Annotation an;
@@ -334,9 +348,7 @@ Dataset parse_annotations(const std::string& text, const std::string& path) {
         if (s.is_array()) {
           std::vector<std::vector<double>> polys;
           for (const auto& p : s) {
-            std::vector<double> xy = p.get<std::vector<double>>();
-            if (xy.size() < 6 || xy.size() % 2) input_error(path, ": annotation ", an.id, " has a polygon of ", xy.size(), " numbers");
-            polys.push_back(std::move(xy));
+            polys.push_back(p.get<std::vector<double>>());
           }
           an.segmentation = rle_from_polygons(polys, im.height, im.width);
         } else {

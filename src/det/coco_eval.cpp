@@ -90,8 +90,12 @@ Stats evaluate(const Dataset& gt, const std::vector<Result>& results, IouType ty
       std::vector<double> ious(D * G);
       for (std::size_t i = 0; i < D; ++i)
         for (std::size_t j = 0; j < G; ++j)
-          ious[i * G + j] = type == IouType::Box ? box_iou(d[i]->bbox, g0[j]->bbox, g0[j]->crowd)
-                                                 : rle_iou(d[i]->segmentation, g0[j]->segmentation, g0[j]->crowd);
+          ious[i * G + j] =
+              type == IouType::Box ? box_iou(d[i]->bbox, g0[j]->bbox, g0[j]->crowd)
+              // Masks of another size match nothing (pycocotools' IoU −1).
+              : d[i]->segmentation.h != g0[j]->segmentation.h || d[i]->segmentation.w != g0[j]->segmentation.w
+                  ? -1.0
+                  : rle_iou(d[i]->segmentation, g0[j]->segmentation, g0[j]->crowd);
       for (int a = 0; a < kA; ++a) {
         // Ground truths: not ignored first (stable), as evaluateImg reorders them.
         std::vector<std::size_t> order(G);

@@ -78,6 +78,14 @@ void check_detector_config(const DetectorConfig& c, const std::string& source) {
     input_error(source, ": ", c.labels.size(), " class names for ", h.num_classes, " classes");
 }
 
+void Detector::set_test_config(const DetTestConfig& t) {
+  if (t.rpn_nms_pre < 0 || t.rpn_max_per_img < 0 || t.max_per_img < 0)
+    input_error("test settings: negative counts (", t.rpn_nms_pre, ", ", t.rpn_max_per_img, ", ", t.max_per_img, ")");
+  for (const float v : {t.rpn_iou, t.score_thr, t.iou, t.mask_thr})
+    if (!(v >= 0 && v <= 1)) input_error("test settings: threshold ", v, " is not in [0, 1]");
+  config_.test = t;
+}
+
 std::string detector_settings_to_json(const DetectorConfig& c) {
   return c.has_backbone ? adapter::settings_to_json(c.backbone, c.adapter) : "{}";
 }
@@ -161,6 +169,14 @@ void check_meta(const ImageMeta& m, std::int64_t pad_h, std::int64_t pad_w) {
                 " input");
   for (const float s : m.scale_factor)
     if (!(s > 0) || !std::isfinite(s)) input_error("image metadata: scale factor ", s, " is not a positive number");
+  // The masks are ori_h × ori_w bytes per detection.
+  if (m.ori_h * m.ori_w > (std::int64_t{1} << 27))
+    input_error("image metadata: an original image of ", m.ori_h, "x", m.ori_w, " pixels (at most 2^27)");
+  // The resize the scale factor describes: resized = original · factor, up to mmcv's rounding.
+  if (std::abs(m.ori_w * static_cast<double>(m.scale_factor[0]) - m.img_w) > 1 ||
+      std::abs(m.ori_h * static_cast<double>(m.scale_factor[1]) - m.img_h) > 1)
+    input_error("image metadata: scale factor ", m.scale_factor[0], "x", m.scale_factor[1], " does not take the original ",
+                m.ori_h, "x", m.ori_w, " to the resized ", m.img_h, "x", m.img_w);
 }
 
 }  // namespace

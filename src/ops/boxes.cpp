@@ -141,10 +141,11 @@ void paste_mask(const float* mask, std::int64_t M, const float box[4], std::int6
                 float threshold, std::uint8_t* out) {
   std::fill(out, out + img_h * img_w, std::uint8_t{0});
   const float x0 = box[0], y0 = box[1], x1 = box[2], y1 = box[3];
-  const std::int64_t xa = std::max<std::int64_t>(static_cast<std::int64_t>(std::floor(x0)) - 1, 0);
-  const std::int64_t ya = std::max<std::int64_t>(static_cast<std::int64_t>(std::floor(y0)) - 1, 0);
-  const std::int64_t xb = std::min<std::int64_t>(static_cast<std::int64_t>(std::ceil(x1)) + 1, img_w);
-  const std::int64_t yb = std::min<std::int64_t>(static_cast<std::int64_t>(std::ceil(y1)) + 1, img_h);
+  if (!std::isfinite(x0) || !std::isfinite(y0) || !std::isfinite(x1) || !std::isfinite(y1)) return;
+  // The window, clamped to the image in double before any conversion to an integer.
+  const auto at = [](double v, std::int64_t hi) { return static_cast<std::int64_t>(std::clamp(v, 0.0, double(hi))); };
+  const std::int64_t xa = at(std::floor(x0) - 1, img_w), ya = at(std::floor(y0) - 1, img_h);
+  const std::int64_t xb = at(std::ceil(x1) + 1, img_w), yb = at(std::ceil(y1) + 1, img_h);
   if (xa >= xb || ya >= yb) return;
   // The grid in [-1, 1] (a zero-size box gives ±inf, replaced by 0), then
   // grid_sample's source pixel ((g + 1)·M − 1)/2, all in float32 as mmdet.
@@ -157,11 +158,13 @@ void paste_mask(const float* mask, std::int64_t M, const float box[4], std::int6
   for (std::int64_t x = xa; x < xb; ++x) sx[x - xa] = source(x, x0, x1);
   for (std::int64_t y = ya; y < yb; ++y) {
     const float iy = source(y, y0, y1);
+    if (std::isnan(iy)) continue;  // 0/0 of a zero-height box: grid_sample gives NaN, never ≥ the threshold
     const float fy = std::floor(iy);
     const std::int64_t y_n = static_cast<std::int64_t>(fy);
     const float ty = iy - fy;
     for (std::int64_t x = xa; x < xb; ++x) {
       const float ix = sx[x - xa];
+      if (std::isnan(ix)) continue;
       const float fx = std::floor(ix);
       const std::int64_t x_w = static_cast<std::int64_t>(fx);
       const float tx = ix - fx;
