@@ -135,6 +135,13 @@ void bind_slots(const std::vector<TensorSlot>& slots, const TensorMap& sd, const
   }
 }
 
+std::int64_t parameter_count(const TensorMap& params) {
+  std::int64_t n = 0;
+  for (const auto& [name, t] : params)
+    if (!name.ends_with(".running_mean") && !name.ends_with(".running_var")) n += t.numel();
+  return n;
+}
+
 void initialize(const std::vector<TensorSlot>& slots, const AdapterConfig& ad, std::uint64_t seed, TensorMap& p) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, 1.0);

@@ -109,6 +109,10 @@ void adapter_slots(SlotTable& table, const Config& backbone, const AdapterConfig
 void bind_slots(const std::vector<TensorSlot>& slots, const TensorMap& state_dict, const std::string& source,
                 const std::string& what, Tensor& storage, TensorMap& params);
 
+// The parameters of `params` as PyTorch counts them: BatchNorm running
+// statistics are buffers, not parameters.
+std::int64_t parameter_count(const TensorMap& params);
+
 // The official initialisation of every slot, added to `params` (seeded, deterministic).
 void initialize(const std::vector<TensorSlot>& slots, const AdapterConfig& adapter, std::uint64_t seed,
                 TensorMap& params);

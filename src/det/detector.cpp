@@ -118,10 +118,7 @@ Detector Detector::load(const std::string& path, const AdapterOverrides& overrid
 }
 
 std::int64_t Detector::parameter_count() const {
-  std::int64_t n = config_.has_backbone ? backbone_.parameter_count() : 0;
-  for (const auto& [name, t] : params_)
-    if (!name.ends_with(".running_mean") && !name.ends_with(".running_var")) n += t.numel();
-  return n;
+  return (config_.has_backbone ? backbone_.parameter_count() : 0) + adapter::parameter_count(params_);
 }
 
 double Detector::flops(std::int64_t h, std::int64_t w, std::int64_t proposals, std::int64_t detections) const {

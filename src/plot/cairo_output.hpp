@@ -4,11 +4,13 @@
 
 #include <cairo.h>
 
+#include <cstdint>
 #include <exception>
 #include <memory>
 #include <string>
 
 #include "vrwkv/atomic_file.hpp"
+#include "vrwkv/error.hpp"
 
 namespace vrwkv::plot_detail {
 
@@ -57,5 +59,28 @@ inline std::string printable(const std::string& s) {
 
 using SurfacePtr = std::unique_ptr<cairo_surface_t, decltype(&cairo_surface_destroy)>;
 using ContextPtr = std::unique_ptr<cairo_t, decltype(&cairo_destroy)>;
+
+// An RGB24 image surface (0x00RRGGBB per pixel) for the picture at `path`.
+inline SurfacePtr rgb_surface(const std::string& path, std::int64_t height, std::int64_t width) {
+  SurfacePtr surface(cairo_image_surface_create(CAIRO_FORMAT_RGB24, static_cast<int>(width), static_cast<int>(height)),
+                     cairo_surface_destroy);
+  const cairo_status_t status = cairo_surface_status(surface.get());
+  if (status != CAIRO_STATUS_SUCCESS)
+    runtime_error(path, ": cannot make a ", height, "x", width, " picture (", cairo_status_to_string(status), ")");
+  return surface;
+}
+
+// `surface` as a PNG at `path`, written atomically, unless `drawing` (the
+// status of what was drawn on it) is already an error.
+inline void write_png(SurfacePtr surface, cairo_status_t drawing, const std::string& path) {
+  AtomicFile out(path);
+  Sink sink{&out, nullptr};
+  cairo_status_t status = drawing;
+  if (status == CAIRO_STATUS_SUCCESS) status = cairo_surface_write_to_png_stream(surface.get(), write_sink, &sink);
+  surface.reset();
+  if (sink.error) std::rethrow_exception(sink.error);
+  if (status != CAIRO_STATUS_SUCCESS) runtime_error(path, ": cannot write the picture (", cairo_status_to_string(status), ")");
+  out.commit();
+}
 
 }  // namespace vrwkv::plot_detail

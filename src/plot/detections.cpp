@@ -22,8 +22,6 @@ void detection_overlay(const std::uint8_t* image, std::int64_t height, std::int6
                        const std::vector<DetBox>& dets, const std::vector<std::array<std::uint8_t, 3>>& palette,
                        const std::vector<std::string>& names, const std::string& path, double alpha) {
   using plot_detail::ContextPtr;
-  using plot_detail::Sink;
-  using plot_detail::SurfacePtr;
   if (height < 1 || width < 1 || height > kMaxSide || width > kMaxSide)
     input_error(path, ": a ", width, "x", height, " picture (sides 1 to ", kMaxSide, ")");
   if (palette.size() != names.size())
@@ -35,13 +33,8 @@ void detection_overlay(const std::uint8_t* image, std::int64_t height, std::int6
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return dets[a].score < dets[b].score; });
 
-  AtomicFile out(path);
-  Sink sink{&out, nullptr};
-  SurfacePtr surface(cairo_image_surface_create(CAIRO_FORMAT_RGB24, static_cast<int>(width), static_cast<int>(height)),
-                     cairo_surface_destroy);
-  cairo_status_t status = cairo_surface_status(surface.get());
-  if (status != CAIRO_STATUS_SUCCESS)
-    runtime_error(path, ": cannot make a ", height, "x", width, " picture (", cairo_status_to_string(status), ")");
+  plot_detail::SurfacePtr surface = plot_detail::rgb_surface(path, height, width);
+  cairo_status_t status = CAIRO_STATUS_SUCCESS;
   cairo_surface_flush(surface.get());
   unsigned char* data = cairo_image_surface_get_data(surface.get());
   const int stride = cairo_image_surface_get_stride(surface.get());
@@ -97,12 +90,7 @@ void detection_overlay(const std::uint8_t* image, std::int64_t height, std::int6
     }
     status = cairo_status(cr);
   }
-  if (status == CAIRO_STATUS_SUCCESS) status = cairo_surface_write_to_png_stream(surface.get(), plot_detail::write_sink, &sink);
-  surface.reset();
-  if (sink.error) std::rethrow_exception(sink.error);
-  if (status != CAIRO_STATUS_SUCCESS)
-    runtime_error(path, ": cannot write the picture (", cairo_status_to_string(status), ")");
-  out.commit();
+  plot_detail::write_png(std::move(surface), status, path);
 }
 
 }  // namespace vrwkv::plot

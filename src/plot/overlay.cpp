@@ -139,9 +139,6 @@ void draw_legend(cairo_t* cr, std::vector<Row> rows, double w, double h) {
 
 using plot_detail::ContextPtr;
 using plot_detail::printable;
-using plot_detail::Sink;
-using plot_detail::SurfacePtr;
-using plot_detail::write_sink;
 
 }  // namespace
 
@@ -180,13 +177,8 @@ void segmentation_overlay(const std::uint8_t* image, const std::uint8_t* labels,
                   ", and ", int(kNoClass), " is none)");
     }
 
-  AtomicFile out(path);
-  Sink sink{&out, nullptr};
-  SurfacePtr surface(cairo_image_surface_create(CAIRO_FORMAT_RGB24, static_cast<int>(width), static_cast<int>(height)),
-                     cairo_surface_destroy);
-  cairo_status_t status = cairo_surface_status(surface.get());
-  if (status != CAIRO_STATUS_SUCCESS)
-    runtime_error(path, ": cannot make a ", height, "x", width, " picture (", cairo_status_to_string(status), ")");
+  plot_detail::SurfacePtr surface = plot_detail::rgb_surface(path, height, width);
+  cairo_status_t status = CAIRO_STATUS_SUCCESS;
 
   // The blend, pixel by pixel: RGB24 keeps each pixel as 0x00RRGGBB in a native 32-bit word.
   cairo_surface_flush(surface.get());
@@ -216,12 +208,7 @@ void segmentation_overlay(const std::uint8_t* image, const std::uint8_t* labels,
     draw_legend(ctx.get(), std::move(rows), static_cast<double>(width), static_cast<double>(height));
     status = cairo_status(ctx.get());
   }
-  if (status == CAIRO_STATUS_SUCCESS) status = cairo_surface_write_to_png_stream(surface.get(), write_sink, &sink);
-  surface.reset();
-  if (sink.error) std::rethrow_exception(sink.error);
-  if (status != CAIRO_STATUS_SUCCESS)
-    runtime_error(path, ": cannot write the overlay (", cairo_status_to_string(status), ")");
-  out.commit();
+  plot_detail::write_png(std::move(surface), status, path);
 }
 
 }  // namespace vrwkv::plot

@@ -100,11 +100,7 @@ Segmentor Segmentor::load(const std::string& path, const AdapterOverrides& overr
 }
 
 std::int64_t Segmentor::parameter_count() const {
-  // PyTorch's count: BatchNorm running statistics are buffers, not parameters.
-  std::int64_t n = backbone_.parameter_count();
-  for (const auto& [name, t] : params_)
-    if (!name.ends_with(".running_mean") && !name.ends_with(".running_var")) n += t.numel();
-  return n;
+  return backbone_.parameter_count() + adapter::parameter_count(params_);
 }
 
 double Segmentor::flops(std::int64_t h, std::int64_t w) const {
