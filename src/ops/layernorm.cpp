@@ -37,17 +37,40 @@ inline float row_sum(const float* row, std::int64_t C, F f) {
 }
 }  // namespace
 
+// One row of C values normalised, then the affine.
+inline void norm_row(const float* row, const float* weight, const float* bias, float* out, std::int64_t C, float eps) {
+  const float mean = row_sum(row, C, [](float v) { return v; }) / C;
+  const float var = row_sum(row, C, [mean](float v) { return (v - mean) * (v - mean); }) / C;
+  const float inv = 1.0f / std::sqrt(var + eps);
+  for (std::int64_t c = 0; c < C; ++c) out[c] = (row[c] - mean) * inv * weight[c] + bias[c];
+}
+
 void layernorm(const float* x, const float* weight, const float* bias, float* y, std::int64_t N, std::int64_t C,
                float eps) {
 #pragma omp parallel for schedule(static)
-  for (std::int64_t n = 0; n < N; ++n) {
-    const float* row = x + n * C;
-    float* out = y + n * C;
-    const float mean = row_sum(row, C, [](float v) { return v; }) / C;
-    const float var = row_sum(row, C, [mean](float v) { return (v - mean) * (v - mean); }) / C;
-    const float inv = 1.0f / std::sqrt(var + eps);
-    for (std::int64_t c = 0; c < C; ++c) out[c] = (row[c] - mean) * inv * weight[c] + bias[c];
-  }
+  for (std::int64_t n = 0; n < N; ++n) norm_row(x + n * C, weight, bias, y + n * C, C, eps);
+}
+
+void group_norm_ref(const float* x, const float* weight, const float* bias, float* y, std::int64_t N, std::int64_t C,
+                    std::int64_t groups, float eps) {
+  const std::int64_t S = C / groups;
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t g = 0; g < groups; ++g)
+      layernorm_ref(x + n * C + g * S, weight + g * S, bias + g * S, y + n * C + g * S, 1, S, eps);
+}
+
+void group_norm_rows(const float* x, const float* weight, const float* bias, float* y, std::int64_t row_begin,
+                     std::int64_t row_end, std::int64_t C, std::int64_t groups, float eps) {
+  const std::int64_t S = C / groups;
+  for (std::int64_t n = row_begin; n < row_end; ++n)
+    for (std::int64_t g = 0; g < groups; ++g)
+      norm_row(x + n * C + g * S, weight + g * S, bias + g * S, y + n * C + g * S, S, eps);
+}
+
+void group_norm(const float* x, const float* weight, const float* bias, float* y, std::int64_t N, std::int64_t C,
+                std::int64_t groups, float eps) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t n = 0; n < N; ++n) group_norm_rows(x, weight, bias, y, n, n + 1, C, groups, eps);
 }
 
 void layernorm_backward_ref(const float* x, const float* weight, const float* dy, float* dx, float* dweight,
@@ -76,24 +99,31 @@ void layernorm_backward_ref(const float* x, const float* weight, const float* dy
 
 void layernorm_backward(const float* x, const float* weight, const float* dy, float* dx, float* dweight, float* dbias,
                         std::int64_t N, std::int64_t C, float eps) {
-  std::vector<float> mean(N), rstd(N);
+  group_norm_backward(x, weight, dy, dx, dweight, dbias, N, C, 1, eps);
+}
+
+void group_norm_backward(const float* x, const float* weight, const float* dy, float* dx, float* dweight,
+                         float* dbias, std::int64_t N, std::int64_t C, std::int64_t groups, float eps) {
+  const std::int64_t S = C / groups;
+  std::vector<float> mean(N * groups), rstd(N * groups);
 #pragma omp parallel for schedule(static)
-  for (std::int64_t n = 0; n < N; ++n) {
-    const float *row = x + n * C, *d = dy + n * C;
+  for (std::int64_t ng = 0; ng < N * groups; ++ng) {
+    const std::int64_t off = ng * S;  // row n, group g: channels [g·S, (g+1)·S) of row n
+    const float *row = x + off, *d = dy + off, *w = weight + (ng % groups) * S;
     float sum = 0;
-    for (std::int64_t c = 0; c < C; ++c) sum += row[c];
-    const float mu = sum / C;
+    for (std::int64_t c = 0; c < S; ++c) sum += row[c];
+    const float mu = sum / S;
     float sq = 0;
-    for (std::int64_t c = 0; c < C; ++c) sq += (row[c] - mu) * (row[c] - mu);
-    const float r = 1.0f / std::sqrt(sq / C + eps);
+    for (std::int64_t c = 0; c < S; ++c) sq += (row[c] - mu) * (row[c] - mu);
+    const float r = 1.0f / std::sqrt(sq / S + eps);
     float mg = 0, mgx = 0;
-    for (std::int64_t c = 0; c < C; ++c) {
-      const float g = d[c] * weight[c];
+    for (std::int64_t c = 0; c < S; ++c) {
+      const float g = d[c] * w[c];
       mg += g, mgx += g * (row[c] - mu) * r;
     }
-    mg /= C, mgx /= C;
-    for (std::int64_t c = 0; c < C; ++c) dx[n * C + c] += r * (d[c] * weight[c] - mg - (row[c] - mu) * r * mgx);
-    mean[n] = mu, rstd[n] = r;
+    mg /= S, mgx /= S;
+    for (std::int64_t c = 0; c < S; ++c) dx[off + c] += r * (d[c] * w[c] - mg - (row[c] - mu) * r * mgx);
+    mean[ng] = mu, rstd[ng] = r;
   }
   // Parameter gradients by channel ranges: every sum runs over the rows in
   // order, so the result does not depend on the thread count.
@@ -105,7 +135,8 @@ void layernorm_backward(const float* x, const float* weight, const float* dy, fl
     for (std::int64_t n = 0; n < N; ++n) {
       const float *row = x + n * C, *d = dy + n * C;
       for (std::int64_t c = c0; c < c1; ++c) {
-        gw[c - c0] += d[c] * (row[c] - mean[n]) * rstd[n];
+        const std::int64_t stat = n * groups + c / S;
+        gw[c - c0] += d[c] * (row[c] - mean[stat]) * rstd[stat];
         gb[c - c0] += d[c];
       }
     }

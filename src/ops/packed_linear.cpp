@@ -68,6 +68,8 @@ const PackedLinear::Plan& PackedLinear::plan(std::int64_t M, DType x, DType y, c
     ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_square, 0.0f, 0.0f);
   }
   if (e.act == Activation::Gelu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+  if (e.act == Activation::Tanh) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_tanh, 0.0f, 0.0f);
+  if (e.act == Activation::Silu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
   if (e.mul) ops.append_binary(dnnl::algorithm::binary_mul, plan->mul);
   if (e.accumulate) ops.append_sum(1.0f);
   // Scratch memory comes from the calling thread (oneDNN's own is bound to the thread that made the primitive).

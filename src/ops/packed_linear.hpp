@@ -22,7 +22,8 @@ struct memory;
 
 namespace vrwkv::ops {
 
-enum class Activation : std::uint8_t { None, Sigmoid, ReluSquare, Gelu };  // Gelu: exact (erf) form
+// Gelu: the exact (erf) form; Silu: z·σ(z).
+enum class Activation : std::uint8_t { None, Sigmoid, ReluSquare, Gelu, Tanh, Silu };
 
 // Applied in this order to each z = (x·Wᵀ + b)[m,n]: z ← act(z); z ← z·mul[m,n];
 // y ← y + z (accumulate) or y ← z.

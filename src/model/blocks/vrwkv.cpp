@@ -603,7 +603,7 @@ class TrainVrwkv final : public TrainBlocks {
     }
     n = 0;
     for (const float* m : mus) mu[n++] = m;
-    ops.q_shift_mix(x, B, grid, C, c.shift_pixel, c.channel_gamma, n, mu, bufs);
+    ops.q_shift_mix(x, B, grid, C, c.shift_pixel, c.channel_gamma, n, mu, bufs, 0);
   }
 
   // The mixes' backward: dx += Σ dL/dx through each mix; dμ += (with Q-Shift).
