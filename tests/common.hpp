@@ -44,6 +44,11 @@ inline std::string slurp(const std::string& path) {
 }
 
 inline std::string golden(const std::string& name) { return std::string(VRWKV_GOLDEN_DIR) + "/" + name; }
+// A file named by a case's json, which lives in the case's folder ("v6/v6_tiny_default" → "v6/FILE").
+inline std::string golden_beside(const std::string& case_name, const std::string& file) {
+  const std::size_t slash = case_name.rfind('/');
+  return golden(slash == std::string::npos ? file : case_name.substr(0, slash + 1) + file);
+}
 
 // A golden case's description (CASE.json) and its checkpoint loaded as the
 // case was made: its Bi-WKV semantics (sum: paper; kernel, kernel32, kernel16:
@@ -52,14 +57,14 @@ inline Model load_golden_model(const std::string& name, nlohmann::json* descript
   std::ifstream f(golden(name + ".json"));
   const nlohmann::json j = nlohmann::json::parse(f);
   ConfigOverrides o;
-  const std::string impl = j.at("wkv_impl");
+  const std::string impl = j.value("wkv_impl", std::string("kernel"));  // VRWKV6 cases have none
   o.wkv = impl == "sum" ? WkvSemantics::Paper : WkvSemantics::Official;
   o.wkv_chunks = impl == "kernel16" ? 16 : 32;
   const auto& bb = j.at("backbone");
   if (bb.at("out_indices").is_array()) o.out_indices = bb.at("out_indices").get<std::vector<std::int64_t>>();
-  const std::string ckpt = j.contains("checkpoint") ? j.at("checkpoint").get<std::string>() : name + ".pth";
   if (description) *description = j;
-  return Model::load(golden(ckpt), o);
+  if (!j.contains("checkpoint")) return Model::load(golden(name + ".pth"), o);
+  return Model::load(golden_beside(name, j.at("checkpoint")), o);
 }
 
 // Tolerances of ../shared/golden/README.md: a float32 re-run of the official

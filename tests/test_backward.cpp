@@ -268,7 +268,8 @@ TEST(BiWkvBackward, ScanMatchesDefinitionAndDifferences) {
 // grad.<parameter> within 5e-5·max(1, max|golden|) (golden README).
 TEST(ModelBackward, GoldenGradients) {
   for (const char* name : {"tiny_default", "tiny_postnorm_ls0p5", "tiny_keynorm", "tiny_shift0", "tiny_in37x27_pad",
-                           "tiny_outidx01_nofinalnorm", "tiny_default_kernelwkv", "vrwkv_t_224_b2"}) {
+                           "tiny_outidx01_nofinalnorm", "tiny_default_kernelwkv", "vrwkv_t_224_b2",
+                           "v6/v6_tiny_default", "v6/v6_tiny_postnorm_ls_in37x27"}) {
     const Model model = test::load_golden_model(name);
     const TensorMap golden = read_safetensors(test::golden(std::string(name) + ".safetensors"));
     Gradients grads(model);

@@ -2,6 +2,7 @@
 // checkpoint read directly, run in the case's Bi-WKV semantics, compared
 // tensor by tensor (embed, every block, features, pooled, logits) on both the
 // fast and the reference path.
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -20,7 +21,7 @@ struct Case {
 Case load_case(const std::string& name) {
   nlohmann::json j;
   Model m = test::load_golden_model(name, &j);
-  return {j, read_safetensors(test::golden(j.at("safetensors"))), std::move(m)};
+  return {j, read_safetensors(test::golden_beside(name, j.at("safetensors"))), std::move(m)};
 }
 
 // The configuration inferred from the checkpoint equals the one that made it.
@@ -39,6 +40,9 @@ void check_config(const Case& c) {
   EXPECT_EQ(cfg.arch.num_classes, c.json.at("num_classes").get<std::int64_t>());
   EXPECT_EQ(cfg.arch.pos_grid_h, c.json.at("train_grid").at(0).get<std::int64_t>());
   EXPECT_EQ(cfg.arch.pos_grid_w, c.json.at("train_grid").at(1).get<std::int64_t>());
+  const bool v6 = c.json.value("model", "") == "VRWKV6";
+  EXPECT_EQ(cfg.arch.block, v6 ? BlockKind::Vrwkv6 : BlockKind::Vrwkv);
+  if (v6) EXPECT_EQ(cfg.arch.embed_dims / cfg.arch.head_size, bb.at("num_heads").get<std::int64_t>());
 }
 
 void check_outputs(const Case& c, bool reference) {
@@ -80,7 +84,13 @@ TEST_P(GoldenModel, ReferencePathMatches) { check_outputs(load_case(GetParam()),
 INSTANTIATE_TEST_SUITE_P(Cases, GoldenModel,
                          ::testing::Values("tiny_default", "tiny_postnorm_ls0p5", "tiny_keynorm", "tiny_shift0",
                                            "tiny_in37x27_pad", "tiny_outidx01_nofinalnorm", "tiny_default_kernelwkv",
-                                           "vrwkv_t_224_b2", "vrwkv_t_224_b2_kernel32"));
+                                           "vrwkv_t_224_b2", "vrwkv_t_224_b2_kernel32", "v6/v6_tiny_default",
+                                           "v6/v6_tiny_postnorm_ls_in37x27"),
+                         [](const ::testing::TestParamInfo<std::string>& p) {
+                           std::string name = p.param;
+                           std::replace(name.begin(), name.end(), '/', '_');
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace vrwkv

@@ -18,9 +18,12 @@
 namespace vrwkv {
 
 // The block of the backbone. Vrwkv: Spatial Mix (Q-Shift, Bi-WKV, gate) +
-// Channel Mix (VRWKV.md 1.4-1.7). New kinds (VRWKV6, ablation variants) are
-// added here and in src/model/blocks/ (docs/ARCHITECTURE.md).
-enum class BlockKind { Vrwkv };
+// Channel Mix (VRWKV.md 1.4-1.7). Vrwkv6: the RWKV-6 Spatial Mix (per-head
+// Q-Shift, ddlerp, data-dependent decay, Bi-WKV6, GroupNorm, SiLU gate) and
+// the same Channel Mix with the per-head shift (VRWKV6.md A.4). New kinds
+// (ablation variants) are added here and in src/model/blocks/
+// (docs/ARCHITECTURE.md).
+enum class BlockKind { Vrwkv, Vrwkv6 };
 enum class HeadKind { None, Linear, Mlp };  // none / head.fc / head.0-tanh-head.2 (VRWKV-L)
 
 struct Architecture {
@@ -40,6 +43,9 @@ struct Architecture {
   HeadKind head = HeadKind::Linear;
   std::int64_t num_classes = 1000;
   std::int64_t head_hidden = 0;  // Mlp head only
+  // Vrwkv6 only (VRWKV6.md A.3): channels per attention head, the rank of the
+  // five ddlerp LoRAs (TIME_MIX_EXTRA_DIM) and of the decay LoRA.
+  std::int64_t head_size = 64, mix_rank = 32, decay_rank = 64;
 };
 
 struct RunOptions {
@@ -68,7 +74,7 @@ struct ConfigOverrides {
   std::optional<Preprocess> preprocess;
 };
 
-std::string to_string(BlockKind b);  // "vrwkv"
+std::string to_string(BlockKind b);  // "vrwkv", "vrwkv6"
 std::string to_string(HeadKind h);   // "none", "linear", "mlp"
 BlockKind block_from_string(const std::string& s);  // these throw Error(Input)
 HeadKind head_from_string(const std::string& s);

@@ -18,6 +18,7 @@
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
 #include "ops/qshift.hpp"
+#include "ops/wkv6.hpp"
 #include "vrwkv/config.hpp"
 #include "vrwkv/tensor.hpp"
 
@@ -50,6 +51,8 @@ struct BlockOps {
   decltype(&ops::q_shift_mix_ref) q_shift_mix;
   decltype(&ops::biwkv_ref_all) biwkv;
   void (*sigmoid_gate)(const float* r, const float* y, float* out, std::int64_t n);  // out = σ(r) ⊙ y
+  decltype(&ops::wkv6_ref) wkv6;                                                     // VRWKV6
+  decltype(&ops::group_norm_ref) group_norm;
 };
 const BlockOps& fast_block_ops();
 const BlockOps& reference_block_ops();
@@ -76,6 +79,7 @@ class TrainBlocks {
 
 struct BlockKindEntry {
   const char* name;                      // "vrwkv": the configuration's spelling
+  const char* signature;                 // a block row only this kind has (its checkpoints are told by it)
   std::vector<ParamInfo> (*rows)();      // one block's rows, in storage order
   double (*extra_flops)(const Architecture& arch, double tokens);  // per block, beyond the rows' costs
   // Bind the weights through `lookup`; `params` is the base of the model's

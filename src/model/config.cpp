@@ -10,13 +10,15 @@ namespace vrwkv {
 std::string to_string(BlockKind b) {
   switch (b) {
     case BlockKind::Vrwkv: return "vrwkv";
+    case BlockKind::Vrwkv6: return "vrwkv6";
   }
   return "?";
 }
 
 BlockKind block_from_string(const std::string& s) {
   if (s == "vrwkv") return BlockKind::Vrwkv;
-  input_error("unknown block kind '", s, "' (expected vrwkv)");
+  if (s == "vrwkv6") return BlockKind::Vrwkv6;
+  input_error("unknown block kind '", s, "' (expected vrwkv or vrwkv6)");
 }
 
 std::string to_string(HeadKind h) {
@@ -75,6 +77,8 @@ std::string config_to_json(const Config& config) {
       {"wkv", to_string(config.run.wkv)},      {"wkv_chunks", config.run.wkv_chunks},
       {"preprocess", to_string(config.preprocessing.kind)},
   };
+  if (c.block == BlockKind::Vrwkv6)
+    j["head_size"] = c.head_size, j["mix_rank"] = c.mix_rank, j["decay_rank"] = c.decay_rank;
   if (!config.labels.empty()) j["class_names"] = config.labels;
   if (config.preprocessing.kind == Preprocess::Resize)
     j["mean"] = config.preprocessing.mean, j["std"] = config.preprocessing.std;
@@ -103,6 +107,11 @@ Config config_from_json(const std::string& text, const std::string& source) {
     c.head = head_from_string(j.at("head"));
     c.num_classes = j.at("num_classes");
     c.head_hidden = j.at("head_hidden");
+    if (c.block == BlockKind::Vrwkv6) {
+      c.head_size = j.at("head_size");
+      c.mix_rank = j.at("mix_rank");
+      c.decay_rank = j.at("decay_rank");
+    }
     config.run.out_indices = j.at("out_indices").get<std::vector<std::int64_t>>();
     config.run.wkv = wkv_from_string(j.at("wkv"));
     config.run.wkv_chunks = j.at("wkv_chunks");

@@ -42,6 +42,12 @@ std::int64_t dim_value(Dim d, const Architecture& a) {
     case Dim::PosTokens: return a.pos_grid_h * a.pos_grid_w;
     case Dim::Classes: return a.num_classes;
     case Dim::HeadHidden: return a.head_hidden;
+    case Dim::Heads: return a.head_size > 0 ? a.embed_dims / a.head_size : 0;
+    case Dim::HeadSize: return a.head_size;
+    case Dim::MixLora: return 5 * a.mix_rank;
+    case Dim::MixRank: return a.mix_rank;
+    case Dim::Five: return 5;
+    case Dim::DecayRank: return a.decay_rank;
   }
   return 0;
 }
@@ -113,8 +119,10 @@ void for_each_row(const Architecture& a, const std::vector<ParamInfo>& block_row
 // The block rows of a kind, made once.
 const std::vector<ParamInfo>& kind_rows(BlockKind kind) {
   static const std::vector<ParamInfo> vrwkv = block_kind(BlockKind::Vrwkv).rows();
+  static const std::vector<ParamInfo> vrwkv6 = block_kind(BlockKind::Vrwkv6).rows();
   switch (kind) {
     case BlockKind::Vrwkv: return vrwkv;
+    case BlockKind::Vrwkv6: return vrwkv6;
   }
   return vrwkv;
 }
@@ -170,7 +178,8 @@ struct Unifier {
         bound[d] = t.dim(static_cast<int>(k)), by[d] = name;
       } else if (it->second != t.dim(static_cast<int>(k))) {
         input_error(source, ": tensor '", name, "' has shape ", shape_str(t.shape()), ", inconsistent with ",
-                    by.count(d) ? "'" + by[d] + "'" : std::string("a size of 1"), " (dimension ", k, " should be ",
+                    by.count(d) ? "'" + by[d] + "'" : std::string("the model's fixed sizes"), " (dimension ", k,
+                    " should be ",
                     it->second, ")");
       }
     }
@@ -182,8 +191,11 @@ struct Unifier {
 Config infer_config(const TensorMap& sd, const std::string& source) {
   Config c;
   Architecture& a = c.arch;
-  const std::vector<model::ParamInfo>& rows = model::block_rows(a.block);
   const auto has = [&](const std::string& name) { return sd.count(name) > 0; };
+  // The block kind: the one whose signature tensor block 0 has (VRWKV6: att.time_maa_w1).
+  for (BlockKind kind : {BlockKind::Vrwkv6})
+    if (has(std::string("backbone.layers.0.") + model::block_kind(kind).signature)) a.block = kind;
+  const std::vector<model::ParamInfo>& rows = model::block_rows(a.block);
   const auto block_has = [&](When when, std::int64_t layer) {
     const model::ParamInfo* r = first_row(rows, when);
     return r && has(model::param_name(*r, layer));
@@ -195,7 +207,8 @@ Config infer_config(const TensorMap& sd, const std::string& source) {
   if (depth == 0)
     input_error(source, ": no blocks found (expected ", model::param_name(*first_row(rows, When::Always), 0), ")");
   a.depth = depth;
-  a.shift_pixel = block_has(When::Shift, 0) ? 1 : 0;
+  // A kind whose mixing parameters stay without a shift (VRWKV6) cannot tell shift_pixel: 1 as officially.
+  if (first_row(rows, When::Shift)) a.shift_pixel = block_has(When::Shift, 0) ? 1 : 0;
   a.key_norm = block_has(When::KeyNorm, 0);
   a.layer_scale = block_has(When::LayerScale, 0);
   a.post_norm = a.layer_scale;  // true of every released model
@@ -208,7 +221,7 @@ Config infer_config(const TensorMap& sd, const std::string& source) {
   a.head = head_has(When::HeadLinear) ? HeadKind::Linear : head_has(When::HeadMlp) ? HeadKind::Mlp : HeadKind::None;
 
   // Every tensor the flags call for, with its shape rule: binds the sizes.
-  Unifier u{source, {{Dim::One, 1}}, {}};
+  Unifier u{source, {{Dim::One, 1}, {Dim::Five, 5}}, {}};
   for (const model::Param& p : model::parameter_list(a)) {
     const auto it = sd.find(p.name);
     if (it == sd.end()) input_error(source, ": missing tensor '", p.name, "' required by the model configuration");
@@ -221,6 +234,12 @@ Config infer_config(const TensorMap& sd, const std::string& source) {
   a.hidden_dims = size(Dim::Hidden, 0);
   a.num_classes = size(Dim::Classes, 0);
   a.head_hidden = size(Dim::HeadHidden, 0);
+  if (a.block == BlockKind::Vrwkv6) {
+    a.head_size = size(Dim::HeadSize, 0), a.mix_rank = size(Dim::MixRank, 0), a.decay_rank = size(Dim::DecayRank, 0);
+    if (size(Dim::Heads, 0) * a.head_size != a.embed_dims)
+      input_error(source, ": att.time_faaaa has ", size(Dim::Heads, 0), " heads of ", a.head_size, " channels, but the "
+                  "model has ", a.embed_dims, " channels");
+  }
   const std::int64_t n0 = size(Dim::PosTokens, 0);
   const auto side = static_cast<std::int64_t>(std::llround(std::sqrt(static_cast<double>(n0))));
   // A non-square training grid cannot be told from the tensor: --pos-grid sets it.
@@ -253,6 +272,14 @@ void check_architecture(const Architecture& a, const std::string& source) {
     input_error(source, ": channel_gamma must be in (0, 1/4], got ", a.channel_gamma);
   if (a.head != HeadKind::None) range("num_classes", static_cast<double>(a.num_classes), 1, 1 << 24);
   if (a.head == HeadKind::Mlp) range("head_hidden", static_cast<double>(a.head_hidden), 1, 1 << 20);
+  if (a.block == BlockKind::Vrwkv6) {
+    range("head_size", static_cast<double>(a.head_size), 1, 4096);
+    range("mix_rank", static_cast<double>(a.mix_rank), 1, 1 << 16);
+    range("decay_rank", static_cast<double>(a.decay_rank), 1, 1 << 16);
+    if (a.embed_dims % a.head_size != 0)
+      input_error(source, ": embed_dims ", a.embed_dims, " is not a whole number of heads of ", a.head_size,
+                  " channels");
+  }
 }
 
 void check_config(const Config& c, const std::string& source) {

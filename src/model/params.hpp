@@ -21,7 +21,24 @@
 namespace vrwkv::model {
 
 // The symbols of a shape rule.
-enum class Dim : std::uint8_t { One, C, Hidden, InChannels, Patch, PosTokens, Classes, HeadHidden };
+// VRWKV6 (VRWKV6.md A.3): Heads = C / HeadSize, MixLora = 5·MixRank (the
+// five ddlerp LoRAs side by side), Five = 5.
+enum class Dim : std::uint8_t {
+  One,
+  C,
+  Hidden,
+  InChannels,
+  Patch,
+  PosTokens,
+  Classes,
+  HeadHidden,
+  Heads,
+  HeadSize,
+  MixLora,
+  MixRank,
+  Five,
+  DecayRank,
+};
 // When a row is present.
 enum class When : std::uint8_t { Always, FirstBlock, LayerScale, KeyNorm, Shift, FinalNorm, HeadLinear, HeadMlp };
 // The official initialisation (mmcls / the official VRWKV code).
@@ -36,6 +53,13 @@ enum class Init : std::uint8_t {
   MixK,          // (h/C)^(1 − i/L)
   MixV,          // (h/C)^(1 − i/L) + 0.3·i/(L−1)
   MixR,          // (h/C)^(0.5·(1 − i/L))
+  // VRWKV6 (VRWKV6.md A.3), maa = 0 meaning no shift:
+  MaaShift,     // 1 − (h/C)^(1 − i/L): time_maa_x, _w, _k
+  MaaValue,     // 1 − ((h/C)^(1 − i/L) + 0.3·i/(L−1)): time_maa_v
+  MaaHalf,      // 1 − (h/C)^(0.5·(1 − i/L)): time_maa_r, _g
+  LoraUniform,  // U(−1e-4, 1e-4): the LoRA matrices
+  Decay6,       // −6 + 5·(h/(C−1))^(0.7 + 1.3·i/(L−1)): time_decay
+  Bonus6,       // i/(L−1)·(1 − h/(C−1)) + 0.1·(((h+1) mod 3) − 1), h the flat channel: time_faaaa
 };
 // FLOPs by the convention of the official get_flops_backbone.py.
 enum class Cost : std::uint8_t { None, PerToken, Norm, PerImage };  // T·numel, 2·T·numel, numel

@@ -663,6 +663,7 @@ class TrainVrwkv final : public TrainBlocks {
 const BlockKindEntry& vrwkv_block_kind() {
   static const BlockKindEntry entry = {
       "vrwkv",
+      "att.spatial_decay",
       row_infos,
       extra_flops,
       [](const Architecture& a, const Lookup& lookup) -> std::unique_ptr<FastBlocks> {
