@@ -44,17 +44,23 @@ inline std::string slurp(const std::string& path) {
 }
 
 inline std::string golden(const std::string& name) { return std::string(VRWKV_GOLDEN_DIR) + "/" + name; }
+// A model case by name: a golden ("tiny_default", "v6/v6_tiny_default") or, with the prefix "data/", one of
+// this repository's (tests/data/…, made by tools/v6_pytorch.py --make-case). Without the extension.
+inline std::string case_path(const std::string& name) {
+  if (name.starts_with("data/")) return std::string(VRWKV_SOURCE_DIR) + "/tests/" + name;
+  return golden(name);
+}
 // A file named by a case's json, which lives in the case's folder ("v6/v6_tiny_default" → "v6/FILE").
 inline std::string golden_beside(const std::string& case_name, const std::string& file) {
-  const std::size_t slash = case_name.rfind('/');
-  return golden(slash == std::string::npos ? file : case_name.substr(0, slash + 1) + file);
+  const std::string base = case_path(case_name);
+  return base.substr(0, base.rfind('/') + 1) + file;
 }
 
 // A golden case's description (CASE.json) and its checkpoint loaded as the
 // case was made: its Bi-WKV semantics (sum: paper; kernel, kernel32, kernel16:
 // official with S = 32 or 16) and out indices.
 inline Model load_golden_model(const std::string& name, nlohmann::json* description = nullptr) {
-  std::ifstream f(golden(name + ".json"));
+  std::ifstream f(case_path(name) + ".json");
   const nlohmann::json j = nlohmann::json::parse(f);
   ConfigOverrides o;
   const std::string impl = j.value("wkv_impl", std::string("kernel"));  // VRWKV6 cases have none
@@ -63,7 +69,7 @@ inline Model load_golden_model(const std::string& name, nlohmann::json* descript
   const auto& bb = j.at("backbone");
   if (bb.at("out_indices").is_array()) o.out_indices = bb.at("out_indices").get<std::vector<std::int64_t>>();
   if (description) *description = j;
-  if (!j.contains("checkpoint")) return Model::load(golden(name + ".pth"), o);
+  if (!j.contains("checkpoint")) return Model::load(case_path(name) + ".pth", o);
   return Model::load(golden_beside(name, j.at("checkpoint")), o);
 }
 

@@ -269,9 +269,10 @@ TEST(BiWkvBackward, ScanMatchesDefinitionAndDifferences) {
 TEST(ModelBackward, GoldenGradients) {
   for (const char* name : {"tiny_default", "tiny_postnorm_ls0p5", "tiny_keynorm", "tiny_shift0", "tiny_in37x27_pad",
                            "tiny_outidx01_nofinalnorm", "tiny_default_kernelwkv", "vrwkv_t_224_b2",
-                           "v6/v6_tiny_default", "v6/v6_tiny_postnorm_ls_in37x27"}) {
+                           "v6/v6_tiny_default", "v6/v6_tiny_postnorm_ls_in37x27", "data/v6/v6_in48x40_pos8to12x10",
+                           "data/v6/v6_w192_postnorm_in40x56", "data/v6/v6_keynorm_out01"}) {
     const Model model = test::load_golden_model(name);
-    const TensorMap golden = read_safetensors(test::golden(std::string(name) + ".safetensors"));
+    const TensorMap golden = read_safetensors(test::case_path(name) + ".safetensors");
     Gradients grads(model);
     Backprop backprop(model);
     const LossResult r =

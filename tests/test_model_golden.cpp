@@ -85,7 +85,12 @@ INSTANTIATE_TEST_SUITE_P(Cases, GoldenModel,
                          ::testing::Values("tiny_default", "tiny_postnorm_ls0p5", "tiny_keynorm", "tiny_shift0",
                                            "tiny_in37x27_pad", "tiny_outidx01_nofinalnorm", "tiny_default_kernelwkv",
                                            "vrwkv_t_224_b2", "vrwkv_t_224_b2_kernel32", "v6/v6_tiny_default",
-                                           "v6/v6_tiny_postnorm_ls_in37x27"),
+                                           "v6/v6_tiny_postnorm_ls_in37x27",
+                                           // VRWKV6 acceptance cases (tests/data/v6, tools/v6_pytorch.py):
+                                           // another resolution with the pos-embed resized, width 192 with
+                                           // post-norm, key norms with two out indices.
+                                           "data/v6/v6_in48x40_pos8to12x10", "data/v6/v6_w192_postnorm_in40x56",
+                                           "data/v6/v6_keynorm_out01"),
                          [](const ::testing::TestParamInfo<std::string>& p) {
                            std::string name = p.param;
                            std::replace(name.begin(), name.end(), '/', '_');

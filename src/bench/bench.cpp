@@ -91,7 +91,9 @@ Record run(const Spec& spec) {
   const bool det_preset = std::find(det_presets.begin(), det_presets.end(), spec.model) != det_presets.end();
   const auto seg_presets = segmentor_preset_names();
   const bool seg_preset = std::find(seg_presets.begin(), seg_presets.end(), spec.model) != seg_presets.end();
-  const bool file = !spec.model.starts_with("vit_") && !spec.model.starts_with("vrwkv_") && !seg_preset;
+  const auto presets = preset_names();
+  const bool preset = std::find(presets.begin(), presets.end(), spec.model) != presets.end();
+  const bool file = !spec.model.starts_with("vit_") && !preset && !seg_preset;
   if (det_preset || (file && is_detector_checkpoint(spec.model))) {
     if (spec.train) input_error("--train is available for classification models only");
     if (spec.batch != 1) input_error("--batch: a detector runs one image per call (batch 1)");
@@ -115,8 +117,7 @@ Record run(const Spec& spec) {
       detector.detect(input, meta, o, ctx, nullptr, &t);
       stage_times.push_back(t);
     };
-  } else if (seg_preset || (!spec.model.starts_with("vit_") && !spec.model.starts_with("vrwkv_") &&
-                     is_segmentor_checkpoint(spec.model))) {
+  } else if (seg_preset || (file && is_segmentor_checkpoint(spec.model))) {
     if (spec.train) input_error("--train is available for classification models only");
     segmentor = seg_preset ? Segmentor::preset(spec.model, 0) : Segmentor::load(spec.model);
     SegmentOptions so;
@@ -139,10 +140,9 @@ Record run(const Spec& spec) {
     if (spec.train) input_error("--train is available for VRWKV models only");
     step = [&] { vit.forward(input, ctx); };
   } else {
-    const auto presets = preset_names();
     ConfigOverrides o;
     if (spec.train) o.wkv = WkvSemantics::Paper;  // the semantics with a gradient
-    if (std::find(presets.begin(), presets.end(), spec.model) != presets.end()) {
+    if (preset) {
       Config c = preset_config(spec.model);
       apply_overrides(c, o, spec.model);
       model = Model::from_state_dict(initial_parameters(c.arch, 0), c, spec.model);

@@ -99,11 +99,11 @@ void add_bench(CLI::App& app) {
       "bench",
       "Measure throughput, latency and memory.\n"
       "FLOPs = 2 × multiply-adds of every linear layer, convolution and (ViT) attention product, plus the\n"
-      "paper's 29·T·C per VRWKV block for Bi-WKV and element-wise work; LayerNorm 2·numel, pooling numel.\n"
+      "paper's 29·T·C per VRWKV block for Bi-WKV and element-wise work (VRWKV6: + 4·N·T·C for the Bi-WKV6\n"
+      "scans, N = 64 channels per head); LayerNorm 2·numel, pooling numel.\n"
       "Peak = the fp32 FMA throughput of the same threads, measured at the start of the run.");
   cmd->add_option("--model,-m", opt->models,
-                  "Comma-separated model files or presets: vrwkv_t, vrwkv_s, vrwkv_b, vrwkv_l, vit_t, vit_s, "
-                  "upernet_vrwkv_t/s/b/l (segmentors, 150 classes), mask_rcnn_vrwkv_t/s/b/l (detectors, 80 classes, batch 1, "
+                  "Comma-separated model files or presets: vrwkv_t/s/b/l, vrwkv6_t/s/b, vit_t, vit_s, upernet_vrwkv_t/s/b/l (segmentors, 150 classes), mask_rcnn_vrwkv_t/s/b/l (detectors, 80 classes, batch 1, "
                   "score threshold 0 so that 100 detections reach the masks); presets: official initialisation, seed 0");
   cmd->add_option("--mode", opt->mode,
                   "Segmentors: whole (one call on the whole image) or slide (512x512 crops, stride 341)")
@@ -162,7 +162,7 @@ void add_bench(CLI::App& app) {
       for (const std::string& p : detector_preset_names()) presets.push_back(p);
       const bool preset = m == "vit_t" || m == "vit_s" || std::find(presets.begin(), presets.end(), m) != presets.end();
       if (!preset && access(m.c_str(), R_OK) != 0)
-        input_error("--model: '", m, "' is neither a preset (vrwkv_t, vrwkv_s, vrwkv_b, vrwkv_l, vit_t, vit_s, "
+        input_error("--model: '", m, "' is neither a preset (vrwkv_t/s/b/l, vrwkv6_t/s/b, vit_t, vit_s, "
                     "upernet_vrwkv_t/s/b/l, mask_rcnn_vrwkv_t/s/b/l) nor a readable file");
     }
     if (opt->worker) {

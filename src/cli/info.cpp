@@ -1,4 +1,7 @@
 // vrwkv info: the configuration, parameter count and FLOPs of a model.
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 
 #include "commands.hpp"
@@ -6,6 +9,7 @@
 #include "listing.hpp"
 #include "dense_options.hpp"
 #include "vrwkv/error.hpp"
+#include "vrwkv/presets.hpp"
 
 namespace vrwkv::cli {
 
@@ -99,14 +103,26 @@ void add_info(CLI::App& app) {
   // Shared model options that info does not use are refused, not ignored: the model is the first argument
   // and nothing runs.
   for (const char* unused : {"--model", "--dtype", "--threads"}) cmd->remove_option(cmd->get_option(unused));
-  cmd->add_option("file", opt->model.model, "Model file (.pth or .safetensors), or a segmentor or detector preset")->required();
+  cmd->add_option("file", opt->model.model, "Model file (.pth or .safetensors), or a preset (classifier, segmentor or detector)")->required();
   cmd->add_option("--res", opt->res, "Input resolution for FLOPs: N or HxW (default: the training grid; 512 for segmentors, 800x1344 for detectors)");
   opt->seg.add_to(*cmd);
   cmd->callback([opt] {
-    if (names_detector(opt->model)) return info_detector(opt->model, opt->seg, opt->res);
-    if (names_segmentor(opt->model)) return info_segmentor(opt->model, opt->seg, opt->res);
+    // A classification preset (vrwkv_t … vrwkv6_b) when no such file exists: its official initialisation.
+    const auto presets = preset_names();
+    const bool preset = access(opt->model.model.c_str(), F_OK) != 0 &&
+                        std::find(presets.begin(), presets.end(), opt->model.model) != presets.end();
+    if (!preset && names_detector(opt->model)) return info_detector(opt->model, opt->seg, opt->res);
+    if (!preset && names_segmentor(opt->model)) return info_segmentor(opt->model, opt->seg, opt->res);
     LoadReport report;
-    const Model model = opt->model.load(&report);
+    Model model;
+    if (preset) {
+      Config config = preset_config(opt->model.model);
+      apply_overrides(config, opt->model.overrides(), opt->model.model);
+      model = Model::from_state_dict(initial_parameters(config.arch, 0), config, opt->model.model);
+      report.layout = "preset, official initialisation";
+    } else {
+      model = opt->model.load(&report);
+    }
     const Architecture& c = model.architecture();
     const RunOptions& run = model.config().run;
     long long h = c.pos_grid_h * c.patch_size, w = c.pos_grid_w * c.patch_size;
@@ -116,19 +132,29 @@ void add_info(CLI::App& app) {
     std::printf("embed_dims    %lld\ndepth         %lld\npatch_size    %lld\nhidden_dims   %lld\n",
                 (long long)c.embed_dims, (long long)c.depth, (long long)c.patch_size, (long long)c.hidden_dims);
     std::printf("pos_grid      %lldx%lld\n", (long long)c.pos_grid_h, (long long)c.pos_grid_w);
-    std::printf("shift_pixel   %d\nchannel_gamma %g\n", c.shift_pixel, c.channel_gamma);
+    if (c.block == BlockKind::Vrwkv6)
+      std::printf("heads         %lld of %lld channels (LoRA ranks: mix %lld, decay %lld)\nshift_pixel   %d\n",
+                  (long long)(c.embed_dims / c.head_size), (long long)c.head_size, (long long)c.mix_rank,
+                  (long long)c.decay_rank, c.shift_pixel);
+    else
+      std::printf("shift_pixel   %d\nchannel_gamma %g\n", c.shift_pixel, c.channel_gamma);
     std::printf("key_norm      %s\npost_norm     %s\nlayer_scale   %s\nfinal_norm    %s\n", c.key_norm ? "true" : "false",
                 c.post_norm ? "true" : "false", c.layer_scale ? "true" : "false", c.final_norm ? "true" : "false");
     std::printf("head          %s", to_string(c.head).c_str());
     if (c.head != HeadKind::None) std::printf(" (%lld classes)", (long long)c.num_classes);
     std::printf("\nout_indices  ");
     for (auto i : run.out_indices) std::printf(" %lld", (long long)i);
-    std::printf("\nwkv           %s", to_string(run.wkv).c_str());
-    if (run.wkv == WkvSemantics::Official) std::printf(" (S = %d)", run.wkv_chunks);
+    if (c.block == BlockKind::Vrwkv6) {
+      std::printf("\nwkv           Bi-WKV6 (per-head state, data-dependent decay)");
+    } else {
+      std::printf("\nwkv           %s", to_string(run.wkv).c_str());
+      if (run.wkv == WkvSemantics::Official) std::printf(" (S = %d)", run.wkv_chunks);
+    }
     std::printf("\npreprocess    %s\n", to_string(model.config().preprocessing.kind).c_str());
     std::printf("parameters    %lld (%.1fM)\n", (long long)model.parameter_count(), model.parameter_count() / 1e6);
-    std::printf("FLOPs         %.3f G at %lldx%lld (multiply-adds + 29·T·C per block, as the paper counts)\n",
-                model.flops(h, w) / 1e9, h, w);
+    std::printf("FLOPs         %.3f G at %lldx%lld (multiply-adds + 29·T·C per block, as the paper counts%s)\n",
+                model.flops(h, w) / 1e9, h, w,
+                c.block == BlockKind::Vrwkv6 ? "; + 4·N·T·C for the Bi-WKV6 scans" : "");
     if (!report.ignored.empty())
       std::printf("ignored       %zu entries not part of the model: %s\n", report.ignored.size(),
                   list_some(report.ignored).c_str());

@@ -17,14 +17,15 @@ const BlockKindEntry& block_kind(BlockKind kind) {
 }
 
 const BlockOps& fast_block_ops() {
-  static const BlockOps ops = {ops::linear,       ops::layernorm, ops::q_shift_mix, ops::biwkv,
-                               ops::sigmoid_gate, ops::wkv6,      ops::group_norm};
+  static const BlockOps ops = {ops::linear, ops::layernorm,  ops::q_shift_mix, ops::biwkv, ops::sigmoid_gate,
+                               ops::wkv6,   ops::group_norm, ops::silu_gate,   ops::tanh};
   return ops;
 }
 
 const BlockOps& reference_block_ops() {
-  static const BlockOps ops = {ops::linear_ref,       ops::layernorm_ref, ops::q_shift_mix_ref, ops::biwkv_ref_all,
-                               ops::sigmoid_gate_ref, ops::wkv6_ref,      ops::group_norm_ref};
+  static const BlockOps ops = {ops::linear_ref, ops::layernorm_ref,  ops::q_shift_mix_ref, ops::biwkv_ref_all,
+                               ops::sigmoid_gate_ref, ops::wkv6_ref, ops::group_norm_ref, ops::silu_gate_ref,
+                               ops::tanh_ref};
   return ops;
 }
 

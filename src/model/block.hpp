@@ -15,6 +15,7 @@
 
 #include "model/params.hpp"
 #include "ops/biwkv.hpp"
+#include "ops/gate.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
 #include "ops/qshift.hpp"
@@ -51,8 +52,10 @@ struct BlockOps {
   decltype(&ops::q_shift_mix_ref) q_shift_mix;
   decltype(&ops::biwkv_ref_all) biwkv;
   void (*sigmoid_gate)(const float* r, const float* y, float* out, std::int64_t n);  // out = σ(r) ⊙ y
-  decltype(&ops::wkv6_ref) wkv6;                                                     // VRWKV6
+  decltype(&ops::wkv6_ref) wkv6;  // VRWKV6
   decltype(&ops::group_norm_ref) group_norm;
+  decltype(&ops::silu_gate_ref) silu_gate;  // out = y ⊙ SiLU(g)
+  decltype(&ops::tanh_ref) tanh;            // in place
 };
 const BlockOps& fast_block_ops();
 const BlockOps& reference_block_ops();

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
+#include "ops/fast_math.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::ops {
@@ -21,10 +23,14 @@ void check_heads(std::int64_t C, std::int64_t N) {
   if (N < 1 || C % N != 0) runtime_error("wkv6: ", C, " channels are not whole heads of ", N);
 }
 
-// The decays of token row w (N keys): δ = exp(−exp(w)).
+// The decays of one token's N keys: δ = exp(−exp(w)) from the raw w, or
+// read from `decay` where the caller made them (wkv6_decays).
 template <class Real>
-inline void decays(const float* w, Real* d, std::int64_t N) {
-  for (std::int64_t j = 0; j < N; ++j) d[j] = std::exp(-std::exp(static_cast<Real>(w[j])));
+inline void decays(const float* w, const float* decay, std::int64_t at, Real* d, std::int64_t N) {
+  if (decay)
+    for (std::int64_t j = 0; j < N; ++j) d[j] = decay[at + j];
+  else
+    for (std::int64_t j = 0; j < N; ++j) d[j] = std::exp(-std::exp(static_cast<Real>(w[at + j])));
 }
 
 // The value channels [i0, i0 + nv) of one head through both scans (kV: nv
@@ -32,8 +38,8 @@ inline void decays(const float* w, Real* d, std::int64_t N) {
 // value i. Anti-causal pass (t = T−1 … 0): y_t = rᵀS, then S ← δ_t⊙S + k_t v_tᵀ;
 // causal pass (t = 0 … T−1): y_t += rᵀS + (Σ_j r u k)·v_t with the same update.
 template <class Real, int kV>
-void scan_values(const float* r, const float* k, const float* v, const float* w, const float* u, float* y,
-                 const Head& p, std::int64_t i0, std::int64_t nv_runtime) {
+void scan_values(const float* r, const float* k, const float* v, const float* w, const float* decay, const float* u,
+                 float* y, const Head& p, std::int64_t i0, std::int64_t nv_runtime) {
   const std::int64_t N = p.N, nv = kV ? kV : nv_runtime;
   const float* uh = u + p.offset % p.C;  // this head's bonus
   std::vector<Real> S(N * nv), d(N), acc(nv);
@@ -42,14 +48,34 @@ void scan_values(const float* r, const float* k, const float* v, const float* w,
     for (std::int64_t step = 0; step < p.T; ++step) {
       const std::int64_t t = causal ? step : p.T - 1 - step, o = p.at(t);
       const float *rt = r + o, *kt = k + o, *vt = v + o + i0;
-      decays(w + o, d.data(), N);
+      decays(w, decay, o, d.data(), N);
       Real* a = acc.data();
       Real bonus = 0;
       if (causal)
         for (std::int64_t j = 0; j < N; ++j) bonus += static_cast<Real>(rt[j]) * uh[j] * kt[j];
 #pragma omp simd
       for (std::int64_t i = 0; i < nv; ++i) a[i] = bonus * vt[i];
-      for (std::int64_t j = 0; j < N; ++j) {
+      std::int64_t j = 0;
+      if constexpr (kV > 0) {
+        // Four keys at a time into four partial sums: four independent
+        // multiply-add chains instead of one chain through all N keys.
+        Real part[4][kV] = {};
+        for (; j + 4 <= N; j += 4) {
+          Real* s = S.data() + j * kV;
+          for (int q = 0; q < 4; ++q) {
+            const Real rj = rt[j + q], kj = kt[j + q], dj = d[j + q];
+            Real* sq = s + q * kV;
+#pragma omp simd
+            for (std::int64_t i = 0; i < kV; ++i) {
+              part[q][i] += rj * sq[i];
+              sq[i] = sq[i] * dj + kj * static_cast<Real>(vt[i]);
+            }
+          }
+        }
+#pragma omp simd
+        for (std::int64_t i = 0; i < kV; ++i) a[i] += (part[0][i] + part[1][i]) + (part[2][i] + part[3][i]);
+      }
+      for (; j < N; ++j) {
         Real* s = S.data() + j * nv;
         const Real rj = rt[j], kj = kt[j], dj = d[j];
 #pragma omp simd
@@ -67,7 +93,7 @@ void scan_values(const float* r, const float* k, const float* v, const float* w,
 // The fast forward's problems: (image, head, block of kBlock value channels).
 constexpr std::int64_t kBlock = 32;
 
-void forward_problems(const float* r, const float* k, const float* v, const float* w, const float* u, float* y,
+void forward_problems(const float* r, const float* k, const float* v, const float* decay, const float* u, float* y,
                       std::int64_t B, std::int64_t T, std::int64_t C, std::int64_t N, std::int64_t begin,
                       std::int64_t end) {
   const std::int64_t H = C / N, blocks = (N + kBlock - 1) / kBlock;
@@ -75,33 +101,38 @@ void forward_problems(const float* r, const float* k, const float* v, const floa
     const std::int64_t b = job / (H * blocks), h = job / blocks % H, i0 = job % blocks * kBlock;
     const Head p{T, C, N, b * T * C + h * N};
     const std::int64_t nv = std::min(kBlock, N - i0);
-    if (nv == kBlock) scan_values<float, kBlock>(r, k, v, w, u, y, p, i0, nv);
-    else scan_values<float, 0>(r, k, v, w, u, y, p, i0, nv);
+    if (nv == kBlock) scan_values<float, kBlock>(r, k, v, nullptr, decay, u, y, p, i0, nv);
+    else scan_values<float, 0>(r, k, v, nullptr, decay, u, y, p, i0, nv);
   }
 }
 
 // The backward of one (image, head) problem in Real arithmetic, adding to the
 // gradients; gu_head: this problem's own [N] part of dL/du, a sum over every
-// token kept in float64 whatever Real is.
-template <class Real>
-void backward_head(const float* r, const float* k, const float* v, const float* w, const float* u, const float* gy,
-                   float* gr, float* gk, float* gv, float* gw, double* gu_head, const Head& p) {
-  const std::int64_t T = p.T, N = p.N, NN = N * N;
+// token kept in float64 whatever Real is. The states are kept value-major,
+// S[i][j] (row i: value channel, along it the N keys j), so that gr, gk and gw
+// (sums over i for each key j) accumulate whole rows and only gv (a sum over
+// j) needs one horizontal sum per row.
+template <class Real, int kN>
+void backward_head(const float* r, const float* k, const float* v, const float* w, const float* decay, const float* u,
+                   const float* gy, float* gr, float* gk, float* gv, float* gw, double* gu_head, const Head& p) {
+  // kN: the head size known at compile time (0: p.N at run time).
+  const std::int64_t T = p.T, N = kN ? kN : p.N, NN = N * N;
   const float* uh = u + p.offset % p.C;
   // Chunks of K tokens; the causal states at each chunk start are kept.
   const auto K = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(std::sqrt(static_cast<double>(T)))));
   const std::int64_t chunks = (T + K - 1) / K;
-  std::vector<Real> checkpoints(chunks * 2 * NN), chunk(K * 2 * NN), A(NN), Ra(NN), Bs(NN), Rc(NN), d(N), gvt(N);
-  // S ← δ⊙S + a bᵀ (row j of S scaled by δ_j).
-  const auto update = [&](Real* S, const float* a, const float* bvec) {
-    for (std::int64_t j = 0; j < N; ++j) {
-      Real* s = S + j * N;
-      const Real dj = d[j], aj = a[j];
+  std::vector<Real> checkpoints(chunks * 2 * NN), chunk(K * 2 * NN), A(NN), Ra(NN), Bs(NN), Rc(NN), d(N);
+  std::vector<Real> sr(N), sk(N), sw(N);
+  // S[i][·] ← δ⊙S[i][·] + key-side a · value-side b[i].
+  const auto update = [&](Real* S, const float* a, const float* b) {
+    for (std::int64_t i = 0; i < N; ++i) {
+      Real* s = S + i * N;
+      const Real bi = b[i];
 #pragma omp simd
-      for (std::int64_t i = 0; i < N; ++i) s[i] = s[i] * dj + aj * static_cast<Real>(bvec[i]);
+      for (std::int64_t j = 0; j < N; ++j) s[j] = s[j] * d[j] + static_cast<Real>(a[j]) * bi;
     }
   };
-  // Causal sweep: A, Ra at every chunk start.
+  // Causal sweep: A (keys k, values v) and Ra (keys r, values gy) at every chunk start.
   std::fill(A.begin(), A.end(), Real(0));
   std::fill(Ra.begin(), Ra.end(), Real(0));
   for (std::int64_t t = 0; t < T; ++t) {
@@ -110,7 +141,7 @@ void backward_head(const float* r, const float* k, const float* v, const float* 
       std::copy(Ra.begin(), Ra.end(), checkpoints.begin() + (t / K) * 2 * NN + NN);
     }
     const std::int64_t o = p.at(t);
-    decays(w + o, d.data(), N);
+    decays(w, decay, o, d.data(), N);
     update(A.data(), k + o, v + o);
     update(Ra.data(), r + o, gy + o);
   }
@@ -126,7 +157,7 @@ void backward_head(const float* r, const float* k, const float* v, const float* 
       std::copy(Ra.begin(), Ra.end(), chunk.begin() + (t - t0) * 2 * NN + NN);
       if (t + 1 == t1) break;  // the last token's update is not needed
       const std::int64_t o = p.at(t);
-      decays(w + o, d.data(), N);
+      decays(w, decay, o, d.data(), N);
       update(A.data(), k + o, v + o);
       update(Ra.data(), r + o, gy + o);
     }
@@ -135,34 +166,40 @@ void backward_head(const float* r, const float* k, const float* v, const float* 
       const float *rt = r + o, *kt = k + o, *vt = v + o, *gt = gy + o, *wt = w + o;
       const Real* At = chunk.data() + (t - t0) * 2 * NN;
       const Real* Rat = At + NN;
-      decays(wt, d.data(), N);
+      decays(w, decay, o, d.data(), N);
       Real vg = 0, ruk = 0;
       for (std::int64_t i = 0; i < N; ++i) vg += static_cast<Real>(vt[i]) * gt[i];
-      std::fill(gvt.begin(), gvt.end(), Real(0));
       for (std::int64_t j = 0; j < N; ++j) {
-        const Real *a = At + j * N, *ra = Rat + j * N, *bs = Bs.data() + j * N, *rc = Rc.data() + j * N;
-        Real sr = 0, sk = 0, sw = 0;
-        const Real kj = kt[j];
-#pragma omp simd reduction(+ : sr, sk, sw)
-        for (std::int64_t i = 0; i < N; ++i) {
-          const Real g = gt[i], vi = vt[i], rr = ra[i] + rc[i];
-          sr += g * (a[i] + bs[i]);
-          sk += vi * rr;
-          sw += a[i] * rc[i] + ra[i] * bs[i];
-          gvt[i] += kj * rr;
-        }
         const Real ru = static_cast<Real>(rt[j]) * uh[j];
-        gr[o + j] += static_cast<float>(sr + static_cast<Real>(uh[j]) * kj * vg);
-        gk[o + j] += static_cast<float>(sk + ru * vg);
-        const Real e = std::exp(static_cast<Real>(wt[j]));
-        // d δ/dw = −e^w·δ; where δ underflows to 0 the product's limit is 0.
-        if (d[j] != 0) gw[o + j] += static_cast<float>(-e * d[j] * sw);
-        gu_head[j] += static_cast<double>(static_cast<Real>(rt[j]) * kj * vg);
-        ruk += ru * kj;
+        sr[j] = static_cast<Real>(uh[j]) * kt[j] * vg, sk[j] = ru * vg, sw[j] = 0;
+        ruk += ru * kt[j];
       }
-      for (std::int64_t i = 0; i < N; ++i) gv[o + i] += static_cast<float>(gvt[i] + ruk * static_cast<Real>(gt[i]));
-      update(Bs.data(), kt, vt);
-      update(Rc.data(), rt, gt);
+      // Row i of the states: its share of gr, gk, gw, all of gv[i]; then the
+      // anti-causal states move past token t (B, Rc ← δ⊙· + k vᵀ, r gyᵀ).
+      for (std::int64_t i = 0; i < N; ++i) {
+        const Real *a = At + i * N, *ra = Rat + i * N;
+        Real *bs = Bs.data() + i * N, *rc = Rc.data() + i * N;
+        const Real g = gt[i], vi = vt[i];
+        Real gvi = 0;
+#pragma omp simd reduction(+ : gvi)
+        for (std::int64_t j = 0; j < N; ++j) {
+          const Real rr = ra[j] + rc[j];
+          sr[j] += g * (a[j] + bs[j]);
+          sk[j] += vi * rr;
+          sw[j] += a[j] * rc[j] + ra[j] * bs[j];
+          gvi += static_cast<Real>(kt[j]) * rr;
+          bs[j] = bs[j] * d[j] + static_cast<Real>(kt[j]) * vi;
+          rc[j] = rc[j] * d[j] + static_cast<Real>(rt[j]) * g;
+        }
+        gv[o + i] += static_cast<float>(gvi + ruk * g);
+      }
+      for (std::int64_t j = 0; j < N; ++j) {
+        gr[o + j] += static_cast<float>(sr[j]);
+        gk[o + j] += static_cast<float>(sk[j]);
+        // d δ/dw = −e^w·δ; where δ underflows to 0 the product's limit is 0.
+        if (d[j] != 0) gw[o + j] += static_cast<float>(-std::exp(static_cast<Real>(wt[j])) * d[j] * sw[j]);
+        gu_head[j] += static_cast<double>(static_cast<Real>(rt[j]) * kt[j] * vg);
+      }
     }
   }
 }
@@ -174,11 +211,18 @@ void backward_all(const float* r, const float* k, const float* v, const float* w
   check_heads(C, N);
   const std::int64_t H = C / N;
   std::vector<double> gu_parts(B * C, 0.0);  // per (image, channel), summed in order below
+  // float32: the decays made once (each is read three times); float64: computed where needed.
+  std::vector<float> decay(std::is_same_v<Real, float> ? B * T * C : 0);
+  if (!decay.empty()) wkv6_decays(w, decay.data(), B * T * C);
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t job = 0; job < B * H; ++job) {
     const std::int64_t b = job / H, h = job % H;
-    backward_head<Real>(r, k, v, w, u, gy, gr, gk, gv, gw, gu_parts.data() + b * C + h * N,
-                        Head{T, C, N, b * T * C + h * N});
+    const Head p{T, C, N, b * T * C + h * N};
+    const float* dec = decay.empty() ? nullptr : decay.data();
+    double* gu_head = gu_parts.data() + b * C + h * N;
+    if (N == 64) backward_head<Real, 64>(r, k, v, w, dec, u, gy, gr, gk, gv, gw, gu_head, p);
+    else if (N == 32) backward_head<Real, 32>(r, k, v, w, dec, u, gy, gr, gk, gv, gw, gu_head, p);
+    else backward_head<Real, 0>(r, k, v, w, dec, u, gy, gr, gk, gv, gw, gu_head, p);
   }
   for (std::int64_t c = 0; c < C; ++c) {
     double s = 0;
@@ -194,22 +238,30 @@ void wkv6_ref(const float* r, const float* k, const float* v, const float* w, co
   check_heads(C, N);
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t h = 0; h < C / N; ++h)
-      scan_values<double, 0>(r, k, v, w, u, y, Head{T, C, N, b * T * C + h * N}, 0, N);
+      scan_values<double, 0>(r, k, v, w, nullptr, u, y, Head{T, C, N, b * T * C + h * N}, 0, N);
 }
 
-void wkv6_share(const float* r, const float* k, const float* v, const float* w, const float* u, float* y,
+void wkv6_decays(const float* w, float* decay, std::int64_t n) {
+#pragma omp simd
+  for (std::int64_t j = 0; j < n; ++j) decay[j] = exp_fast(-exp_fast(w[j]));
+}
+
+void wkv6_share(const float* r, const float* k, const float* v, const float* decay, const float* u, float* y,
                 std::int64_t B, std::int64_t T, std::int64_t C, std::int64_t N, int share, int shares) {
   check_heads(C, N);
   const std::int64_t jobs = B * (C / N) * ((N + kBlock - 1) / kBlock);
-  forward_problems(r, k, v, w, u, y, B, T, C, N, jobs * share / shares, jobs * (share + 1) / shares);
+  forward_problems(r, k, v, decay, u, y, B, T, C, N, jobs * share / shares, jobs * (share + 1) / shares);
 }
 
 void wkv6(const float* r, const float* k, const float* v, const float* w, const float* u, float* y, std::int64_t B,
           std::int64_t T, std::int64_t C, std::int64_t N) {
   check_heads(C, N);
-  const std::int64_t jobs = B * (C / N) * ((N + kBlock - 1) / kBlock);
+  const std::int64_t n = B * T * C, jobs = B * (C / N) * ((N + kBlock - 1) / kBlock);
+  std::vector<float> decay(n);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t j0 = 0; j0 < n; j0 += 4096) wkv6_decays(w + j0, decay.data() + j0, std::min<std::int64_t>(4096, n - j0));
 #pragma omp parallel for schedule(dynamic)
-  for (std::int64_t job = 0; job < jobs; ++job) forward_problems(r, k, v, w, u, y, B, T, C, N, job, job + 1);
+  for (std::int64_t job = 0; job < jobs; ++job) forward_problems(r, k, v, decay.data(), u, y, B, T, C, N, job, job + 1);
 }
 
 void wkv6_backward_ref(const float* r, const float* k, const float* v, const float* w, const float* u,

@@ -16,13 +16,17 @@ namespace vrwkv::ops {
 
 // Forward. _ref: the two scans in float64 (the definition, O(T·C·N)); fast:
 // float32 scans, the (image, head, block of value channels) problems spread
-// over the threads. wkv6_share: share `share` of `shares` equal parts of those
-// problems (what one thread of a team computes).
+// over the threads.
 void wkv6_ref(const float* r, const float* k, const float* v, const float* w, const float* u, float* y,
               std::int64_t B, std::int64_t T, std::int64_t C, std::int64_t N);
 void wkv6(const float* r, const float* k, const float* v, const float* w, const float* u, float* y, std::int64_t B,
           std::int64_t T, std::int64_t C, std::int64_t N);
-void wkv6_share(const float* r, const float* k, const float* v, const float* w, const float* u, float* y,
+// The fast path's pieces: the decays δ = exp(−exp(w)) of n values (float32,
+// relative error ≲ 1e-6 where δ is not negligible), and share `share` of
+// `shares` equal parts of the scans' problems on decays made so (what one
+// thread of a team computes; all of y for `shares` calls).
+void wkv6_decays(const float* w, float* decay, std::int64_t n);
+void wkv6_share(const float* r, const float* k, const float* v, const float* decay, const float* u, float* y,
                 std::int64_t B, std::int64_t T, std::int64_t C, std::int64_t N, int share, int shares);
 
 // Backward: from gy = dL/dy, adds dL/dr, dL/dk, dL/dv, dL/dw ([B,T,C]; gw with

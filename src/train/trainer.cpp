@@ -241,6 +241,16 @@ void read_model(Section& m, TrainConfig& c, const std::string& source) {
   Architecture& a = c.model;
   m.get("init", c.init);
   m.get("preset", c.preset);
+  std::string block = to_string(a.block);
+  m.get("block", block);
+  try {
+    a.block = block_from_string(block);
+  } catch (const Error& e) {
+    input_error(source, ": model.block: ", e.what());
+  }
+  m.get("head_size", a.head_size);  // VRWKV6: channels per attention head
+  if (m.has("head_size") && a.block != BlockKind::Vrwkv6)
+    input_error(source, ": model.head_size is a VRWKV6 setting (model.block \"vrwkv6\")");
   m.get("embed_dims", a.embed_dims);
   m.get("depth", a.depth);
   m.get("patch_size", a.patch_size);
@@ -265,7 +275,7 @@ void read_model(Section& m, TrainConfig& c, const std::string& source) {
       if (!m.has(key)) missing += cat(missing.empty() ? "" : ", ", "model.", key);
     if (!missing.empty())
       input_error(source, ": ", missing, " missing (give the architecture, or model.preset: ",
-                  "vrwkv_t, vrwkv_s, vrwkv_b or vrwkv_l, or model.init: a checkpoint to fine-tune)");
+                  "vrwkv_t/s/b/l or vrwkv6_t/s/b, or model.init: a checkpoint to fine-tune)");
   }
   const std::string where = cat(source, ": model");
   if (a.in_channels != 1 && a.in_channels != 3)
@@ -382,7 +392,7 @@ TrainConfig train_config_from_json(const std::string& text, const std::string& s
   top.get("log_every", c.log_every);
   top.finish();
   if (!top.has("model"))
-    input_error(source, ": no \"model\" section (give {\"preset\": NAME} with vrwkv_t, vrwkv_s, vrwkv_b or vrwkv_l, ",
+    input_error(source, ": no \"model\" section (give {\"preset\": NAME} with vrwkv_t/s/b/l or vrwkv6_t/s/b, ",
                 "{\"init\": CHECKPOINT} to fine-tune, or the architecture: embed_dims, depth, patch_size, ...)");
   check_config(c, source);
   return c;
@@ -390,7 +400,8 @@ TrainConfig train_config_from_json(const std::string& text, const std::string& s
 
 std::string train_config_to_json(const TrainConfig& c) {
   const Architecture& a = c.model;
-  json model = {{"embed_dims", a.embed_dims},
+  json model = {{"block", to_string(a.block)},
+                {"embed_dims", a.embed_dims},
                 {"depth", a.depth},
                 {"patch_size", a.patch_size},
                 {"in_channels", a.in_channels},
@@ -402,6 +413,7 @@ std::string train_config_to_json(const TrainConfig& c) {
                 {"post_norm", a.post_norm},
                 {"final_norm", a.final_norm},
                 {"init_values", a.layer_scale ? json(c.init_values) : json(nullptr)}};
+  if (a.block == BlockKind::Vrwkv6) model["head_size"] = a.head_size;
   if (!c.init.empty()) model["init"] = c.init;
   if (!c.preset.empty()) model["preset"] = c.preset;
   const Transform& t = c.transform;

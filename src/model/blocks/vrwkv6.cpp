@@ -362,6 +362,7 @@ class FastVrwkv6 final : public FastBlocks {
           case 0:  // w = time_decay + tanh(x_w·Dw1)·Dw2 (time_decay is the bias)
             (*p.decay_w1)(f32(xj, r, C), f32(work.dz.data(), r, a.decay_rank), n, {Activation::Tanh, nullptr, false});
             (*p.decay_w2)(f32(work.dz.data(), r, a.decay_rank), f32(work.w.data(), r, C), n);
+            ops::wkv6_decays(work.w.data() + r.begin * C, work.w.data() + r.begin * C, n * C);  // w ← δ
             break;
           case 1: (*p.att_key)(f32(xj, r, C), f32(work.k.data(), r, C), n); break;
           case 2: (*p.att_value)(f32(xj, r, C), f32(work.v.data(), r, C), n); break;
@@ -373,7 +374,7 @@ class FastVrwkv6 final : public FastBlocks {
 
     void wkv(const Vrwkv6Weights& w) {
       team([&](int share, int shares) {
-        ops::wkv6_share(work.r.data(), work.k.data(), work.v.data(), work.w.data(), w.faaaa, work.y.data(), B,
+        ops::wkv6_share(work.r.data(), work.k.data(), work.v.data(), work.w.data() /* δ */, w.faaaa, work.y.data(), B,
                         work.grid.tokens(), C, a.head_size, share, shares);
       });
     }
@@ -495,17 +496,23 @@ class TrainVrwkv6 final : public TrainBlocks {
     if (pre) norm(w.ln1_weight, w.ln1_bias, x, t.a.data(), C);
     const float* in = pre ? t.a.data() : x;
     shift(ops, in, t.d.data());
-    for (std::int64_t j = 0; j < N * C; ++j) t.d[j] -= in[j];
+#pragma omp parallel for schedule(static)
     for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t ch = 0; ch < C; ++ch) t.xxx[n * C + ch] = in[n * C + ch] + t.d[n * C + ch] * w.maa_x[ch];
+      for (std::int64_t ch = 0; ch < C; ++ch) {
+        const std::int64_t e = n * C + ch;
+        t.d[e] -= in[e];
+        t.xxx[e] = in[e] + t.d[e] * w.maa_x[ch];
+      }
     linear(lt.maa_w1.data(), t.xxx.data(), t.z.data(), 5 * R, C);
-    for (float& v : t.z) v = std::tanh(v);
+    ops.tanh(t.z.data(), N * 5 * R);
+#pragma omp parallel for schedule(static)
     for (std::int64_t n = 0; n < N; ++n)
       for (int j = 0; j < 5; ++j)
         std::memcpy(t.zs.data() + (j * N + n) * R, t.z.data() + (n * 5 + j) * R, R * sizeof(float));
     const float* maa[5] = {w.maa_w, w.maa_k, w.maa_v, w.maa_r, w.maa_g};
     for (int j = 0; j < 5; ++j) {
       linear(lt.maa_w2.data() + j * C * R, t.zs.data() + j * N * R, t.m[j].data(), C, R);
+#pragma omp parallel for schedule(static)
       for (std::int64_t n = 0; n < N; ++n)
         for (std::int64_t ch = 0; ch < C; ++ch) {
           const std::int64_t e = n * C + ch;
@@ -517,18 +524,16 @@ class TrainVrwkv6 final : public TrainBlocks {
     linear(w.att_value, t.xm[2].data(), t.v.data(), C, C);
     linear(w.att_gate, t.xm[4].data(), t.gl.data(), C, C);
     linear(lt.decay_w1.data(), t.xm[0].data(), t.dz.data(), D, C);
-    for (float& v : t.dz) v = std::tanh(v);
+    ops.tanh(t.dz.data(), N * D);
     linear(lt.decay_w2.data(), t.dz.data(), t.w.data(), C, D);
+#pragma omp parallel for schedule(static)
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t ch = 0; ch < C; ++ch) t.w[n * C + ch] += w.decay[ch];
     ops.wkv6(t.r.data(), t.k.data(), t.v.data(), t.w.data(), w.faaaa, t.y.data(), B, T, C, c.head_size);
     const float* yk = t.y.data();
     if (c.key_norm) norm(w.att_key_norm_weight, w.att_key_norm_bias, t.y.data(), t.yk.data(), C), yk = t.yk.data();
     ops.group_norm(yk, w.ln_x_weight, w.ln_x_bias, t.yn.data(), N, C, C / c.head_size, ops::kLayerNormEps);
-    for (std::int64_t j = 0; j < N * C; ++j) {
-      const float gl = t.gl[j];
-      t.z2[j] = t.yn[j] * gl * static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(gl))));
-    }
+    ops.silu_gate(t.gl.data(), t.yn.data(), t.z2.data(), N * C);
     linear(w.att_output, t.z2.data(), t.o.data(), C, C);
     if (!pre) norm(w.ln1_weight, w.ln1_bias, t.o.data(), t.on.data(), C);
     residual(x, pre ? t.o.data() : t.on.data(), keep[0], w.gamma1, t.x_mid.data());
@@ -540,6 +545,7 @@ class TrainVrwkv6 final : public TrainBlocks {
     ops.q_shift_mix(fin, B, grid, C, c.shift_pixel, 0.25, 2, mu, fouts, c.head_size);
     linear(w.ffn_receptance, t.fr.data(), t.r2.data(), C, C);
     linear(w.ffn_key, t.fk.data(), t.hk.data(), Hd, C);
+#pragma omp parallel for schedule(static)
     for (std::int64_t j = 0; j < N * Hd; ++j) {
       const float v = std::max(t.hk[j], 0.0f);
       t.sq[j] = v * v;
@@ -579,6 +585,7 @@ class TrainVrwkv6 final : public TrainBlocks {
       zero(g[1]), norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, t.f.data(), g[0].data(), g[1].data(), C),
           gF = g[1].data();
     float *gKv = g[2].data(), *gR2 = g[3].data();
+#pragma omp parallel for schedule(static)
     for (std::int64_t j = 0; j < N * C; ++j) {
       const float s = sigmoid(t.r2[j]);
       gKv[j] = gF[j] * s;
@@ -593,6 +600,7 @@ class TrainVrwkv6 final : public TrainBlocks {
                     gh[1].data(), Hd);
       gSq = gh[1].data();
     }
+#pragma omp parallel for schedule(static)
     for (std::int64_t j = 0; j < N * Hd; ++j) gSq[j] *= 2.0f * std::max(t.hk[j], 0.0f);
     zero(g[4]), zero(g[5]);
     linear_backward(w.ffn_key, G.ffn_key, t.fk.data(), gSq, g[4].data(), Hd, C);
@@ -621,6 +629,7 @@ class TrainVrwkv6 final : public TrainBlocks {
     linear_backward(w.att_output, G.att_output, t.z2.data(), gO, g[2].data(), C, C);  // g[2] = dL/dz2
     // z2 = yn ⊙ SiLU(gl): gYn into g[3], dL/dgl into g[4].
     float *gYn = g[3].data(), *gGl = g[4].data();
+#pragma omp parallel for schedule(static)
     for (std::int64_t j = 0; j < N * C; ++j) {
       const float gl = t.gl[j], s = sigmoid(gl);
       gYn[j] = g[2][j] * gl * s;
@@ -642,12 +651,12 @@ class TrainVrwkv6 final : public TrainBlocks {
     ops::wkv6_backward(t.r.data(), t.k.data(), t.v.data(), t.w.data(), w.faaaa, gY, gr, gk, gv, gw, G.faaaa, B, T,
                        C, c.head_size);
     // w = time_decay + dz·Dw2 with dz = tanh(x_w·Dw1).
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t ch = 0; ch < C; ++ch) G.decay[ch] += gw[n * C + ch];
+    column_sums(gw, nullptr, G.decay);
     std::fill(gdz.begin(), gdz.end(), 0.0f);
     std::fill(glora.begin(), glora.begin() + C * D, 0.0f);
     linear_backward(lt.decay_w2.data(), glora.data(), t.dz.data(), gw, gdz.data(), C, D);
     add_transposed(glora.data(), C, D, G.decay_w2);
+#pragma omp parallel for schedule(static)
     for (std::int64_t j = 0; j < N * D; ++j) gdz[j] *= 1.0f - t.dz[j] * t.dz[j];
     // dL/dx_j for j = w, k, v, r, g into gx[j] (g[9..13]).
     float* gx[5] = {g[9].data(), g[10].data(), g[11].data(), g[12].data(), g[13].data()};
@@ -668,20 +677,22 @@ class TrainVrwkv6 final : public TrainBlocks {
     const float* maa[5] = {w.maa_w, w.maa_k, w.maa_v, w.maa_r, w.maa_g};
     float* gm = g[6].data();  // gr is consumed
     for (int j = 0; j < 5; ++j) {
+#pragma omp parallel for schedule(static)
       for (std::int64_t n = 0; n < N; ++n)
         for (std::int64_t ch = 0; ch < C; ++ch) {
           const std::int64_t e = n * C + ch;
           gIn[e] += gx[j][e];
           gD[e] += gx[j][e] * (maa[j][ch] + t.m[j][e]);
-          maa_grad[j][ch] += gx[j][e] * t.d[e];
           gm[e] = gx[j][e] * t.d[e];
         }
+      column_sums(gx[j], t.d.data(), maa_grad[j]);
       std::fill(glora.begin(), glora.begin() + C * R, 0.0f);
       linear_backward(lt.maa_w2.data() + j * C * R, glora.data(), t.zs.data() + j * N * R, gm, gzs.data() + j * N * R,
                       C, R);
       add_transposed(glora.data(), C, R, G.maa_w2 + j * R * C);
     }
     // z = tanh(xxx·W1): back to [N, 5R] rows, through tanh, to xxx (g[9], free again).
+#pragma omp parallel for schedule(static)
     for (std::int64_t n = 0; n < N; ++n)
       for (int j = 0; j < 5; ++j)
         for (std::int64_t q = 0; q < R; ++q) {
@@ -694,14 +705,14 @@ class TrainVrwkv6 final : public TrainBlocks {
     linear_backward(lt.maa_w1.data(), glora.data(), t.xxx.data(), gz.data(), gXxx, 5 * R, C);
     add_transposed(glora.data(), 5 * R, C, G.maa_w1);
     // xxx = in + d⊙maa_x; d = shift(in) − in.
+#pragma omp parallel for schedule(static)
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t ch = 0; ch < C; ++ch) {
         const std::int64_t e = n * C + ch;
-        gIn[e] += gXxx[e];
         gD[e] += gXxx[e] * w.maa_x[ch];
-        G.maa_x[ch] += gXxx[e] * t.d[e];
+        gIn[e] += gXxx[e] - gD[e];
       }
-    for (std::int64_t j = 0; j < N * C; ++j) gIn[j] -= gD[j];
+    column_sums(gXxx, t.d.data(), G.maa_x);
     const float* in = pre ? t.a.data() : x;
     if (c.shift_pixel > 0) {
       const float* no_mix[1] = {nullptr};
@@ -709,11 +720,11 @@ class TrainVrwkv6 final : public TrainBlocks {
       float* no_dmu[1] = {nullptr};
       ops::q_shift_mix_backward(in, B, grid, C, c.shift_pixel, 0.25, 1, no_mix, dd, gIn, no_dmu, c.head_size);
     } else {
-      for (std::int64_t j = 0; j < N * C; ++j) gIn[j] += gD[j];  // d = 0: shift(in) is in itself
+      add_to(gIn, gD);  // d = 0: shift(in) is in itself
     }
     if (pre) norm_backward(w.ln1_weight, G.ln1_weight, G.ln1_bias, x, gIn, ds, C);
     else
-      for (std::int64_t j = 0; j < N * C; ++j) ds[j] += gIn[j];
+      add_to(ds, gIn);
     if (i == 0) {
       std::fill(dx, dx + N * C, 0.0f);
       norm_backward(w.ln0_weight, G.ln0_weight, G.ln0_bias, x_in, ds, dx, C);
@@ -727,6 +738,26 @@ class TrainVrwkv6 final : public TrainBlocks {
     float* outs[1] = {out};
     if (c.shift_pixel == 0) std::memcpy(out, x, N * C * sizeof(float));
     else ops.q_shift_mix(x, B, grid, C, c.shift_pixel, 0.25, 1, no_mix, outs, c.head_size);
+  }
+
+  // y += x over [N, C].
+  void add_to(float* y, const float* x) const {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t j = 0; j < N * C; ++j) y[j] += x[j];
+  }
+
+  // sums[ch] += Σ_n a[n,ch]·b[n,ch] (b null: 1), by channel ranges, each summing the rows in order (the
+  // result does not depend on the thread count).
+  void column_sums(const float* a, const float* b, float* sums) const {
+    constexpr std::int64_t kRange = 64;
+#pragma omp parallel for schedule(static)
+    for (std::int64_t c0 = 0; c0 < C; c0 += kRange) {
+      const std::int64_t c1 = std::min(C, c0 + kRange);
+      float acc[kRange] = {};
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t ch = c0; ch < c1; ++ch) acc[ch - c0] += a[n * C + ch] * (b ? b[n * C + ch] : 1.0f);
+      for (std::int64_t ch = c0; ch < c1; ++ch) sums[ch] += acc[ch - c0];
+    }
   }
 
   void residual(const float* x, const float* branch, const float* keep, const float* gamma, float* x_out) const {
