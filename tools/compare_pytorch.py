@@ -31,6 +31,12 @@ these; the BLAS and the settings used are printed above the table.
 
   tools/compare_pytorch.py --vrwkv build/vrwkv --model vrwkv_t,vit_t --batch 1,8 --res 224 --threads 2
 
+VRWKV6 presets (vrwkv6_t/s/b) use tools/v6_pytorch.py, checked first against ../shared/golden/v6; both its
+Bi-WKV6 forms are timed (the factored masked T×T form: batched matrix products per head; the scan: one Python
+step per token) and the faster one is the one compared.
+
+  tools/compare_pytorch.py --model vrwkv6_t,vrwkv_t --batch 1,8 --res 224 --threads 2
+
 With --train both sides time one training step instead: forward, label-smoothed
 cross-entropy (0.1), backward, gradient clipping (max norm 5) and AdamW
 (torch.optim.AdamW, weight decay 0.05) against `vrwkv bench --train`.
@@ -462,6 +468,15 @@ def time_pytorch_train(name, batch, h, w, warmup, reps):
 
 
 def time_pytorch(name, batch, h, w, warmup, reps):
+    if name.startswith("vrwkv6"):  # the faster of the Bi-WKV6 forms, each timed (tools/v6_pytorch.py)
+        import v6_pytorch
+        best = None
+        for form in ("factored", "scan"):
+            ips, ms = v6_pytorch.time_model(name, batch, form, warmup, reps, res=h if h == w else None, hw=(h, w))
+            print(f"  PyTorch {name} batch {batch}: Bi-WKV6 {form} form {ips:.2f} images/s", file=sys.stderr)
+            if best is None or ips > best[0]:
+                best = (ips, ms, form)
+        return best
     model = (ViT(name) if name.startswith("vit") else VRWKV(name)).eval()
     x = torch.randn(batch, 3, h, w)
     with torch.inference_mode():
@@ -472,7 +487,7 @@ def time_pytorch(name, batch, h, w, warmup, reps):
             t0 = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times), 1000 * statistics.median(times)
+    return batch / statistics.median(times), 1000 * statistics.median(times), None
 
 
 def settings_text():
@@ -628,7 +643,7 @@ def main():
     p.add_argument("--task", choices=("cls", "seg", "det"), default="cls",
                    help="cls: classification models; seg: the segmentor, whole-mode inference of one image; "
                    "det: the detector on one image")
-    p.add_argument("--model", help="comma-separated presets (vrwkv_t/s/b/l, vit_t/s; with --task seg "
+    p.add_argument("--model", help="comma-separated presets (vrwkv_t/s/b/l, vrwkv6_t/s/b, vit_t/s; with --task seg "
                    "upernet_vrwkv_t/s/b/l); default vrwkv_t, upernet_vrwkv_t with --task seg")
     p.add_argument("--batch", default="1,8", help="batch sizes (--task seg: always 1)")
     p.add_argument("--res", help="comma-separated resolutions (default 224; 512 with --task seg)")
@@ -658,6 +673,11 @@ def main():
     blas, is_openblas = blas_info()
     sgemm_err = check_sgemm()
     golden = check_golden(a.golden)
+    if any(m.startswith("vrwkv6") for m in a.model.split(",")):
+        import v6_pytorch
+        if not v6_pytorch.self_check():
+            sys.exit("compare_pytorch: the PyTorch VRWKV6 does not match the goldens (tools/v6_pytorch.py --check)")
+        golden += "; VRWKV6 matches ../shared/golden/v6 (tools/v6_pytorch.py --check)"
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         subprocess.run([a.vrwkv, "bench", "--model", a.model, "--batch", a.batch, "--res", a.res, "--threads",
                         str(a.threads), "--warmup", str(a.warmup), "--reps", str(a.reps), "--json", f.name] +
@@ -673,9 +693,13 @@ def main():
           f"PyTorch model: {golden}\n")
     print(f"{'model':10} {'batch':>5} {'resolution':>11} {'vrwkv img/s':>12} {'PyTorch img/s':>14} {'ratio':>7}")
     for r in records:
+        if a.train and r["model"].startswith("vrwkv6"):
+            sys.exit("compare_pytorch: --train is not available for VRWKV6 here")
         timer = time_pytorch_train if a.train else time_pytorch
-        ips, ms = timer(r["model"], r["batch"], r["height"], r["width"], a.warmup, a.reps)
+        ips, ms, *form = timer(r["model"], r["batch"], r["height"], r["width"], a.warmup, a.reps)
         r["pytorch_images_per_second"], r["pytorch_latency_ms_median"] = ips, ms
+        if form and form[0]:
+            r["pytorch_wkv6_form"] = form[0]
         r["ratio"] = r["images_per_second"] / ips
         r["pytorch_settings"] = {"blas": blas, "env": env, "threads": a.threads}
         print(f"{r['model']:10} {r['batch']:5} {r['height']:>5}x{r['width']:<5} {r['images_per_second']:12.2f} "

@@ -437,11 +437,35 @@ def make_op_case(out_path, T, seed):
     write_safetensors(out_path, t)
 
 
-def time_model(name, batch, form, warmup, reps, res=224):
+def init_official(model):
+    """The time_* parameters as the official fancy initialisation sets them (VRWKV6.md A.3): the decays, and
+    with them the factored form's exponents, are those of a model about to be trained."""
+    L = len(model.backbone.layers)
+    with torch.no_grad():
+        for i, layer in enumerate(model.backbone.layers):
+            a = layer.att
+            C = a.time_decay.shape[-1]
+            r01, r10 = i / (L - 1), 1 - i / L
+            ddd = torch.arange(C, dtype=torch.float64) / C
+            n = torch.arange(C, dtype=torch.float64)
+            for name in "xwk":
+                getattr(a, "time_maa_" + name).copy_(1 - ddd ** r10)
+            a.time_maa_v.copy_(1 - (ddd ** r10 + 0.3 * r01))
+            a.time_maa_r.copy_(1 - ddd ** (0.5 * r10))
+            a.time_maa_g.copy_(1 - ddd ** (0.5 * r10))
+            a.time_decay.copy_(-6 + 5 * (n / (C - 1)) ** (0.7 + 1.3 * r01))
+            a.time_faaaa.copy_((r01 * (1 - n / (C - 1)) + 0.1 * (((n + 1) % 3) - 1)).view_as(a.time_faaaa))
+            for p in (a.time_maa_w1, a.time_maa_w2, a.time_decay_w1, a.time_decay_w2):
+                p.uniform_(-1e-4, 1e-4)
+
+
+def time_model(name, batch, form, warmup, reps, res=224, hw=None):
+    """images/s and median ms of the preset `name` (official initialisation, random input) at res² or hw."""
     torch.manual_seed(0)
     model = Classifier(preset(name)).float().eval()
+    init_official(model)
     model.set_wkv(form)
-    x = torch.randn(batch, 3, res, res)
+    x = torch.randn(batch, 3, *(hw or (res, res)))
     with torch.inference_mode():
         for _ in range(warmup):
             model(x)

@@ -55,33 +55,29 @@ void scan_values(const float* r, const float* k, const float* v, const float* w,
         for (std::int64_t j = 0; j < N; ++j) bonus += static_cast<Real>(rt[j]) * uh[j] * kt[j];
 #pragma omp simd
       for (std::int64_t i = 0; i < nv; ++i) a[i] = bonus * vt[i];
-      std::int64_t j = 0;
       if constexpr (kV > 0) {
-        // Four keys at a time into four partial sums: four independent
-        // multiply-add chains instead of one chain through all N keys.
-        Real part[4][kV] = {};
-        for (; j + 4 <= N; j += 4) {
+        // A local accumulator row: it cannot alias S, so it stays in registers. (One row is faster than
+        // several partial rows with shorter chains: those spill.)
+        Real part[kV] = {};
+        for (std::int64_t j = 0; j < N; ++j) {
           Real* s = S.data() + j * kV;
-          for (int q = 0; q < 4; ++q) {
-            const Real rj = rt[j + q], kj = kt[j + q], dj = d[j + q];
-            Real* sq = s + q * kV;
+          const Real rj = rt[j], kj = kt[j], dj = d[j];
 #pragma omp simd
-            for (std::int64_t i = 0; i < kV; ++i) {
-              part[q][i] += rj * sq[i];
-              sq[i] = sq[i] * dj + kj * static_cast<Real>(vt[i]);
-            }
+          for (std::int64_t i = 0; i < kV; ++i) {
+            part[i] += rj * s[i];
+            s[i] = s[i] * dj + kj * static_cast<Real>(vt[i]);
           }
         }
 #pragma omp simd
-        for (std::int64_t i = 0; i < kV; ++i) a[i] += (part[0][i] + part[1][i]) + (part[2][i] + part[3][i]);
-      }
-      for (; j < N; ++j) {
-        Real* s = S.data() + j * nv;
-        const Real rj = rt[j], kj = kt[j], dj = d[j];
-#pragma omp simd
-        for (std::int64_t i = 0; i < nv; ++i) {
-          a[i] += rj * s[i];
-          s[i] = s[i] * dj + kj * static_cast<Real>(vt[i]);
+        for (std::int64_t i = 0; i < kV; ++i) a[i] += part[i];
+      } else {
+        for (std::int64_t j = 0; j < N; ++j) {
+          Real* s = S.data() + j * nv;
+          const Real rj = rt[j], kj = kt[j], dj = d[j];
+          for (std::int64_t i = 0; i < nv; ++i) {
+            a[i] += rj * s[i];
+            s[i] = s[i] * dj + kj * static_cast<Real>(vt[i]);
+          }
         }
       }
       float* yt = y + o + i0;
@@ -91,7 +87,9 @@ void scan_values(const float* r, const float* k, const float* v, const float* w,
 }
 
 // The fast forward's problems: (image, head, block of kBlock value channels).
-constexpr std::int64_t kBlock = 32;
+// A whole head of 64 is fastest (the r, k, δ of a key serve four vectors);
+// B·H problems are enough to share out at the batch sizes that matter.
+constexpr std::int64_t kBlock = 64;
 
 void forward_problems(const float* r, const float* k, const float* v, const float* decay, const float* u, float* y,
                       std::int64_t B, std::int64_t T, std::int64_t C, std::int64_t N, std::int64_t begin,
