@@ -5,6 +5,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <omp.h>
+
 #include "ops/fast_math.hpp"
 #include "vrwkv/error.hpp"
 
@@ -42,7 +44,7 @@ void scan_values(const float* r, const float* k, const float* v, const float* w,
                  float* y, const Head& p, std::int64_t i0, std::int64_t nv_runtime) {
   const std::int64_t N = p.N, nv = kV ? kV : nv_runtime;
   const float* uh = u + p.offset % p.C;  // this head's bonus
-  std::vector<Real> S(N * nv), d(N), acc(nv);
+  std::vector<Real> S(N * nv), d(N), acc(nv), part(kV ? 0 : nv);
   for (int causal = 0; causal < 2; ++causal) {
     std::fill(S.begin(), S.end(), Real(0));
     for (std::int64_t step = 0; step < p.T; ++step) {
@@ -70,15 +72,17 @@ void scan_values(const float* r, const float* k, const float* v, const float* w,
         }
 #pragma omp simd
         for (std::int64_t i = 0; i < kV; ++i) a[i] += part[i];
-      } else {
+      } else {  // the same arithmetic, sizes at run time
+        std::fill(part.begin(), part.end(), Real(0));
         for (std::int64_t j = 0; j < N; ++j) {
           Real* s = S.data() + j * nv;
           const Real rj = rt[j], kj = kt[j], dj = d[j];
           for (std::int64_t i = 0; i < nv; ++i) {
-            a[i] += rj * s[i];
+            part[i] += rj * s[i];
             s[i] = s[i] * dj + kj * static_cast<Real>(vt[i]);
           }
         }
+        for (std::int64_t i = 0; i < nv; ++i) a[i] += part[i];
       }
       float* yt = y + o + i0;
       for (std::int64_t i = 0; i < nv; ++i) yt[i] = static_cast<float>(causal ? yt[i] + a[i] : a[i]);
@@ -86,20 +90,23 @@ void scan_values(const float* r, const float* k, const float* v, const float* w,
   }
 }
 
-// The fast forward's problems: (image, head, block of kBlock value channels).
-// A whole head of 64 is fastest (the r, k, δ of a key serve four vectors);
-// B·H problems are enough to share out at the batch sizes that matter.
-constexpr std::int64_t kBlock = 64;
+// The fast forward's problems: (image, head, block of value channels). A
+// whole head of 64 is fastest (the r, k, δ of a key serve four vectors);
+// halves of 32 when there are too few heads to keep every thread busy.
+std::int64_t value_block(std::int64_t B, std::int64_t H, std::int64_t N, int threads) {
+  return N <= 32 || B * H >= 2 * threads ? std::min<std::int64_t>(N, 64) : 32;
+}
 
 void forward_problems(const float* r, const float* k, const float* v, const float* decay, const float* u, float* y,
-                      std::int64_t B, std::int64_t T, std::int64_t C, std::int64_t N, std::int64_t begin,
-                      std::int64_t end) {
-  const std::int64_t H = C / N, blocks = (N + kBlock - 1) / kBlock;
+                      std::int64_t B, std::int64_t T, std::int64_t C, std::int64_t N, std::int64_t block,
+                      std::int64_t begin, std::int64_t end) {
+  const std::int64_t H = C / N, blocks = (N + block - 1) / block;
   for (std::int64_t job = begin; job < end; ++job) {
-    const std::int64_t b = job / (H * blocks), h = job / blocks % H, i0 = job % blocks * kBlock;
+    const std::int64_t b = job / (H * blocks), h = job / blocks % H, i0 = job % blocks * block;
     const Head p{T, C, N, b * T * C + h * N};
-    const std::int64_t nv = std::min(kBlock, N - i0);
-    if (nv == kBlock) scan_values<float, kBlock>(r, k, v, nullptr, decay, u, y, p, i0, nv);
+    const std::int64_t nv = std::min(block, N - i0);
+    if (nv == 64) scan_values<float, 64>(r, k, v, nullptr, decay, u, y, p, i0, nv);
+    else if (nv == 32) scan_values<float, 32>(r, k, v, nullptr, decay, u, y, p, i0, nv);
     else scan_values<float, 0>(r, k, v, nullptr, decay, u, y, p, i0, nv);
   }
 }
@@ -247,19 +254,21 @@ void wkv6_decays(const float* w, float* decay, std::int64_t n) {
 void wkv6_share(const float* r, const float* k, const float* v, const float* decay, const float* u, float* y,
                 std::int64_t B, std::int64_t T, std::int64_t C, std::int64_t N, int share, int shares) {
   check_heads(C, N);
-  const std::int64_t jobs = B * (C / N) * ((N + kBlock - 1) / kBlock);
-  forward_problems(r, k, v, decay, u, y, B, T, C, N, jobs * share / shares, jobs * (share + 1) / shares);
+  const std::int64_t block = value_block(B, C / N, N, shares), jobs = B * (C / N) * ((N + block - 1) / block);
+  forward_problems(r, k, v, decay, u, y, B, T, C, N, block, jobs * share / shares, jobs * (share + 1) / shares);
 }
 
 void wkv6(const float* r, const float* k, const float* v, const float* w, const float* u, float* y, std::int64_t B,
           std::int64_t T, std::int64_t C, std::int64_t N) {
   check_heads(C, N);
-  const std::int64_t n = B * T * C, jobs = B * (C / N) * ((N + kBlock - 1) / kBlock);
+  const std::int64_t n = B * T * C, block = value_block(B, C / N, N, omp_get_max_threads());
+  const std::int64_t jobs = B * (C / N) * ((N + block - 1) / block);
   std::vector<float> decay(n);
 #pragma omp parallel for schedule(static)
   for (std::int64_t j0 = 0; j0 < n; j0 += 4096) wkv6_decays(w + j0, decay.data() + j0, std::min<std::int64_t>(4096, n - j0));
 #pragma omp parallel for schedule(dynamic)
-  for (std::int64_t job = 0; job < jobs; ++job) forward_problems(r, k, v, decay.data(), u, y, B, T, C, N, job, job + 1);
+  for (std::int64_t job = 0; job < jobs; ++job)
+    forward_problems(r, k, v, decay.data(), u, y, B, T, C, N, block, job, job + 1);
 }
 
 void wkv6_backward_ref(const float* r, const float* k, const float* v, const float* w, const float* u,

@@ -13,10 +13,12 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include <omp.h>
 
 #include "model/block.hpp"
+#include "model/blocks/parts.hpp"
 #include "ops/biwkv.hpp"
 #include "ops/fast_math.hpp"
 #include "ops/gate.hpp"
@@ -132,11 +134,7 @@ struct PackedBlock {
 using ops::Activation;
 using ops::Activations;
 
-// Token rows [begin, end) of a group's B·T rows.
-struct Rows {
-  std::int64_t begin, end;
-  std::int64_t count() const { return end - begin; }
-};
+using parts::Rows;
 
 class FastVrwkv final : public FastBlocks {
  public:
@@ -202,89 +200,30 @@ class FastVrwkv final : public FastBlocks {
     float* x;
     std::int64_t N = B * work.grid.tokens(), C = a.embed_dims;
 
-    // Block i. `first`: no earlier block of this run made its LN1 input;
-    // `fuse_next`: the next block runs in this range, so this block's last
-    // region makes the next block's LN1 (pre-norm).
+    // Block i (parts::run_block). `first`: no earlier block of this run made
+    // its LN1 input; `fuse_next`: the next block runs in this range.
     void block(std::int64_t i, bool first, bool fuse_next) {
-      if (a.post_norm) post_norm_block(i);
-      else pre_norm_block(i, first, fuse_next);
+      parts::run_block(*this, weights, i, first, fuse_next, a.post_norm, x, work.h.data(), work.h2.data(), N, C,
+                       team_size);
+    }
+    // The steps of run_block.
+    void spatial_in(std::int64_t i, const float* in, Rows r) { spatial_kv(weights[i], *packed[i], in, r); }
+    void wkv(std::int64_t i) { wkv(weights[i]); }
+    void spatial_out(std::int64_t i, const float* in, float* out, bool add, Rows r) {
+      spatial_out(weights[i], *packed[i], in, out, add, r);
+    }
+    void channel_mix(std::int64_t i, const float* in, float* out, bool add, Rows r) {
+      channel_mix(weights[i], *packed[i], in, out, add, r);
     }
 
-    // f(share, shares) on each thread of the team, in one OpenMP region (ops
-    // called inside run on the calling thread).
     template <class F>
     void team(F&& f) {
-      if (team_size == 1) return f(0, 1);
-      std::vector<std::exception_ptr> errors(team_size);
-#pragma omp parallel num_threads(team_size)
-      {
-        const int share = omp_get_thread_num();
-        try {
-          f(share, omp_get_num_threads());
-        } catch (...) {
-          errors[share] = std::current_exception();
-        }
-      }
-      for (const std::exception_ptr& e : errors)
-        if (e) std::rethrow_exception(e);
-    }
-    // f(rows) with each thread's share of the rows (none for a thread whose share is empty).
-    template <class F>
-    void team_rows(F&& f) {
-      team([&](int share, int shares) {
-        const Rows r{N * share / shares, N * (share + 1) / shares};
-        if (r.count() > 0) f(r);
-      });
+      parts::run_team(team_size, f);
     }
 
     // y ← LayerNorm(x) (y may be x) on rows r of width `width`.
     void norm(const float* weight, const float* bias, const float* in, float* out, std::int64_t width, Rows r) {
       ops::layernorm(in + r.begin * width, weight, bias, out + r.begin * width, r.count(), width, ops::kLayerNormEps);
-    }
-
-    // Pre-norm: h1 holds LN1(x) on entry (from the previous block's last
-    // region, or made here for the first block of the range) and the last
-    // region makes the next block's. LN2 goes to h2, so no thread overwrites
-    // rows another thread's Q-Shift reads.
-    void pre_norm_block(std::int64_t i, bool first, bool fuse_next) {
-      const VrwkvWeights& w = weights[i];
-      PackedBlock& linears = *packed[i];
-      float *h1 = work.h.data(), *h2 = work.h2.data();
-      if (first) team_rows([&](Rows r) {
-          if (i == 0) norm(w.ln0_weight, w.ln0_bias, x, x, C, r);
-          norm(w.ln1_weight, w.ln1_bias, x, h1, C, r);
-        });
-      team_rows([&](Rows r) { spatial_kv(w, linears, h1, r); });
-      wkv(w);
-      team_rows([&](Rows r) {
-        spatial_out(w, linears, h1, x, true, r);
-        norm(w.ln2_weight, w.ln2_bias, x, h2, C, r);
-      });
-      team_rows([&](Rows r) {
-        channel_mix(w, linears, h2, x, true, r);
-        if (fuse_next) norm(weights[i + 1].ln1_weight, weights[i + 1].ln1_bias, x, h1, C, r);
-      });
-    }
-
-    // Post-norm: the mixes read x around each row, so x is updated only in
-    // regions that do not.
-    void post_norm_block(std::int64_t i) {
-      const VrwkvWeights& w = weights[i];
-      PackedBlock& linears = *packed[i];
-      float* h = work.h.data();
-      if (i == 0) team_rows([&](Rows r) { norm(w.ln0_weight, w.ln0_bias, x, x, C, r); });
-      team_rows([&](Rows r) { spatial_kv(w, linears, x, r); });
-      wkv(w);
-      team_rows([&](Rows r) {
-        spatial_out(w, linears, x, h, false, r);
-        norm(w.ln1_weight, w.ln1_bias, h, h, C, r);
-        residual(h, w.gamma1, r);
-      });
-      team_rows([&](Rows r) {
-        channel_mix(w, linears, x, h, false, r);
-        norm(w.ln2_weight, w.ln2_bias, h, h, C, r);
-      });
-      team_rows([&](Rows r) { residual(h, w.gamma2, r); });
     }
 
     // Rows r of a [N, width] buffer of activations.
@@ -367,11 +306,6 @@ class FastVrwkv final : public FastBlocks {
       linears.ffn_value(hidden, f32_rows(out, r, C), n, {Activation::None, gate, add});
     }
 
-    // x ← x + γ ⊙ branch on rows r (γ absent without layer scale).
-    void residual(const float* branch, const float* gamma, Rows r) const {
-      for (std::int64_t t = r.begin; t < r.end; ++t)
-        for (std::int64_t c = 0; c < C; ++c) x[t * C + c] += (gamma ? gamma[c] : 1.0f) * branch[t * C + c];
-    }
   };
 
   Architecture a_;
@@ -393,20 +327,20 @@ void zero(Buf& b) { std::fill(b.begin(), b.end(), 0.0f); }
 // Pre-norm: a = ln1(s), b = ln2(x_mid); post-norm mixes the residual stream
 // itself and normalises the branch outputs (on, fn).
 struct Tape {
-  Buf s0, a, xk, xv, xr, k, v, r, y, yn, z, o, on, x_mid, b, fk, fr, hk, sq, sqn, kv, r2, f, fn;
-  void allocate(std::int64_t N, std::int64_t C, std::int64_t Hd, const Architecture& c) {
-    for (Buf* p : {&xk, &xv, &xr, &k, &v, &r, &y, &z, &o, &x_mid, &fk, &fr, &kv, &r2, &f}) p->resize(N * C);
-    for (Buf* p : {&hk, &sq}) p->resize(N * Hd);
+  Buf s0, a, xk, xv, xr, k, v, r, y, yn, z, o, on, x_mid, b, fn;
+  parts::ChannelMix::Tape ffn;  // its output is ffn.f
+  void allocate(std::int64_t N, std::int64_t C, const Architecture& c, const parts::ChannelMix& cm) {
+    for (Buf* p : {&xk, &xv, &xr, &k, &v, &r, &y, &z, &o, &x_mid}) p->resize(N * C);
     if (!c.post_norm) a.resize(N * C), b.resize(N * C);
     if (c.post_norm) on.resize(N * C), fn.resize(N * C);
-    if (c.key_norm) yn.resize(N * C), sqn.resize(N * Hd);
+    if (c.key_norm) yn.resize(N * C);
+    cm.allocate(ffn);
   }
   std::int64_t bytes() const {
     std::int64_t n = 0;
-    for (const Buf* p : {&s0, &a, &xk, &xv, &xr, &k, &v, &r, &y, &yn, &z, &o, &on, &x_mid, &b, &fk, &fr, &hk, &sq,
-                         &sqn, &kv, &r2, &f, &fn})
+    for (const Buf* p : {&s0, &a, &xk, &xv, &xr, &k, &v, &r, &y, &yn, &z, &o, &on, &x_mid, &b, &fn})
       n += static_cast<std::int64_t>(p->size());
-    return n * static_cast<std::int64_t>(sizeof(float));
+    return n * static_cast<std::int64_t>(sizeof(float)) + ffn.bytes();
   }
 };
 
@@ -418,12 +352,13 @@ class TrainVrwkv final : public TrainBlocks {
   void plan(std::int64_t B_, Grid grid_, std::int64_t tapes) override {
     if (B_ == B && grid_.H == grid.H && grid_.W == grid.W && tapes == static_cast<std::int64_t>(tapes_.size())) return;
     B = B_, grid = grid_, T = grid.tokens(), N = B * T, C = c.embed_dims, Hd = c.hidden_dims;
+    ffn_.emplace(parts::Dims{B, T, N, C}, grid, Hd, parts::ChannelMix::Shift{c.shift_pixel, c.channel_gamma, 0},
+                 c.key_norm);
     tapes_.clear();
     tapes_.resize(tapes);
-    for (Tape& t : tapes_) t.allocate(N, C, Hd, c);
+    for (Tape& t : tapes_) t.allocate(N, C, c, *ffn_);
     if (!tapes_.empty()) tapes_[0].s0.resize(N * C);  // block 0, the one with ln0, always uses tape 0
     for (Buf& s : g) s.resize(N * C);
-    for (Buf& s : gh) s.resize(N * Hd);
     wu.resize(2 * C), gwu.resize(2 * C);
   }
 
@@ -462,21 +397,10 @@ class TrainVrwkv final : public TrainBlocks {
     residual(x, pre ? t.o.data() : t.on.data(), keep[0], w.gamma1, t.x_mid.data());
     // Channel Mix (1.7).
     if (pre) norm(w.ln2_weight, w.ln2_bias, t.x_mid.data(), t.b.data(), C);
-    shift_mix(ops, pre ? t.b.data() : t.x_mid.data(), {w.ffn_mix_k, w.ffn_mix_r}, {&t.fk, &t.fr});
-    linear(w.ffn_receptance, t.fr.data(), t.r2.data(), C, C);
-    linear(w.ffn_key, t.fk.data(), t.hk.data(), Hd, C);
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * Hd; ++j) {
-      const float v = std::max(t.hk[j], 0.0f);
-      t.sq[j] = v * v;
-    }
-    const float* sqn = t.sq.data();
-    if (c.key_norm)
-      norm(w.ffn_key_norm_weight, w.ffn_key_norm_bias, t.sq.data(), t.sqn.data(), Hd), sqn = t.sqn.data();
-    linear(w.ffn_value, sqn, t.kv.data(), C, Hd);
-    ops.sigmoid_gate(t.r2.data(), t.kv.data(), t.f.data(), N * C);
-    if (!pre) norm(w.ln2_weight, w.ln2_bias, t.f.data(), t.fn.data(), C);
-    residual(t.x_mid.data(), pre ? t.f.data() : t.fn.data(), keep[1], w.gamma2, y);
+    ffn_->forward(ops, parts::channel_mix_of(w), pre ? t.b.data() : t.x_mid.data(), t.ffn);
+    const float* f = t.ffn.f.data();
+    if (!pre) norm(w.ln2_weight, w.ln2_bias, f, t.fn.data(), C);
+    residual(t.x_mid.data(), pre ? f : t.fn.data(), keep[1], w.gamma2, y);
   }
 
   // Block i backward: dy = dL/d(block output) to dx = dL/d(block input).
@@ -501,42 +425,19 @@ class TrainVrwkv final : public TrainBlocks {
     std::memcpy(ds, dy, N * C * sizeof(float));
 
     // Channel Mix: x_out = x_mid + keep2·γ2 ⊙ (pre ? f : ln2(f)).
-    residual_backward(pre ? t.f.data() : t.fn.data(), keep[1], w.gamma2, G.gamma2, ds, g[0].data());
+    const float* f = t.ffn.f.data();
+    residual_backward(pre ? f : t.fn.data(), keep[1], w.gamma2, G.gamma2, ds, g[0].data());
     float* gF = g[0].data();
     if (!pre)
-      zero(g[1]), norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, t.f.data(), g[0].data(), g[1].data(), C),
+      zero(g[1]), norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, f, g[0].data(), g[1].data(), C),
           gF = g[1].data();
-    float *gKv = g[2].data(), *gR2 = g[3].data();
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * C; ++j) {
-      const float s = sig(t.r2[j]);
-      gKv[j] = gF[j] * s;
-      gR2[j] = gF[j] * t.kv[j] * s * (1.0f - s);
-    }
-    zero(gh[0]);
-    linear_backward(w.ffn_value, G.ffn_value, c.key_norm ? t.sqn.data() : t.sq.data(), gKv, gh[0].data(), C, Hd);
-    float* gSq = gh[0].data();
-    if (c.key_norm) {
-      zero(gh[1]);
-      norm_backward(w.ffn_key_norm_weight, G.ffn_key_norm_weight, G.ffn_key_norm_bias, t.sq.data(), gh[0].data(),
-                    gh[1].data(), Hd);
-      gSq = gh[1].data();
-    }
-    // d relu(h)² / dh = 2·relu(h) (0 at the kink).
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * Hd; ++j) gSq[j] *= 2.0f * std::max(t.hk[j], 0.0f);
-    zero(g[4]), zero(g[5]);
-    linear_backward(w.ffn_key, G.ffn_key, t.fk.data(), gSq, g[4].data(), Hd, C);
-    linear_backward(w.ffn_receptance, G.ffn_receptance, t.fr.data(), gR2, g[5].data(), C, C);
-    // The mixes' input gradient adds to ds (x_mid's gradient through the residual).
+    // The Channel Mix's input gradient adds to ds (x_mid's gradient through the residual).
     if (pre) {
-      zero(g[0]);
-      mix_backward(t.b.data(), {w.ffn_mix_k, w.ffn_mix_r}, {G.ffn_mix_k, G.ffn_mix_r}, {g[4].data(), g[5].data()},
-                   g[0].data());
-      norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, t.x_mid.data(), g[0].data(), ds, C);
+      zero(g[2]);
+      ffn_->backward(parts::channel_mix_of(w), parts::channel_mix_of(G), t.b.data(), t.ffn, gF, g[2].data());
+      norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, t.x_mid.data(), g[2].data(), ds, C);
     } else {
-      mix_backward(t.x_mid.data(), {w.ffn_mix_k, w.ffn_mix_r}, {G.ffn_mix_k, G.ffn_mix_r},
-                   {g[4].data(), g[5].data()}, ds);
+      ffn_->backward(parts::channel_mix_of(w), parts::channel_mix_of(G), t.x_mid.data(), t.ffn, gF, ds);
     }
 
     // Spatial Mix: x_mid = x + keep1·γ1 ⊙ (pre ? o : ln1(o)).
@@ -623,30 +524,12 @@ class TrainVrwkv final : public TrainBlocks {
     ops::q_shift_mix_backward(x, B, grid, C, c.shift_pixel, c.channel_gamma, n, mu, d, dxo, dmu);
   }
 
-  // x_out = x + keep·γ ⊙ branch (γ = 1 without layer scale).
   void residual(const float* x, const float* branch, const float* keep, const float* gamma, float* x_out) const {
-#pragma omp parallel for schedule(static)
-    for (std::int64_t n = 0; n < N; ++n) {
-      const float s = keep[n / T];
-      for (std::int64_t ch = 0; ch < C; ++ch)
-        x_out[n * C + ch] = x[n * C + ch] + s * (gamma ? gamma[ch] : 1.0f) * branch[n * C + ch];
-    }
+    parts::residual({B, T, N, C}, x, branch, keep, gamma, x_out);
   }
-
-  // The gradient of x + keep·γ⊙branch from dx: dbranch = keep·γ⊙dx, dγ += Σ keep·dx⊙branch.
   void residual_backward(const float* branch, const float* keep, const float* gamma, float* dgamma, const float* dx,
                          float* dbranch) const {
-#pragma omp parallel for schedule(static)
-    for (std::int64_t n = 0; n < N; ++n) {
-      const float s = keep[n / T];
-      for (std::int64_t ch = 0; ch < C; ++ch) dbranch[n * C + ch] = s * (gamma ? gamma[ch] : 1.0f) * dx[n * C + ch];
-    }
-    if (!gamma) return;
-    for (std::int64_t ch = 0; ch < C; ++ch) {
-      float acc = 0;
-      for (std::int64_t n = 0; n < N; ++n) acc += keep[n / T] * dx[n * C + ch] * branch[n * C + ch];
-      dgamma[ch] += acc;
-    }
+    parts::residual_backward({B, T, N, C}, branch, keep, gamma, dgamma, dx, dbranch);
   }
 
   const Architecture c;
@@ -655,7 +538,8 @@ class TrainVrwkv final : public TrainBlocks {
   std::int64_t B = 0, T = 0, N = 0, C = 0, Hd = 0;
   Grid grid;
   std::vector<Tape> tapes_;
-  Buf g[8], gh[2], wu, gwu;
+  std::optional<parts::ChannelMix> ffn_;  // made by plan(): it knows the shapes and holds its scratch
+  Buf g[8], wu, gwu;
 };
 
 }  // namespace

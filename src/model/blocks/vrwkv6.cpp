@@ -16,10 +16,12 @@
 #include <exception>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include <omp.h>
 
 #include "model/block.hpp"
+#include "model/blocks/parts.hpp"
 #include "ops/fast_math.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
@@ -178,10 +180,7 @@ struct PackedBlock {
 using ops::Activation;
 using ops::Activations;
 
-struct Rows {
-  std::int64_t begin, end;
-  std::int64_t count() const { return end - begin; }
-};
+using parts::Rows;
 
 class FastVrwkv6 final : public FastBlocks {
  public:
@@ -236,11 +235,9 @@ class FastVrwkv6 final : public FastBlocks {
     return blocks;
   }
 
-  // Blocks of one group of n images, as team regions like VRWKV's fast
-  // blocks (blocks/vrwkv.cpp): every thread runs the ops on its share of the
-  // token rows (of the (image, head) problems for Bi-WKV6); a region ends
-  // where the next step reads rows other threads wrote (the shifts read
-  // neighbouring tokens, Bi-WKV6 all tokens).
+  // Blocks of one group of n images, as team regions (parts::run_block):
+  // every thread runs the ops on its share of the token rows (of the (image,
+  // head) problems for Bi-WKV6).
   struct Block {
     const Architecture& a;
     Workspace& work;
@@ -251,78 +248,30 @@ class FastVrwkv6 final : public FastBlocks {
     float* x;
     std::int64_t N = B * work.grid.tokens(), C = a.embed_dims;
 
+    // Block i (parts::run_block), as blocks/vrwkv.cpp's.
     void block(std::int64_t i, bool first, bool fuse_next) {
-      if (a.post_norm) post_norm_block(i);
-      else pre_norm_block(i, first, fuse_next);
+      parts::run_block(*this, weights, i, first, fuse_next, a.post_norm, x, work.h.data(), work.h2.data(), N, C,
+                       team_size);
+    }
+    // The steps of run_block.
+    void spatial_in(std::int64_t i, const float* in, Rows r) { spatial_in(weights[i], *packed[i], in, r); }
+    void wkv(std::int64_t i) { wkv(weights[i]); }
+    void spatial_out(std::int64_t i, const float*, float* out, bool add, Rows r) {
+      spatial_out(weights[i], *packed[i], out, add, r);
+    }
+    void channel_mix(std::int64_t i, const float* in, float* out, bool add, Rows r) {
+      channel_mix(weights[i], *packed[i], in, out, add, r);
     }
 
     template <class F>
     void team(F&& f) {
-      if (team_size == 1) return f(0, 1);
-      std::vector<std::exception_ptr> errors(team_size);
-#pragma omp parallel num_threads(team_size)
-      {
-        const int share = omp_get_thread_num();
-        try {
-          f(share, omp_get_num_threads());
-        } catch (...) {
-          errors[share] = std::current_exception();
-        }
-      }
-      for (const std::exception_ptr& e : errors)
-        if (e) std::rethrow_exception(e);
-    }
-    template <class F>
-    void team_rows(F&& f) {
-      team([&](int share, int shares) {
-        const Rows r{N * share / shares, N * (share + 1) / shares};
-        if (r.count() > 0) f(r);
-      });
+      parts::run_team(team_size, f);
     }
 
     void norm(const float* weight, const float* bias, const float* in, float* out, std::int64_t width, Rows r) {
       ops::layernorm(in + r.begin * width, weight, bias, out + r.begin * width, r.count(), width, ops::kLayerNormEps);
     }
     static Activations f32(float* base, Rows r, std::int64_t width) { return {base + r.begin * width, DType::F32}; }
-
-    void pre_norm_block(std::int64_t i, bool first, bool fuse_next) {
-      const Vrwkv6Weights& w = weights[i];
-      PackedBlock& p = *packed[i];
-      float *h1 = work.h.data(), *h2 = work.h2.data();
-      if (first) team_rows([&](Rows r) {
-          if (i == 0) norm(w.ln0_weight, w.ln0_bias, x, x, C, r);
-          norm(w.ln1_weight, w.ln1_bias, x, h1, C, r);
-        });
-      team_rows([&](Rows r) { spatial_in(w, p, h1, r); });
-      wkv(w);
-      team_rows([&](Rows r) {
-        spatial_out(w, p, x, true, r);
-        norm(w.ln2_weight, w.ln2_bias, x, h2, C, r);
-      });
-      team_rows([&](Rows r) {
-        channel_mix(w, p, h2, x, true, r);
-        if (fuse_next) norm(weights[i + 1].ln1_weight, weights[i + 1].ln1_bias, x, h1, C, r);
-      });
-    }
-
-    void post_norm_block(std::int64_t i) {
-      const Vrwkv6Weights& w = weights[i];
-      PackedBlock& p = *packed[i];
-      float* h = work.h.data();
-      if (i == 0) team_rows([&](Rows r) { norm(w.ln0_weight, w.ln0_bias, x, x, C, r); });
-      team_rows([&](Rows r) { spatial_in(w, p, x, r); });
-      wkv(w);
-      team_rows([&](Rows r) {
-        spatial_out(w, p, h, false, r);
-        norm(w.ln1_weight, w.ln1_bias, h, h, C, r);
-        residual(h, w.gamma1, r);
-      });
-      team_rows([&](Rows r) {
-        channel_mix(w, p, x, h, false, r);
-        norm(w.ln2_weight, w.ln2_bias, h, h, C, r);
-      });
-      team_rows([&](Rows r) { residual(h, w.gamma2, r); });
-    }
 
     // The shifted rows of `in`, minus `in`: d = shift(in) − in (0 without a shift).
     void shift_difference(const float* in, Rows r) {
@@ -407,10 +356,6 @@ class FastVrwkv6 final : public FastBlocks {
       (*p.ffn_value)(hidden, f32(out, r, C), n, {Activation::None, gate, add});
     }
 
-    void residual(const float* branch, const float* gamma, Rows r) const {
-      for (std::int64_t t = r.begin; t < r.end; ++t)
-        for (std::int64_t c = 0; c < C; ++c) x[t * C + c] += (gamma ? gamma[c] : 1.0f) * branch[t * C + c];
-    }
   };
 
   Architecture a_;
@@ -432,24 +377,24 @@ void zero(Buf& b) { std::fill(b.begin(), b.end(), 0.0f); }
 // y (Bi-WKV6), yk (key_norm(y)), yn = ln_x(yk), z2 = yn⊙g, o = z2·Woᵀ, on (post-norm ln1(o)),
 // x_mid, b (pre-norm ln2), and the Channel Mix's as in blocks/vrwkv.cpp.
 struct Tape {
-  Buf s0, a, d, xxx, z, zs, m[5], xm[5], r, k, v, gl, dz, w, y, yk, yn, z2, o, on, x_mid, b;
-  Buf fk, fr, hk, sq, sqn, kv, r2, f, fn;
-  void allocate(std::int64_t N, std::int64_t C, std::int64_t Hd, const Architecture& c) {
-    for (Buf* p : {&d, &xxx, &r, &k, &v, &gl, &w, &y, &yn, &z2, &o, &x_mid, &fk, &fr, &kv, &r2, &f}) p->resize(N * C);
+  Buf s0, a, d, xxx, z, zs, m[5], xm[5], r, k, v, gl, dz, w, y, yk, yn, z2, o, on, x_mid, b, fn;
+  parts::ChannelMix::Tape ffn;  // its output is ffn.f
+  void allocate(std::int64_t N, std::int64_t C, const Architecture& c, const parts::ChannelMix& cm) {
+    for (Buf* p : {&d, &xxx, &r, &k, &v, &gl, &w, &y, &yn, &z2, &o, &x_mid}) p->resize(N * C);
     for (int j = 0; j < 5; ++j) m[j].resize(N * C), xm[j].resize(N * C);
     z.resize(N * 5 * c.mix_rank), zs.resize(N * 5 * c.mix_rank), dz.resize(N * c.decay_rank);
-    for (Buf* p : {&hk, &sq}) p->resize(N * Hd);
     if (!c.post_norm) a.resize(N * C), b.resize(N * C);
     if (c.post_norm) on.resize(N * C), fn.resize(N * C);
-    if (c.key_norm) yk.resize(N * C), sqn.resize(N * Hd);
+    if (c.key_norm) yk.resize(N * C);
+    cm.allocate(ffn);
   }
   std::int64_t bytes() const {
     std::int64_t n = 0;
     for (const Buf* p : {&s0, &a, &d, &xxx, &z, &zs, &r, &k, &v, &gl, &dz, &w, &y, &yk, &yn, &z2, &o, &on, &x_mid, &b,
-                         &fk, &fr, &hk, &sq, &sqn, &kv, &r2, &f, &fn})
+                         &fn})
       n += static_cast<std::int64_t>(p->size());
     for (int j = 0; j < 5; ++j) n += static_cast<std::int64_t>(m[j].size() + xm[j].size());
-    return n * static_cast<std::int64_t>(sizeof(float));
+    return n * static_cast<std::int64_t>(sizeof(float)) + ffn.bytes();
   }
 };
 
@@ -462,12 +407,13 @@ class TrainVrwkv6 final : public TrainBlocks {
     if (B_ == B && grid_.H == grid.H && grid_.W == grid.W && tapes == static_cast<std::int64_t>(tapes_.size())) return;
     B = B_, grid = grid_, T = grid.tokens(), N = B * T, C = c.embed_dims, Hd = c.hidden_dims;
     R = c.mix_rank, D = c.decay_rank;
+    ffn_.emplace(parts::Dims{B, T, N, C}, grid, Hd, parts::ChannelMix::Shift{c.shift_pixel, 0.25, c.head_size},
+                 c.key_norm);
     tapes_.clear();
     tapes_.resize(tapes);
-    for (Tape& t : tapes_) t.allocate(N, C, Hd, c);
+    for (Tape& t : tapes_) t.allocate(N, C, c, *ffn_);
     if (!tapes_.empty()) tapes_[0].s0.resize(N * C);
     for (Buf& s : g) s.resize(N * C);
-    for (Buf& s : gh) s.resize(N * Hd);
     gz.resize(N * 5 * R), gzs.resize(N * 5 * R), gdz.resize(N * D);
     glora.resize(std::max(5 * R, D) * C);
   }
@@ -539,24 +485,10 @@ class TrainVrwkv6 final : public TrainBlocks {
     residual(x, pre ? t.o.data() : t.on.data(), keep[0], w.gamma1, t.x_mid.data());
     // Channel Mix.
     if (pre) norm(w.ln2_weight, w.ln2_bias, t.x_mid.data(), t.b.data(), C);
-    const float* fin = pre ? t.b.data() : t.x_mid.data();
-    const float* mu[2] = {w.ffn_mix_k, w.ffn_mix_r};
-    float* fouts[2] = {t.fk.data(), t.fr.data()};
-    ops.q_shift_mix(fin, B, grid, C, c.shift_pixel, 0.25, 2, mu, fouts, c.head_size);
-    linear(w.ffn_receptance, t.fr.data(), t.r2.data(), C, C);
-    linear(w.ffn_key, t.fk.data(), t.hk.data(), Hd, C);
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * Hd; ++j) {
-      const float v = std::max(t.hk[j], 0.0f);
-      t.sq[j] = v * v;
-    }
-    const float* sqn = t.sq.data();
-    if (c.key_norm)
-      norm(w.ffn_key_norm_weight, w.ffn_key_norm_bias, t.sq.data(), t.sqn.data(), Hd), sqn = t.sqn.data();
-    linear(w.ffn_value, sqn, t.kv.data(), C, Hd);
-    ops.sigmoid_gate(t.r2.data(), t.kv.data(), t.f.data(), N * C);
-    if (!pre) norm(w.ln2_weight, w.ln2_bias, t.f.data(), t.fn.data(), C);
-    residual(t.x_mid.data(), pre ? t.f.data() : t.fn.data(), keep[1], w.gamma2, y);
+    ffn_->forward(ops, parts::channel_mix_of(w), pre ? t.b.data() : t.x_mid.data(), t.ffn);
+    const float* f = t.ffn.f.data();
+    if (!pre) norm(w.ln2_weight, w.ln2_bias, f, t.fn.data(), C);
+    residual(t.x_mid.data(), pre ? f : t.fn.data(), keep[1], w.gamma2, y);
   }
 
   void backward(std::int64_t i, const float* x_in, const float* dy, float* dx, std::int64_t tape,
@@ -579,44 +511,18 @@ class TrainVrwkv6 final : public TrainBlocks {
     std::memcpy(ds, dy, N * C * sizeof(float));
 
     // Channel Mix: x_out = x_mid + keep2·γ2 ⊙ (pre ? f : ln2(f)).
-    residual_backward(pre ? t.f.data() : t.fn.data(), keep[1], w.gamma2, G.gamma2, ds, g[0].data());
+    const float* f = t.ffn.f.data();
+    residual_backward(pre ? f : t.fn.data(), keep[1], w.gamma2, G.gamma2, ds, g[0].data());
     float* gF = g[0].data();
     if (!pre)
-      zero(g[1]), norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, t.f.data(), g[0].data(), g[1].data(), C),
+      zero(g[1]), norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, f, g[0].data(), g[1].data(), C),
           gF = g[1].data();
-    float *gKv = g[2].data(), *gR2 = g[3].data();
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * C; ++j) {
-      const float s = sigmoid(t.r2[j]);
-      gKv[j] = gF[j] * s;
-      gR2[j] = gF[j] * t.kv[j] * s * (1.0f - s);
-    }
-    zero(gh[0]);
-    linear_backward(w.ffn_value, G.ffn_value, c.key_norm ? t.sqn.data() : t.sq.data(), gKv, gh[0].data(), C, Hd);
-    float* gSq = gh[0].data();
-    if (c.key_norm) {
-      zero(gh[1]);
-      norm_backward(w.ffn_key_norm_weight, G.ffn_key_norm_weight, G.ffn_key_norm_bias, t.sq.data(), gh[0].data(),
-                    gh[1].data(), Hd);
-      gSq = gh[1].data();
-    }
-#pragma omp parallel for schedule(static)
-    for (std::int64_t j = 0; j < N * Hd; ++j) gSq[j] *= 2.0f * std::max(t.hk[j], 0.0f);
-    zero(g[4]), zero(g[5]);
-    linear_backward(w.ffn_key, G.ffn_key, t.fk.data(), gSq, g[4].data(), Hd, C);
-    linear_backward(w.ffn_receptance, G.ffn_receptance, t.fr.data(), gR2, g[5].data(), C, C);
-    {
-      const float* fin = pre ? t.b.data() : t.x_mid.data();
-      const float* mu[2] = {w.ffn_mix_k, w.ffn_mix_r};
-      const float* d[2] = {g[4].data(), g[5].data()};
-      float* dmu[2] = {G.ffn_mix_k, G.ffn_mix_r};
-      if (pre) {
-        zero(g[0]);
-        ops::q_shift_mix_backward(fin, B, grid, C, c.shift_pixel, 0.25, 2, mu, d, g[0].data(), dmu, c.head_size);
-        norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, t.x_mid.data(), g[0].data(), ds, C);
-      } else {
-        ops::q_shift_mix_backward(fin, B, grid, C, c.shift_pixel, 0.25, 2, mu, d, ds, dmu, c.head_size);
-      }
+    if (pre) {
+      zero(g[2]);
+      ffn_->backward(parts::channel_mix_of(w), parts::channel_mix_of(G), t.b.data(), t.ffn, gF, g[2].data());
+      norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, t.x_mid.data(), g[2].data(), ds, C);
+    } else {
+      ffn_->backward(parts::channel_mix_of(w), parts::channel_mix_of(G), t.x_mid.data(), t.ffn, gF, ds);
     }
 
     // Spatial Mix: x_mid = x + keep1·γ1 ⊙ (pre ? o : ln1(o)).
@@ -761,27 +667,11 @@ class TrainVrwkv6 final : public TrainBlocks {
   }
 
   void residual(const float* x, const float* branch, const float* keep, const float* gamma, float* x_out) const {
-#pragma omp parallel for schedule(static)
-    for (std::int64_t n = 0; n < N; ++n) {
-      const float s = keep[n / T];
-      for (std::int64_t ch = 0; ch < C; ++ch)
-        x_out[n * C + ch] = x[n * C + ch] + s * (gamma ? gamma[ch] : 1.0f) * branch[n * C + ch];
-    }
+    parts::residual({B, T, N, C}, x, branch, keep, gamma, x_out);
   }
-
   void residual_backward(const float* branch, const float* keep, const float* gamma, float* dgamma, const float* dx,
                          float* dbranch) const {
-#pragma omp parallel for schedule(static)
-    for (std::int64_t n = 0; n < N; ++n) {
-      const float s = keep[n / T];
-      for (std::int64_t ch = 0; ch < C; ++ch) dbranch[n * C + ch] = s * (gamma ? gamma[ch] : 1.0f) * dx[n * C + ch];
-    }
-    if (!gamma) return;
-    for (std::int64_t ch = 0; ch < C; ++ch) {
-      float acc = 0;
-      for (std::int64_t n = 0; n < N; ++n) acc += keep[n / T] * dx[n * C + ch] * branch[n * C + ch];
-      dgamma[ch] += acc;
-    }
+    parts::residual_backward({B, T, N, C}, branch, keep, gamma, dgamma, dx, dbranch);
   }
 
   const Architecture c;
@@ -791,7 +681,8 @@ class TrainVrwkv6 final : public TrainBlocks {
   std::int64_t B = 0, T = 0, N = 0, C = 0, Hd = 0, R = 0, D = 0;
   Grid grid;
   std::vector<Tape> tapes_;
-  Buf g[14], gh[2], gz, gzs, gdz, glora;
+  std::optional<parts::ChannelMix> ffn_;  // made by plan()
+  Buf g[14], gz, gzs, gdz, glora;
 };
 
 }  // namespace
