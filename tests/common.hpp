@@ -63,9 +63,11 @@ inline Model load_golden_model(const std::string& name, nlohmann::json* descript
   std::ifstream f(case_path(name) + ".json");
   const nlohmann::json j = nlohmann::json::parse(f);
   ConfigOverrides o;
-  const std::string impl = j.value("wkv_impl", std::string("kernel"));  // VRWKV6 cases have none
-  o.wkv = impl == "sum" ? WkvSemantics::Paper : WkvSemantics::Official;
-  o.wkv_chunks = impl == "kernel16" ? 16 : 32;
+  if (j.contains("wkv_impl")) {  // VRWKV6 cases have none: their Bi-WKV6 has no semantics to choose
+    const std::string impl = j.at("wkv_impl");
+    o.wkv = impl == "sum" ? WkvSemantics::Paper : WkvSemantics::Official;
+    o.wkv_chunks = impl == "kernel16" ? 16 : 32;
+  }
   const auto& bb = j.at("backbone");
   if (bb.at("out_indices").is_array()) o.out_indices = bb.at("out_indices").get<std::vector<std::int64_t>>();
   if (description) *description = j;

@@ -134,6 +134,15 @@ TEST_F(Cli, Vrwkv6RunAndGradReproduceEveryCase) {
   }
 }
 
+// Options of the VRWKV block that VRWKV6 does not have are refused, not ignored.
+TEST_F(Cli, Vrwkv6RefusesVrwkvOnlyOptions) {
+  const std::string m = "run --model " + test::golden("v6/v6_tiny_default.pth") + " --input " +
+                        test::golden("v6/v6_tiny_default.safetensors") + " -o " + path("o.st");
+  expect_input_error(run(m + " --channel-gamma 0.125"), "--channel-gamma");
+  expect_input_error(run(m + " --wkv paper"), "--wkv");
+  EXPECT_NE(access(path("o.st").c_str(), F_OK), 0);
+}
+
 // info on a preset and on a checkpoint; convert keeps the kind (the same outputs from the converted file).
 TEST_F(Cli, Vrwkv6InfoAndConvert) {
   CliResult r = run("info vrwkv6_t");

@@ -140,14 +140,16 @@ Record run(const Spec& spec) {
     if (spec.train) input_error("--train is available for VRWKV models only");
     step = [&] { vit.forward(input, ctx); };
   } else {
+    // Training measures the paper semantics of a VRWKV block; VRWKV6 has only Bi-WKV6.
     ConfigOverrides o;
-    if (spec.train) o.wkv = WkvSemantics::Paper;  // the semantics with a gradient
+    o.wkv = WkvSemantics::Paper;
     if (preset) {
       Config c = preset_config(spec.model);
-      apply_overrides(c, o, spec.model);
+      if (spec.train && c.arch.block == BlockKind::Vrwkv) apply_overrides(c, o, spec.model);
       model = Model::from_state_dict(initial_parameters(c.arch, 0), c, spec.model);
     } else {
-      model = Model::load(spec.model, o);
+      model = Model::load(spec.model);
+      if (spec.train && model.architecture().block == BlockKind::Vrwkv) model = Model::load(spec.model, o);
     }
     rec.flops_per_image = 2 * model.flops(spec.height, spec.width);
     rec.parameters = model.parameter_count();

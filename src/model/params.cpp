@@ -305,6 +305,12 @@ void check_config(const Config& c, const std::string& source) {
 
 void apply_overrides(Config& c, const ConfigOverrides& o, const std::string& source) {
   Architecture& a = c.arch;
+  if (a.block == BlockKind::Vrwkv6) {  // options of the VRWKV block that VRWKV6 does not have
+    if (o.channel_gamma)
+      input_error("--channel-gamma: a VRWKV6 model shifts a quarter of each head's channels, there is no gamma to set");
+    if (o.wkv || o.wkv_chunks)
+      input_error("--wkv/--wkv-chunks: a VRWKV6 model has one attention, Bi-WKV6, with no semantics to choose");
+  }
   if (o.post_norm) a.post_norm = *o.post_norm;
   if (o.key_norm) a.key_norm = *o.key_norm;
   if (o.layer_scale) a.layer_scale = *o.layer_scale;
