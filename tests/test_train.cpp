@@ -114,6 +114,21 @@ TEST(TrainConfig, JsonRoundTripAndErrors) {
                Error);
   EXPECT_THROW(train::train_config_from_json(R"({"batch_size": "big"})", "t.json"), Error);
   EXPECT_THROW(train::train_config_from_json("{", "t.json"), Error);
+  // The VRWKV6 configuration round-trips; VRWKV-only keys and head sizes beside presets are refused.
+  std::ifstream f6(std::string(VRWKV_SOURCE_DIR) + "/configs/fashion_mnist_vrwkv6.json");
+  std::stringstream text6;
+  text6 << f6.rdbuf();
+  const train::TrainConfig c6 = train::train_config_from_json(text6.str(), "fashion_mnist_vrwkv6.json");
+  EXPECT_EQ(c6.model.block, BlockKind::Vrwkv6);
+  EXPECT_EQ(c6.model.head_size, 32);
+  EXPECT_EQ(train::train_config_to_json(train::train_config_from_json(train::train_config_to_json(c6), "x")),
+            train::train_config_to_json(c6));
+  for (const char* bad : {R"({"model": {"block": "vrwkv6", "channel_gamma": 0.25, "embed_dims": 64, "depth": 1,
+                                        "patch_size": 4}})",
+                          R"({"model": {"preset": "vrwkv6_t", "head_size": 32}})",
+                          R"({"model": {"head_size": 32, "embed_dims": 64, "depth": 1, "patch_size": 4}})",
+                          R"({"model": {"block": "vrwkv7"}})"})
+    EXPECT_THROW(train::train_config_from_json(bad, "t.json"), Error) << bad;
 }
 
 // Fine-tuning an official checkpoint on a dataset with other classes: the
@@ -135,6 +150,11 @@ TEST(TrainModel, FineTuneReplacesTheHead) {
   const Tensor &a = m.parameters().at("backbone.layers.1.att.key.weight"),
                &b = start.parameters().at("backbone.layers.1.att.key.weight");
   EXPECT_EQ(test::max_abs_diff(a.f32(), b.f32(), a.numel()), 0.0);
+  // A VRWKV6 checkpoint fine-tunes the same way (it has no Bi-WKV semantics to set).
+  tc.init = test::golden("v6/v6_tiny_default.pth");
+  const Model m6 = train::initial_model(tc, *data);
+  EXPECT_EQ(m6.config().arch.block, BlockKind::Vrwkv6);
+  EXPECT_EQ(m6.parameters().at("head.fc.weight").shape(), (Shape{3, 128}));
   fs::remove_all(dir);
 }
 

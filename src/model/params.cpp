@@ -193,8 +193,13 @@ Config infer_config(const TensorMap& sd, const std::string& source) {
   Architecture& a = c.arch;
   const auto has = [&](const std::string& name) { return sd.count(name) > 0; };
   // The block kind: the one whose signature tensor block 0 has (VRWKV6: att.time_maa_w1).
-  for (BlockKind kind : {BlockKind::Vrwkv6})
-    if (has(std::string("backbone.layers.0.") + model::block_kind(kind).signature)) a.block = kind;
+  // The block kind: the first whose signature tensor block 0 has (VRWKV6: att.time_maa_w1; VRWKV:
+  // att.spatial_decay); neither: VRWKV, whose missing tensors are then named.
+  for (BlockKind kind : {BlockKind::Vrwkv6, BlockKind::Vrwkv})
+    if (has(std::string("backbone.layers.0.") + model::block_kind(kind).signature)) {
+      a.block = kind;
+      break;
+    }
   const std::vector<model::ParamInfo>& rows = model::block_rows(a.block);
   const auto block_has = [&](When when, std::int64_t layer) {
     const model::ParamInfo* r = first_row(rows, when);
@@ -273,7 +278,7 @@ void check_architecture(const Architecture& a, const std::string& source) {
   if (a.head != HeadKind::None) range("num_classes", static_cast<double>(a.num_classes), 1, 1 << 24);
   if (a.head == HeadKind::Mlp) range("head_hidden", static_cast<double>(a.head_hidden), 1, 1 << 20);
   if (a.block == BlockKind::Vrwkv6) {
-    range("head_size", static_cast<double>(a.head_size), 1, 4096);
+    range("head_size", static_cast<double>(a.head_size), 1, 256);  // the backward keeps O(√T·N²) per head
     range("mix_rank", static_cast<double>(a.mix_rank), 1, 1 << 16);
     range("decay_rank", static_cast<double>(a.decay_rank), 1, 1 << 16);
     if (a.embed_dims % a.head_size != 0)

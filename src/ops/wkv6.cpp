@@ -201,8 +201,9 @@ void backward_head(const float* r, const float* k, const float* v, const float* 
       for (std::int64_t j = 0; j < N; ++j) {
         gr[o + j] += static_cast<float>(sr[j]);
         gk[o + j] += static_cast<float>(sk[j]);
-        // d δ/dw = −e^w·δ; where δ underflows to 0 the product's limit is 0.
-        if (d[j] != 0) gw[o + j] += static_cast<float>(-std::exp(static_cast<Real>(wt[j])) * d[j] * sw[j]);
+        // d δ/dw = −e^w·δ = −exp(w − e^w): 0, not inf·0, where e^w overflows.
+        const Real ew = std::exp(static_cast<Real>(wt[j]));
+        gw[o + j] += static_cast<float>(-std::exp(static_cast<Real>(wt[j]) - ew) * sw[j]);
         gu_head[j] += static_cast<double>(static_cast<Real>(rt[j]) * kt[j] * vg);
       }
     }
@@ -217,8 +218,13 @@ void backward_all(const float* r, const float* k, const float* v, const float* w
   const std::int64_t H = C / N;
   std::vector<double> gu_parts(B * C, 0.0);  // per (image, channel), summed in order below
   // float32: the decays made once (each is read three times); float64: computed where needed.
-  std::vector<float> decay(std::is_same_v<Real, float> ? B * T * C : 0);
-  if (!decay.empty()) wkv6_decays(w, decay.data(), B * T * C);
+  const std::int64_t n = B * T * C;
+  std::vector<float> decay(std::is_same_v<Real, float> ? n : 0);
+  if (!decay.empty()) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t j0 = 0; j0 < n; j0 += 4096)
+      wkv6_decays(w + j0, decay.data() + j0, std::min<std::int64_t>(4096, n - j0));
+  }
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t job = 0; job < B * H; ++job) {
     const std::int64_t b = job / H, h = job % H;
@@ -265,7 +271,8 @@ void wkv6(const float* r, const float* k, const float* v, const float* w, const 
   const std::int64_t jobs = B * (C / N) * ((N + block - 1) / block);
   std::vector<float> decay(n);
 #pragma omp parallel for schedule(static)
-  for (std::int64_t j0 = 0; j0 < n; j0 += 4096) wkv6_decays(w + j0, decay.data() + j0, std::min<std::int64_t>(4096, n - j0));
+  for (std::int64_t j0 = 0; j0 < n; j0 += 4096)
+    wkv6_decays(w + j0, decay.data() + j0, std::min<std::int64_t>(4096, n - j0));
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t job = 0; job < jobs; ++job)
     forward_problems(r, k, v, decay.data(), u, y, B, T, C, N, block, job, job + 1);

@@ -249,8 +249,12 @@ void read_model(Section& m, TrainConfig& c, const std::string& source) {
     input_error(source, ": model.block: ", e.what());
   }
   m.get("head_size", a.head_size);  // VRWKV6: channels per attention head
+  if (m.has("head_size") && m.has("preset"))
+    input_error(source, ": model.head_size: a preset has its own (64), give the architecture instead");
   if (m.has("head_size") && a.block != BlockKind::Vrwkv6)
     input_error(source, ": model.head_size is a VRWKV6 setting (model.block \"vrwkv6\")");
+  if (m.has("channel_gamma") && a.block == BlockKind::Vrwkv6)
+    input_error(source, ": model.channel_gamma: a VRWKV6 block shifts a quarter of each head, there is no gamma");
   m.get("embed_dims", a.embed_dims);
   m.get("depth", a.depth);
   m.get("patch_size", a.patch_size);
@@ -408,12 +412,12 @@ std::string train_config_to_json(const TrainConfig& c) {
                 {"hidden_rate", a.hidden_dims / std::max<std::int64_t>(a.embed_dims, 1)},
                 {"image_size", {a.pos_grid_h * a.patch_size, a.pos_grid_w * a.patch_size}},
                 {"shift_pixel", a.shift_pixel},
-                {"channel_gamma", a.channel_gamma},
                 {"key_norm", a.key_norm},
                 {"post_norm", a.post_norm},
                 {"final_norm", a.final_norm},
                 {"init_values", a.layer_scale ? json(c.init_values) : json(nullptr)}};
   if (a.block == BlockKind::Vrwkv6) model["head_size"] = a.head_size;
+  else model["channel_gamma"] = a.channel_gamma;  // VRWKV6's shift has none
   if (!c.init.empty()) model["init"] = c.init;
   if (!c.preset.empty()) model["preset"] = c.preset;
   const Transform& t = c.transform;
@@ -472,10 +476,12 @@ Model initial_model(const TrainConfig& tc, const Dataset& data) {
   Architecture& c = config.arch;
   TensorMap params;
   if (!tc.init.empty()) {
-    // Fine-tuning: gradients need the paper semantics; a new head when the class count differs.
+    // Fine-tuning: a VRWKV block trains in the paper semantics (VRWKV6 has only Bi-WKV6); a new head when the
+    // class count differs.
     ConfigOverrides o;
     o.wkv = WkvSemantics::Paper;
-    const Model start = Model::load(tc.init, o);
+    Model start = Model::load(tc.init);
+    if (start.architecture().block == BlockKind::Vrwkv) start = Model::load(tc.init, o);
     config = start.config();
     for (const auto& [name, t] : start.parameters()) params.emplace(name, t.clone());
     if (c.head != HeadKind::Linear || c.num_classes != K) {

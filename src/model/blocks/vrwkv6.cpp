@@ -551,7 +551,7 @@ class TrainVrwkv6 final : public TrainBlocks {
           norm_backward(w.att_key_norm_weight, G.att_key_norm_weight, G.att_key_norm_bias, t.y.data(), g[5].data(),
                         g[3].data(), C),
           gY = g[3].data();
-    // Bi-WKV6: gr → g[6], gk → g[1], gv → g[2], gw → gm (the m buffers are free: g[8]).
+    // Bi-WKV6: gr → g[6], gk → g[1], gv → g[2], gw → g[8].
     float *gr = g[6].data(), *gk = g[1].data(), *gv = g[2].data(), *gw = g[8].data();
     zero(g[6]), zero(g[1]), zero(g[2]), zero(g[8]);
     ops::wkv6_backward(t.r.data(), t.k.data(), t.v.data(), t.w.data(), w.faaaa, gY, gr, gk, gv, gw, G.faaaa, B, T,
