@@ -176,6 +176,23 @@ TEST(CocoEval, CategoriesAverage) {
   EXPECT_DOUBLE_EQ(got[5], 1);  // large: category 2 only
 }
 
+// Identifiers and sizes that no integer holds (a fuzzer's find: converting 1e104 is undefined) are an error.
+TEST(CocoAnnotations, NumbersOutOfRangeAreRefused) {
+  const std::string head = R"({"images": [{"id": 1, "file_name": "1.jpg", "height": 20, "width": 30}], )";
+  for (const std::string& rest :
+       {std::string(R"("categories": [{"id": 1.1e104}], "annotations": []})"),
+        std::string(R"("categories": [{"id": 1}], "annotations": [{"id": 1e30, "image_id": 1, "category_id": 1,
+           "bbox": [0, 0, 1, 1], "area": 1}]})"),
+        std::string(R"("categories": [{"id": 1}], "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+           "bbox": [0, 0, 1, 1], "area": 1, "segmentation": {"size": [20, 30], "counts": [-5, 605]}}]})"),
+        std::string(R"("categories": [{"id": 1}], "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+           "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 2.5}]})")}) {
+    const std::string msg = test::input_error_of([&] { coco::parse_annotations(head + rest, "a.json"); });
+    EXPECT_NE(msg.find("a.json"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("whole number"), std::string::npos) << msg;
+  }
+}
+
 TEST(CocoResults, JsonHasCocoFields) {
   Detections det;
   det.bboxes = Tensor(DType::F32, {1, 4});

@@ -217,6 +217,18 @@ TEST(ModelConfig, ImpossibleValuesAreRefusedBeforeAllocation) {
     // The same value in safetensors metadata.
     EXPECT_THROW(config_from_json(config_to_json(c), "m.safetensors"), Error) << what;
   };
+  // Numbers no integer holds, written as floats (converting them would be undefined): refused.
+  for (const char* key : {"\"embed_dims\": 192", "\"depth\": 12", "\"wkv_chunks\": 32", "\"shift_pixel\": 1"}) {
+    std::string text = config_to_json(good);
+    const std::string k(key), name = k.substr(0, k.find(':'));
+    const std::size_t at = text.find(name + ":");
+    ASSERT_NE(at, std::string::npos) << text;
+    const std::size_t end = text.find_first_of(",}", at);
+    text = text.substr(0, at) + name + ":1.5e300" + text.substr(end);
+    EXPECT_NE(test::input_error_of([&] { config_from_json(text, "m.safetensors"); }).find("whole number"),
+              std::string::npos)
+        << text;
+  }
   refused([](Config& c) { c.arch.depth = 0; }, "depth 0");
   refused([](Config& c) { c.arch.depth = -1; }, "depth -1");
   refused([](Config& c) { c.arch.depth = 1000000; }, "depth 1e6");

@@ -3,6 +3,8 @@
 // user's overrides and their checks, the settings of a converted file, FLOPs.
 #include <nlohmann/json.hpp>
 
+#include "io/json_number.hpp"
+
 #include "adapter/adapter.hpp"
 #include "model/checkpoint.hpp"
 #include "vrwkv/error.hpp"
@@ -159,12 +161,16 @@ AdapterOverrides settings_from_json(const std::string& text, const std::string& 
     AdapterOverrides o;
     o.post_norm = j.at("post_norm").get<bool>();
     std::vector<BlockRange> r;
-    for (const auto& p : j.at("interaction_indexes")) r.push_back({p.at(0).get<std::int64_t>(), p.at(1).get<std::int64_t>()});
+    const auto integer = [&](const nlohmann::json& v, const char* name, double hi = 9.0e18) {
+      return io::json_integer(v, source + ": metadata '" + key + "' " + name, -9.0e18, hi);
+    };
+    for (const auto& p : j.at("interaction_indexes"))
+      r.push_back({integer(p.at(0), "interaction_indexes"), integer(p.at(1), "interaction_indexes")});
     o.interactions = r;
-    o.deform_heads = j.at("deform_heads").get<std::int64_t>();
-    o.deform_points = j.at("deform_points").get<std::int64_t>();
+    o.deform_heads = integer(j.at("deform_heads"), "deform_heads");
+    o.deform_points = integer(j.at("deform_points"), "deform_points");
     o.wkv = wkv_from_string(j.at("wkv").get<std::string>());
-    o.wkv_chunks = j.at("wkv_chunks").get<int>();
+    o.wkv_chunks = static_cast<int>(integer(j.at("wkv_chunks"), "wkv_chunks", 1 << 30));
     return o;
   } catch (const nlohmann::json::exception& e) {
     input_error(source, ": metadata '", key, "' is not valid (", e.what(), ")");

@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include "vrwkv/coco.hpp"
+
+#include "io/json_number.hpp"
 #include "vrwkv/error.hpp"
 
 namespace vrwkv::coco {
@@ -306,6 +308,8 @@ Dataset read_annotations(const std::string& path) {
   return parse_annotations(text.str(), path);
 }
 
+using io::json_integer;
+
 Dataset parse_annotations(const std::string& text, const std::string& path) {
   nlohmann::json j;
   try {
@@ -317,31 +321,31 @@ Dataset parse_annotations(const std::string& text, const std::string& path) {
   try {
     std::map<std::int64_t, std::size_t> image_at;
     for (const auto& im : j.at("images")) {
-      Image i{im.at("id").get<std::int64_t>(), im.at("height").get<std::int64_t>(), im.at("width").get<std::int64_t>(),
-              im.at("file_name").get<std::string>()};
+      Image i{json_integer(im.at("id"), "an image id"), json_integer(im.at("height"), "an image height"),
+              json_integer(im.at("width"), "an image width"), im.at("file_name").get<std::string>()};
       if (i.height < 1 || i.width < 1 || i.height > 32768 || i.width > 32768)
         input_error(path, ": image ", i.id, " is ", i.width, "x", i.height);
       if (!image_at.emplace(i.id, d.images.size()).second) input_error(path, ": image id ", i.id, " appears twice");
       d.images.push_back(std::move(i));
     }
     std::vector<std::pair<std::int64_t, std::string>> cats;
-    for (const auto& c : j.at("categories")) cats.push_back({c.at("id").get<std::int64_t>(), c.value("name", "")});
+    for (const auto& c : j.at("categories")) cats.push_back({json_integer(c.at("id"), "a category id"), c.value("name", "")});
     std::sort(cats.begin(), cats.end());
     cats.erase(std::unique(cats.begin(), cats.end(), [](const auto& a, const auto& b) { return a.first == b.first; }),
                cats.end());
     for (const auto& [id, name] : cats) d.category_ids.push_back(id), d.category_names.push_back(name);
     for (const auto& a : j.at("annotations")) {
       Annotation an;
-      an.id = a.at("id").get<std::int64_t>();
-      an.image_id = a.at("image_id").get<std::int64_t>();
-      an.category_id = a.at("category_id").get<std::int64_t>();
+      an.id = json_integer(a.at("id"), "an annotation id");
+      an.image_id = json_integer(a.at("image_id"), "an annotation's image_id");
+      an.category_id = json_integer(a.at("category_id"), "an annotation's category_id");
       const auto it = image_at.find(an.image_id);
       if (it == image_at.end()) input_error(path, ": annotation ", an.id, " names image ", an.image_id, ", which is not listed");
       const auto& bb = a.at("bbox");
       if (bb.size() != 4) input_error(path, ": annotation ", an.id, " has a bbox of ", bb.size(), " numbers");
       for (int k = 0; k < 4; ++k) an.bbox[k] = bb.at(k).get<double>();
       an.area = a.at("area").get<double>();
-      an.crowd = a.value("iscrowd", 0) != 0;
+      an.crowd = a.contains("iscrowd") && json_integer(a.at("iscrowd"), "iscrowd", 0, 1) != 0;
       const Image& im = d.images[it->second];
       if (a.contains("segmentation")) {
         const auto& s = a.at("segmentation");
@@ -352,13 +356,17 @@ Dataset parse_annotations(const std::string& text, const std::string& path) {
           }
           an.segmentation = rle_from_polygons(polys, im.height, im.width);
         } else {
-          const std::int64_t h = s.at("size").at(0), w = s.at("size").at(1);
+          const std::int64_t h = json_integer(s.at("size").at(0), "a mask height", 0, 32768),
+                             w = json_integer(s.at("size").at(1), "a mask width", 0, 32768);
           if (h != im.height || w != im.width)
             input_error(path, ": annotation ", an.id, "'s mask is ", w, "x", h, ", its image ", im.width, "x", im.height);
           if (s.at("counts").is_string()) {
             an.segmentation = rle_from_string(s.at("counts").get<std::string>(), h, w);
           } else {
-            an.segmentation = Rle{h, w, s.at("counts").get<std::vector<std::uint32_t>>()};
+            Rle rle{h, w, {}};
+            for (const auto& c : s.at("counts"))
+              rle.counts.push_back(static_cast<std::uint32_t>(json_integer(c, "a run length", 0, 4294967295.0)));
+            an.segmentation = std::move(rle);
             long long total = 0;
             for (const auto c : an.segmentation.counts) total += c;
             if (total != h * w) input_error(path, ": annotation ", an.id, "'s runs cover ", total, " pixels, expected ", h * w);

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/json_number.hpp"
+
 #include "vrwkv/error.hpp"
 #include "vrwkv/model.hpp"
 
@@ -86,35 +88,38 @@ std::string config_to_json(const Config& config) {
 }
 
 Config config_from_json(const std::string& text, const std::string& source) {
+  const auto integer = [&](const nlohmann::json& v, const char* key, double lo = -9.0e18, double hi = 9.0e18) {
+    return io::json_integer(v, source + ": vrwkv.config " + key, lo, hi);
+  };
   try {
     const nlohmann::json j = nlohmann::json::parse(text);
     Config config;
     Architecture& c = config.arch;
     if (j.contains("block")) c.block = block_from_string(j.at("block"));
-    c.embed_dims = j.at("embed_dims");
-    c.depth = j.at("depth");
-    c.patch_size = j.at("patch_size");
-    c.in_channels = j.at("in_channels");
-    c.hidden_dims = j.at("hidden_dims");
-    c.pos_grid_h = j.at("pos_grid").at(0);
-    c.pos_grid_w = j.at("pos_grid").at(1);
-    c.shift_pixel = j.at("shift_pixel");
+    c.embed_dims = integer(j.at("embed_dims"), "embed_dims");
+    c.depth = integer(j.at("depth"), "depth");
+    c.patch_size = integer(j.at("patch_size"), "patch_size");
+    c.in_channels = integer(j.at("in_channels"), "in_channels");
+    c.hidden_dims = integer(j.at("hidden_dims"), "hidden_dims");
+    c.pos_grid_h = integer(j.at("pos_grid").at(0), "pos_grid");
+    c.pos_grid_w = integer(j.at("pos_grid").at(1), "pos_grid");
+    c.shift_pixel = static_cast<int>(integer(j.at("shift_pixel"), "shift_pixel", 0, 1 << 30));
     c.channel_gamma = j.at("channel_gamma");
     c.key_norm = j.at("key_norm");
     c.post_norm = j.at("post_norm");
     c.layer_scale = j.at("layer_scale");
     c.final_norm = j.at("final_norm");
     c.head = head_from_string(j.at("head"));
-    c.num_classes = j.at("num_classes");
-    c.head_hidden = j.at("head_hidden");
+    c.num_classes = integer(j.at("num_classes"), "num_classes");
+    c.head_hidden = integer(j.at("head_hidden"), "head_hidden");
     if (c.block == BlockKind::Vrwkv6) {
-      c.head_size = j.at("head_size");
-      c.mix_rank = j.at("mix_rank");
-      c.decay_rank = j.at("decay_rank");
+      c.head_size = integer(j.at("head_size"), "head_size");
+      c.mix_rank = integer(j.at("mix_rank"), "mix_rank");
+      c.decay_rank = integer(j.at("decay_rank"), "decay_rank");
     }
-    config.run.out_indices = j.at("out_indices").get<std::vector<std::int64_t>>();
+    for (const auto& i : j.at("out_indices")) config.run.out_indices.push_back(integer(i, "out_indices"));
     config.run.wkv = wkv_from_string(j.at("wkv"));
-    config.run.wkv_chunks = j.at("wkv_chunks");
+    config.run.wkv_chunks = static_cast<int>(integer(j.at("wkv_chunks"), "wkv_chunks", 0, 1 << 30));
     config.preprocessing.kind = preprocess_from_string(j.at("preprocess"));
     if (j.contains("class_names")) config.labels = j.at("class_names").get<std::vector<std::string>>();
     if (j.contains("mean")) config.preprocessing.mean = j.at("mean").get<std::array<float, 3>>();
