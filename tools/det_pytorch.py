@@ -444,7 +444,7 @@ def self_check(verbose=True, out=sys.stdout):
 # Extra cases: a golden case's weights on other sizes and paddings, computed in float64 here
 
 def write_safetensors(path, tensors):
-    names = {torch.float32: "F32", torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
+    names = {torch.float64: "F64", torch.float32: "F32", torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
     header, blobs, at = {}, [], 0
     for k, t in tensors.items():
         t = t.contiguous()

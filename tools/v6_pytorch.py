@@ -42,6 +42,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from det_pytorch import write_safetensors  # noqa: E402
+from seg_pytorch import read_safetensors  # noqa: E402
+
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../shared/golden/v6")
 PRESETS = {  # VRWKV6.md A.2: embed dims, post_norm / layer scale
     "vrwkv6_t": (192, False),
@@ -292,34 +296,6 @@ def load_case(path_json, dtype=torch.float64):
     ckpt = os.path.join(os.path.dirname(path_json), meta["checkpoint"])
     model.load_state_dict(torch.load(ckpt, map_location="cpu")["state_dict"], strict=True)
     return meta, model.to(dtype).eval()
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header, data = json.loads(f.read(n)), f.read()
-    dtypes = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64}
-    out = {}
-    for name, h in header.items():
-        if name == "__metadata__":
-            continue
-        lo, hi = h["data_offsets"]
-        out[name] = torch.frombuffer(bytearray(data[lo:hi]), dtype=dtypes[h["dtype"]]).reshape(h["shape"])
-    return out
-
-
-def write_safetensors(path, tensors):
-    names = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
-    header, blobs, off = {}, [], 0
-    for name, t in tensors.items():
-        b = t.detach().contiguous().numpy().tobytes()
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
 
 
 def run_case(model, x, labels):

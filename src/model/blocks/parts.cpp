@@ -36,14 +36,15 @@ void residual_backward(const Dims& d, const float* branch, const float* keep, co
 
 std::int64_t ChannelMix::Tape::bytes() const {
   std::int64_t n = 0;
-  for (const std::vector<float>* p : {&fk, &fr, &hk, &sq, &sqn, &kv, &r2, &f}) n += static_cast<std::int64_t>(p->size());
+  for (const std::vector<float>* p : {&b, &fk, &fr, &hk, &sq, &sqn, &kv, &r2, &f, &fn})
+    n += static_cast<std::int64_t>(p->size());
   return n * static_cast<std::int64_t>(sizeof(float));
 }
 
-ChannelMix::ChannelMix(Dims dims, ops::Grid grid, std::int64_t hidden, Shift shift, bool key_norm)
-    : d_(dims), grid_(grid), Hd_(hidden), shift_(shift), key_norm_(key_norm) {
+ChannelMix::ChannelMix(Dims dims, ops::Grid grid, std::int64_t hidden, Shift shift, bool key_norm, bool post_norm)
+    : d_(dims), grid_(grid), Hd_(hidden), shift_(shift), key_norm_(key_norm), post_norm_(post_norm) {
   const std::int64_t NC = d_.N * d_.C, NH = d_.N * Hd_;
-  for (std::vector<float>* p : {&g_kv_, &g_r2_, &g_k_, &g_r_}) p->resize(NC);
+  for (std::vector<float>* p : {&g_branch_, &g_f_, &g_in_, &g_kv_, &g_r2_, &g_k_, &g_r_}) p->resize(NC);
   g_h_.resize(NH);
   if (key_norm_) g_hn_.resize(NH);
 }
@@ -53,10 +54,14 @@ void ChannelMix::allocate(Tape& t) const {
   for (std::vector<float>* p : {&t.fk, &t.fr, &t.kv, &t.r2, &t.f}) p->resize(NC);
   for (std::vector<float>* p : {&t.hk, &t.sq}) p->resize(NH);
   if (key_norm_) t.sqn.resize(NH);
+  (post_norm_ ? t.fn : t.b).resize(NC);
 }
 
-void ChannelMix::forward(const BlockOps& ops, const ChannelMixWeights& w, const float* in, Tape& t) const {
+void ChannelMix::forward(const BlockOps& ops, const ChannelMixWeights& w, const float* x_mid, const float* keep,
+                         float* y, Tape& t) const {
   const std::int64_t N = d_.N, C = d_.C, Hd = Hd_;
+  if (!post_norm_) ops.layernorm(x_mid, w.ln2_weight, w.ln2_bias, t.b.data(), N, C, ops::kLayerNormEps);
+  const float* in = post_norm_ ? x_mid : t.b.data();
   const float* mu[2] = {w.mix_k, w.mix_r};
   float* outs[2] = {t.fk.data(), t.fr.data()};
   ops.q_shift_mix(in, d_.B, grid_, C, shift_.pixels, shift_.gamma, 2, mu, outs, shift_.head);
@@ -74,10 +79,29 @@ void ChannelMix::forward(const BlockOps& ops, const ChannelMixWeights& w, const 
   }
   ops.linear(sqn, w.value, nullptr, t.kv.data(), N, C, Hd);
   ops.sigmoid_gate(t.r2.data(), t.kv.data(), t.f.data(), N * C);
+  if (post_norm_) ops.layernorm(t.f.data(), w.ln2_weight, w.ln2_bias, t.fn.data(), N, C, ops::kLayerNormEps);
+  residual(d_, x_mid, post_norm_ ? t.fn.data() : t.f.data(), keep, w.gamma2, y);
 }
 
-void ChannelMix::backward(const ChannelMixWeights& w, const ChannelMixWeights& g, const float* in, const Tape& t,
-                          const float* gf, float* din) {
+void ChannelMix::backward(const ChannelMixWeights& w, const ChannelMixWeights& g, const float* x_mid, const Tape& t,
+                          const float* keep, float* ds) {
+  const std::int64_t N = d_.N, C = d_.C;
+  residual_backward(d_, post_norm_ ? t.fn.data() : t.f.data(), keep, w.gamma2, g.gamma2, ds, g_branch_.data());
+  if (post_norm_) {  // the branch's input is x_mid itself: its gradient adds to ds
+    std::fill(g_f_.begin(), g_f_.end(), 0.0f);
+    ops::layernorm_backward(t.f.data(), w.ln2_weight, g_branch_.data(), g_f_.data(), g.ln2_weight, g.ln2_bias, N, C,
+                            ops::kLayerNormEps);
+    branch_backward(w, g, x_mid, t, g_f_.data(), ds);
+  } else {
+    std::fill(g_in_.begin(), g_in_.end(), 0.0f);
+    branch_backward(w, g, t.b.data(), t, g_branch_.data(), g_in_.data());
+    ops::layernorm_backward(x_mid, w.ln2_weight, g_in_.data(), ds, g.ln2_weight, g.ln2_bias, N, C,
+                            ops::kLayerNormEps);
+  }
+}
+
+void ChannelMix::branch_backward(const ChannelMixWeights& w, const ChannelMixWeights& g, const float* in,
+                                 const Tape& t, const float* gf, float* din) {
   const std::int64_t N = d_.N, C = d_.C, Hd = Hd_;
   float *gKv = g_kv_.data(), *gR2 = g_r2_.data();
 #pragma omp parallel for schedule(static)

@@ -1,7 +1,8 @@
 // What the block kinds share (blocks/vrwkv.cpp, blocks/vrwkv6.cpp): the team
 // regions of the fast paths, the residual connection of the training path,
-// and the Channel Mix (VRWKV.md 1.7; VRWKV6 uses it with the per-head shift)
-// of the training path with its backward.
+// and the block's second half, Channel Mix (VRWKV.md 1.7; VRWKV6 uses it with
+// the per-head shift) with its norm and residual, of the training path with
+// its backward.
 #pragma once
 
 #include <cstdint>
@@ -116,19 +117,21 @@ void residual(const Dims& d, const float* x, const float* branch, const float* k
 void residual_backward(const Dims& d, const float* branch, const float* keep, const float* gamma, float* dgamma,
                        const float* dx, float* dbranch);
 
-// The Channel Mix's weights (ffn.*) and, rebased, their gradients.
+// The second half's weights (ffn.*, ln2, gamma2) and, rebased, their gradients.
 struct ChannelMixWeights {
   float *mix_k, *mix_r, *key, *receptance, *value, *key_norm_weight, *key_norm_bias;
+  float *ln2_weight, *ln2_bias, *gamma2;
 };
 template <class W>
 ChannelMixWeights channel_mix_of(const W& w) {
-  return {w.ffn_mix_k,     w.ffn_mix_r, w.ffn_key, w.ffn_receptance, w.ffn_value, w.ffn_key_norm_weight,
-          w.ffn_key_norm_bias};
+  return {w.ffn_mix_k,           w.ffn_mix_r,         w.ffn_key,    w.ffn_receptance, w.ffn_value,
+          w.ffn_key_norm_weight, w.ffn_key_norm_bias, w.ln2_weight, w.ln2_bias,       w.gamma2};
 }
 
-// f = σ(xr·Wrᵀ) ⊙ ([LN](relu(xk·Wkᵀ)²)·Wvᵀ) with xk, xr the shifted mixes of
-// the input (shift: pixels, γ, head as in ops/qshift.hpp; a null μ, the
-// VRWKV model without shift, passes the input through).
+// The block's second half: y = x_mid + keep·γ2 ⊙ (pre-norm: f(ln2(x_mid));
+// post-norm: ln2(f(x_mid))), with f(x) = σ(xr·Wrᵀ) ⊙ ([LN](relu(xk·Wkᵀ)²)·Wvᵀ)
+// and xk, xr the shifted mixes of x (shift: pixels, γ, head as in
+// ops/qshift.hpp; a null μ, the VRWKV model without shift, passes x through).
 class ChannelMix {
  public:
   struct Shift {
@@ -136,26 +139,33 @@ class ChannelMix {
     double gamma;
     std::int64_t head;  // 0: one head of C channels
   };
-  // What its backward needs, f (the branch output) included.
+  // What its backward needs: b = ln2(x_mid) (pre-norm), f = the branch, fn = ln2(f) (post-norm).
   struct Tape {
-    std::vector<float> fk, fr, hk, sq, sqn, kv, r2, f;
+    std::vector<float> b, fk, fr, hk, sq, sqn, kv, r2, f, fn;
     std::int64_t bytes() const;
   };
 
-  ChannelMix(Dims dims, ops::Grid grid, std::int64_t hidden, Shift shift, bool key_norm);
+  ChannelMix(Dims dims, ops::Grid grid, std::int64_t hidden, Shift shift, bool key_norm, bool post_norm);
   void allocate(Tape& t) const;
-  void forward(const BlockOps& ops, const ChannelMixWeights& w, const float* in, Tape& t) const;
-  // From gf = dL/df: adds dL/din into din and the parameter gradients into g.
-  void backward(const ChannelMixWeights& w, const ChannelMixWeights& g, const float* in, const Tape& t,
-                const float* gf, float* din);
+  // y = the half on x_mid, keep: the branch's DropPath scale per image.
+  void forward(const BlockOps& ops, const ChannelMixWeights& w, const float* x_mid, const float* keep, float* y,
+               Tape& t) const;
+  // ds = dL/dy on entry, dL/dx_mid on return; adds the parameter gradients into g.
+  void backward(const ChannelMixWeights& w, const ChannelMixWeights& g, const float* x_mid, const Tape& t,
+                const float* keep, float* ds);
 
  private:
+  // From gf = dL/df: adds dL/din into din and f's parameter gradients into g.
+  void branch_backward(const ChannelMixWeights& w, const ChannelMixWeights& g, const float* in, const Tape& t,
+                       const float* gf, float* din);
+
   Dims d_;
   ops::Grid grid_;
   std::int64_t Hd_;
   Shift shift_;
-  bool key_norm_;
-  std::vector<float> g_kv_, g_r2_, g_k_, g_r_, g_h_, g_hn_;  // scratch of the backward
+  bool key_norm_, post_norm_;
+  std::vector<float> g_branch_, g_f_, g_in_;                 // scratch of the backward: [N, C]
+  std::vector<float> g_kv_, g_r2_, g_k_, g_r_, g_h_, g_hn_;  // and of f's
 };
 
 }  // namespace vrwkv::model::parts

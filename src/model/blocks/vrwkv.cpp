@@ -327,18 +327,17 @@ void zero(Buf& b) { std::fill(b.begin(), b.end(), 0.0f); }
 // Pre-norm: a = ln1(s), b = ln2(x_mid); post-norm mixes the residual stream
 // itself and normalises the branch outputs (on, fn).
 struct Tape {
-  Buf s0, a, xk, xv, xr, k, v, r, y, yn, z, o, on, x_mid, b, fn;
-  parts::ChannelMix::Tape ffn;  // its output is ffn.f
+  Buf s0, a, xk, xv, xr, k, v, r, y, yn, z, o, on, x_mid;
+  parts::ChannelMix::Tape ffn;  // the second half's (b, f, fn, …)
   void allocate(std::int64_t N, std::int64_t C, const Architecture& c, const parts::ChannelMix& cm) {
     for (Buf* p : {&xk, &xv, &xr, &k, &v, &r, &y, &z, &o, &x_mid}) p->resize(N * C);
-    if (!c.post_norm) a.resize(N * C), b.resize(N * C);
-    if (c.post_norm) on.resize(N * C), fn.resize(N * C);
+    (c.post_norm ? on : a).resize(N * C);
     if (c.key_norm) yn.resize(N * C);
     cm.allocate(ffn);
   }
   std::int64_t bytes() const {
     std::int64_t n = 0;
-    for (const Buf* p : {&s0, &a, &xk, &xv, &xr, &k, &v, &r, &y, &yn, &z, &o, &on, &x_mid, &b, &fn})
+    for (const Buf* p : {&s0, &a, &xk, &xv, &xr, &k, &v, &r, &y, &yn, &z, &o, &on, &x_mid})
       n += static_cast<std::int64_t>(p->size());
     return n * static_cast<std::int64_t>(sizeof(float)) + ffn.bytes();
   }
@@ -353,7 +352,7 @@ class TrainVrwkv final : public TrainBlocks {
     if (B_ == B && grid_.H == grid.H && grid_.W == grid.W && tapes == static_cast<std::int64_t>(tapes_.size())) return;
     B = B_, grid = grid_, T = grid.tokens(), N = B * T, C = c.embed_dims, Hd = c.hidden_dims;
     ffn_.emplace(parts::Dims{B, T, N, C}, grid, Hd, parts::ChannelMix::Shift{c.shift_pixel, c.channel_gamma, 0},
-                 c.key_norm);
+                 c.key_norm, c.post_norm);
     tapes_.clear();
     tapes_.resize(tapes);
     for (Tape& t : tapes_) t.allocate(N, C, c, *ffn_);
@@ -396,11 +395,7 @@ class TrainVrwkv final : public TrainBlocks {
     if (!pre) norm(w.ln1_weight, w.ln1_bias, t.o.data(), t.on.data(), C);
     residual(x, pre ? t.o.data() : t.on.data(), keep[0], w.gamma1, t.x_mid.data());
     // Channel Mix (1.7).
-    if (pre) norm(w.ln2_weight, w.ln2_bias, t.x_mid.data(), t.b.data(), C);
-    ffn_->forward(ops, parts::channel_mix_of(w), pre ? t.b.data() : t.x_mid.data(), t.ffn);
-    const float* f = t.ffn.f.data();
-    if (!pre) norm(w.ln2_weight, w.ln2_bias, f, t.fn.data(), C);
-    residual(t.x_mid.data(), pre ? f : t.fn.data(), keep[1], w.gamma2, y);
+    ffn_->forward(ops, parts::channel_mix_of(w), t.x_mid.data(), keep[1], y, t.ffn);
   }
 
   // Block i backward: dy = dL/d(block output) to dx = dL/d(block input).
@@ -424,21 +419,8 @@ class TrainVrwkv final : public TrainBlocks {
     float* ds = i == 0 ? g[7].data() : dx;
     std::memcpy(ds, dy, N * C * sizeof(float));
 
-    // Channel Mix: x_out = x_mid + keep2·γ2 ⊙ (pre ? f : ln2(f)).
-    const float* f = t.ffn.f.data();
-    residual_backward(pre ? f : t.fn.data(), keep[1], w.gamma2, G.gamma2, ds, g[0].data());
-    float* gF = g[0].data();
-    if (!pre)
-      zero(g[1]), norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, f, g[0].data(), g[1].data(), C),
-          gF = g[1].data();
-    // The Channel Mix's input gradient adds to ds (x_mid's gradient through the residual).
-    if (pre) {
-      zero(g[2]);
-      ffn_->backward(parts::channel_mix_of(w), parts::channel_mix_of(G), t.b.data(), t.ffn, gF, g[2].data());
-      norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, t.x_mid.data(), g[2].data(), ds, C);
-    } else {
-      ffn_->backward(parts::channel_mix_of(w), parts::channel_mix_of(G), t.x_mid.data(), t.ffn, gF, ds);
-    }
+    // Channel Mix (the second half): ds becomes dL/dx_mid.
+    ffn_->backward(parts::channel_mix_of(w), parts::channel_mix_of(G), t.x_mid.data(), t.ffn, keep[1], ds);
 
     // Spatial Mix: x_mid = x + keep1·γ1 ⊙ (pre ? o : ln1(o)).
     residual_backward(pre ? t.o.data() : t.on.data(), keep[0], w.gamma1, G.gamma1, ds, g[0].data());

@@ -375,23 +375,21 @@ void zero(Buf& b) { std::fill(b.begin(), b.end(), 0.0f); }
 // z = tanh(xxx·W1) [N, 5R]; m[j] = z_j·W2[j]; xm[j] = in + d⊙(maa_j + m_j) for j = w, k, v, r, g;
 // r, k, v; gl = x_g·Wgᵀ (g = SiLU(gl)); dz = tanh(x_w·Dw1) [N, D]; w (raw decay);
 // y (Bi-WKV6), yk (key_norm(y)), yn = ln_x(yk), z2 = yn⊙g, o = z2·Woᵀ, on (post-norm ln1(o)),
-// x_mid, b (pre-norm ln2), and the Channel Mix's as in blocks/vrwkv.cpp.
+// x_mid, and the second half's (parts::ChannelMix).
 struct Tape {
-  Buf s0, a, d, xxx, z, zs, m[5], xm[5], r, k, v, gl, dz, w, y, yk, yn, z2, o, on, x_mid, b, fn;
-  parts::ChannelMix::Tape ffn;  // its output is ffn.f
+  Buf s0, a, d, xxx, z, zs, m[5], xm[5], r, k, v, gl, dz, w, y, yk, yn, z2, o, on, x_mid;
+  parts::ChannelMix::Tape ffn;  // the second half's (b, f, fn, …)
   void allocate(std::int64_t N, std::int64_t C, const Architecture& c, const parts::ChannelMix& cm) {
     for (Buf* p : {&d, &xxx, &r, &k, &v, &gl, &w, &y, &yn, &z2, &o, &x_mid}) p->resize(N * C);
     for (int j = 0; j < 5; ++j) m[j].resize(N * C), xm[j].resize(N * C);
     z.resize(N * 5 * c.mix_rank), zs.resize(N * 5 * c.mix_rank), dz.resize(N * c.decay_rank);
-    if (!c.post_norm) a.resize(N * C), b.resize(N * C);
-    if (c.post_norm) on.resize(N * C), fn.resize(N * C);
+    (c.post_norm ? on : a).resize(N * C);
     if (c.key_norm) yk.resize(N * C);
     cm.allocate(ffn);
   }
   std::int64_t bytes() const {
     std::int64_t n = 0;
-    for (const Buf* p : {&s0, &a, &d, &xxx, &z, &zs, &r, &k, &v, &gl, &dz, &w, &y, &yk, &yn, &z2, &o, &on, &x_mid, &b,
-                         &fn})
+    for (const Buf* p : {&s0, &a, &d, &xxx, &z, &zs, &r, &k, &v, &gl, &dz, &w, &y, &yk, &yn, &z2, &o, &on, &x_mid})
       n += static_cast<std::int64_t>(p->size());
     for (int j = 0; j < 5; ++j) n += static_cast<std::int64_t>(m[j].size() + xm[j].size());
     return n * static_cast<std::int64_t>(sizeof(float)) + ffn.bytes();
@@ -408,7 +406,7 @@ class TrainVrwkv6 final : public TrainBlocks {
     B = B_, grid = grid_, T = grid.tokens(), N = B * T, C = c.embed_dims, Hd = c.hidden_dims;
     R = c.mix_rank, D = c.decay_rank;
     ffn_.emplace(parts::Dims{B, T, N, C}, grid, Hd, parts::ChannelMix::Shift{c.shift_pixel, 0.25, c.head_size},
-                 c.key_norm);
+                 c.key_norm, c.post_norm);
     tapes_.clear();
     tapes_.resize(tapes);
     for (Tape& t : tapes_) t.allocate(N, C, c, *ffn_);
@@ -484,11 +482,7 @@ class TrainVrwkv6 final : public TrainBlocks {
     if (!pre) norm(w.ln1_weight, w.ln1_bias, t.o.data(), t.on.data(), C);
     residual(x, pre ? t.o.data() : t.on.data(), keep[0], w.gamma1, t.x_mid.data());
     // Channel Mix.
-    if (pre) norm(w.ln2_weight, w.ln2_bias, t.x_mid.data(), t.b.data(), C);
-    ffn_->forward(ops, parts::channel_mix_of(w), pre ? t.b.data() : t.x_mid.data(), t.ffn);
-    const float* f = t.ffn.f.data();
-    if (!pre) norm(w.ln2_weight, w.ln2_bias, f, t.fn.data(), C);
-    residual(t.x_mid.data(), pre ? f : t.fn.data(), keep[1], w.gamma2, y);
+    ffn_->forward(ops, parts::channel_mix_of(w), t.x_mid.data(), keep[1], y, t.ffn);
   }
 
   void backward(std::int64_t i, const float* x_in, const float* dy, float* dx, std::int64_t tape,
@@ -510,20 +504,8 @@ class TrainVrwkv6 final : public TrainBlocks {
     float* ds = i == 0 ? g[7].data() : dx;
     std::memcpy(ds, dy, N * C * sizeof(float));
 
-    // Channel Mix: x_out = x_mid + keep2·γ2 ⊙ (pre ? f : ln2(f)).
-    const float* f = t.ffn.f.data();
-    residual_backward(pre ? f : t.fn.data(), keep[1], w.gamma2, G.gamma2, ds, g[0].data());
-    float* gF = g[0].data();
-    if (!pre)
-      zero(g[1]), norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, f, g[0].data(), g[1].data(), C),
-          gF = g[1].data();
-    if (pre) {
-      zero(g[2]);
-      ffn_->backward(parts::channel_mix_of(w), parts::channel_mix_of(G), t.b.data(), t.ffn, gF, g[2].data());
-      norm_backward(w.ln2_weight, G.ln2_weight, G.ln2_bias, t.x_mid.data(), g[2].data(), ds, C);
-    } else {
-      ffn_->backward(parts::channel_mix_of(w), parts::channel_mix_of(G), t.x_mid.data(), t.ffn, gF, ds);
-    }
+    // Channel Mix (the second half): ds becomes dL/dx_mid.
+    ffn_->backward(parts::channel_mix_of(w), parts::channel_mix_of(G), t.x_mid.data(), t.ffn, keep[1], ds);
 
     // Spatial Mix: x_mid = x + keep1·γ1 ⊙ (pre ? o : ln1(o)).
     residual_backward(pre ? t.o.data() : t.on.data(), keep[0], w.gamma1, G.gamma1, ds, g[0].data());
