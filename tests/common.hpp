@@ -58,17 +58,25 @@ inline std::string golden_beside(const std::string& case_name, const std::string
 
 // A golden case's description (CASE.json) and its checkpoint loaded as the
 // case was made: its Bi-WKV semantics (sum: paper; kernel, kernel32, kernel16:
-// official with S = 32 or 16) and out indices.
+// official with S = 32 or 16; uni: the ablation's causal WKV), shift distance,
+// ablation variant and out indices.
 inline Model load_golden_model(const std::string& name, nlohmann::json* description = nullptr) {
   std::ifstream f(case_path(name) + ".json");
   const nlohmann::json j = nlohmann::json::parse(f);
   ConfigOverrides o;
   if (j.contains("wkv_impl")) {  // VRWKV6 cases have none: their Bi-WKV6 has no semantics to choose
     const std::string impl = j.at("wkv_impl");
-    o.wkv = impl == "sum" ? WkvSemantics::Paper : WkvSemantics::Official;
+    o.wkv = impl == "sum" || impl == "uni" ? WkvSemantics::Paper : WkvSemantics::Official;
     o.wkv_chunks = impl == "kernel16" ? 16 : 32;
   }
+  if (j.contains("variant")) {  // the ablation cases (golden/ablation/README.md)
+    const auto& v = j.at("variant");
+    o.shift = shift_from_string(v.at("shift"));
+    o.wkv_direction = wkv_direction_from_string(v.at("wkv_direction"));
+    o.wkv_decay = wkv_decay_from_string(v.at("wkv_decay"));
+  }
   const auto& bb = j.at("backbone");
+  if (bb.contains("shift_pixel")) o.shift_pixel = bb.at("shift_pixel").get<int>();
   if (bb.at("out_indices").is_array()) o.out_indices = bb.at("out_indices").get<std::vector<std::int64_t>>();
   if (description) *description = j;
   if (!j.contains("checkpoint")) return Model::load(case_path(name) + ".pth", o);

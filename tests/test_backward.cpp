@@ -207,6 +207,25 @@ TEST(BiWkvBackward, Golden) {
     }
   }
   EXPECT_EQ(checked, 20);
+  // The uni direction's golden operator (golden/ablation).
+  const TensorMap gu_ = read_safetensors(test::golden("ablation/ablation_uniwkv_op.safetensors"));
+  for (const std::int64_t T : {1, 2, 7, 50, 196}) {
+    const std::string p = "T" + std::to_string(T) + ".";
+    const Tensor &k = gu_.at(p + "k"), &v = gu_.at(p + "v"), &gy = gu_.at(p + "g");
+    const std::int64_t B = k.dim(0), C = k.dim(2);
+    const ops::Wkv wkv{WkvSemantics::Paper, 32, WkvDirection::Uni};
+    for (int fast = 0; fast < 2; ++fast) {
+      Tensor gw(DType::F32, {C}), gu(DType::F32, {C}), gk(DType::F32, k.shape()), gv(DType::F32, k.shape());
+      (fast ? ops::biwkv_backward : ops::biwkv_backward_ref)(gu_.at(p + "w").f32(), gu_.at(p + "u").f32(), k.f32(),
+                                                             v.f32(), gy.f32(), gw.f32(), gu.f32(), gk.f32(),
+                                                             gv.f32(), B, T, C, wkv);
+      const std::string what = p + "uni" + (fast ? " fast" : " reference");
+      EXPECT_TRUE(test::close_to(gw, gu_.at(p + "grad.w"), test::kGradTol)) << what << " w";
+      EXPECT_TRUE(test::close_to(gu, gu_.at(p + "grad.u"), test::kGradTol)) << what << " u";
+      EXPECT_TRUE(test::close_to(gk, gu_.at(p + "grad.k"), test::kGradTol)) << what << " k";
+      EXPECT_TRUE(test::close_to(gv, gu_.at(p + "grad.v"), test::kGradTol)) << what << " v";
+    }
+  }
 }
 
 // The O(T·C) scans against the O(T²) float64 definition, and the definition
@@ -229,21 +248,37 @@ TEST(BiWkvBackward, ScanMatchesDefinitionAndDifferences) {
     const std::string shape = "B=" + std::to_string(B) + " T=" + std::to_string(T) + " C=" + std::to_string(C);
     for (const ops::Wkv wkv : {ops::Wkv{WkvSemantics::Paper, 32}, ops::Wkv{WkvSemantics::Official, 1},
                                ops::Wkv{WkvSemantics::Official, 4}, ops::Wkv{WkvSemantics::Official, 16},
-                               ops::Wkv{WkvSemantics::Official, 32}}) {
+                               ops::Wkv{WkvSemantics::Official, 32},
+                               ops::Wkv{WkvSemantics::Paper, 32, WkvDirection::Uni}}) {
       Vec gw(C), gu(C), gk(B * T * C), gv(B * T * C), rw(C), ru(C), rk(B * T * C), rv(B * T * C);
       ops::biwkv_backward(w.data(), u.data(), k.data(), v.data(), gy.data(), gw.data(), gu.data(), gk.data(),
                           gv.data(), B, T, C, wkv);
       ops::biwkv_backward_ref(w.data(), u.data(), k.data(), v.data(), gy.data(), rw.data(), ru.data(), rk.data(),
                               rv.data(), B, T, C, wkv);
-      const std::string what = shape + " " + to_string(wkv.semantics) + " S=" + std::to_string(wkv.chunks);
+      const std::string what =
+          shape + " " + to_string(wkv.semantics) + " S=" + std::to_string(wkv.chunks) + " " + to_string(wkv.direction);
       EXPECT_TRUE(close(gw, rw)) << what << " w";
       EXPECT_TRUE(close(gu, ru)) << what << " u";
       EXPECT_TRUE(close(gk, rk)) << what << " k";
       EXPECT_TRUE(close(gv, rv)) << what << " v";
     }
+    {  // the uni direction with RWKV-4's operands: w = e^{decay} from e^{-3} to e^{3}, u unscaled
+      Vec w4(C), u4 = test::random_vector(C, rng, -3, 3);
+      for (std::int64_t c = 0; c < C; ++c) w4[c] = std::exp(6.0f * static_cast<float>(c) / C - 3.0f);
+      const ops::Wkv uni{WkvSemantics::Paper, 32, WkvDirection::Uni};
+      Vec gw(C), gu(C), gk(B * T * C), gv(B * T * C), rw(C), ru(C), rk(B * T * C), rv(B * T * C);
+      ops::biwkv_backward(w4.data(), u4.data(), k.data(), v.data(), gy.data(), gw.data(), gu.data(), gk.data(),
+                          gv.data(), B, T, C, uni);
+      ops::biwkv_backward_ref(w4.data(), u4.data(), k.data(), v.data(), gy.data(), rw.data(), ru.data(), rk.data(),
+                              rv.data(), B, T, C, uni);
+      EXPECT_TRUE(close(gw, rw)) << shape << " uni rwkv4 w";
+      EXPECT_TRUE(close(gu, ru)) << shape << " uni rwkv4 u";
+      EXPECT_TRUE(close(gk, rk)) << shape << " uni rwkv4 k";
+      EXPECT_TRUE(close(gv, rv)) << shape << " uni rwkv4 v";
+    }
     if (T > 100) continue;  // the O(T²) forward per probe is slow enough
-    for (WkvSemantics sem : {WkvSemantics::Paper, WkvSemantics::Official}) {
-      const ops::Wkv wkv{sem, 4};
+    for (const ops::Wkv wkv : {ops::Wkv{WkvSemantics::Paper, 4}, ops::Wkv{WkvSemantics::Official, 4},
+                               ops::Wkv{WkvSemantics::Paper, 4, WkvDirection::Uni}}) {
       Vec ew(C), eu(C), ek(B * T * C), ev(B * T * C), y(B * T * C);
       ops::biwkv_backward_ref(w.data(), u.data(), k.data(), v.data(), gy.data(), ew.data(), eu.data(), ek.data(),
                               ev.data(), B, T, C, wkv);
@@ -251,7 +286,7 @@ TEST(BiWkvBackward, ScanMatchesDefinitionAndDifferences) {
         ops::biwkv_ref(w.data(), u.data(), k.data(), v.data(), y.data(), B, T, C, wkv);
         return dot(y, gy);
       };
-      const std::string what = shape + " " + to_string(sem);
+      const std::string what = shape + " " + to_string(wkv.semantics) + " " + to_string(wkv.direction);
       check_fd(k, ek, loss, rng, (what + " dk").c_str(), 12);
       check_fd(v, ev, loss, rng, (what + " dv").c_str(), 12);
       // w and u are O(1/T) and enter through e^{±T·w}: a smaller step.
@@ -270,7 +305,11 @@ TEST(ModelBackward, GoldenGradients) {
   for (const char* name : {"tiny_default", "tiny_postnorm_ls0p5", "tiny_keynorm", "tiny_shift0", "tiny_in37x27_pad",
                            "tiny_outidx01_nofinalnorm", "tiny_default_kernelwkv", "vrwkv_t_224_b2",
                            "v6/v6_tiny_default", "v6/v6_tiny_postnorm_ls_in37x27", "data/v6/v6_in48x40_pos8to12x10",
-                           "data/v6/v6_w192_postnorm_in40x56", "data/v6/v6_keynorm_out01"}) {
+                           "data/v6/v6_w192_postnorm_in40x56", "data/v6/v6_keynorm_out01",
+                           "ablation/ablation_shift_none", "ablation/ablation_shift_1d", "ablation/ablation_wkv_uni",
+                           "ablation/ablation_rwkv_orig", "data/ablation/abl_rwkv4_1d_uni_w96_in40x24",
+                           "data/ablation/abl_rwkv4_q_uni_postnorm_in36x44",
+                           "data/ablation/abl_none_uni_w128_keynorm_out01", "data/ablation/abl_1d_bi_shift2_in32x48"}) {
     const Model model = test::load_golden_model(name);
     const TensorMap golden = read_safetensors(test::case_path(name) + ".safetensors");
     Gradients grads(model);

@@ -47,7 +47,7 @@ std::vector<Variant> variants() {
   v.push_back({"post-norm, layer scale, key_norm, MLP head", c, 3, 9, 31});
   c = base, c.arch.shift_pixel = 2, c.arch.channel_gamma = 0.125, c.run.out_indices = {0, 2}, c.arch.final_norm = false;
   v.push_back({"shift 2, gamma 1/8, two out indices, no final norm", c, 1, 24, 24});
-  c = base, c.arch.head = HeadKind::None, c.arch.shift_pixel = 0;
+  c = base, c.arch.head = HeadKind::None, c.arch.shift_pixel = 0, c.arch.shift = TokenShift::None;
   v.push_back({"no head, no shift, one token", c, 2, 3, 4});
   return v;
 }

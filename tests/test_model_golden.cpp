@@ -90,7 +90,16 @@ INSTANTIATE_TEST_SUITE_P(Cases, GoldenModel,
                                            // another resolution with the pos-embed resized, width 192 with
                                            // post-norm, key norms with two out indices.
                                            "data/v6/v6_in48x40_pos8to12x10", "data/v6/v6_w192_postnorm_in40x56",
-                                           "data/v6/v6_keynorm_out01"),
+                                           "data/v6/v6_keynorm_out01",
+                                           // The ablation's variants (golden/ablation).
+                                           "ablation/ablation_shift_none", "ablation/ablation_shift_1d",
+                                           "ablation/ablation_wkv_uni", "ablation/ablation_rwkv_orig",
+                                           // Acceptance cases (tests/data/ablation, tools/ablation_pytorch.py):
+                                           // other sizes and resolutions, RWKV-4's decay, shift 2, key norms.
+                                           "data/ablation/abl_rwkv4_1d_uni_w96_in40x24",
+                                           "data/ablation/abl_rwkv4_q_uni_postnorm_in36x44",
+                                           "data/ablation/abl_none_uni_w128_keynorm_out01",
+                                           "data/ablation/abl_1d_bi_shift2_in32x48"),
                          [](const ::testing::TestParamInfo<std::string>& p) {
                            std::string name = p.param;
                            std::replace(name.begin(), name.end(), '/', '_');

@@ -97,41 +97,8 @@ TEST(Vrwkv6Config, InferenceAndErrors) {
 TEST_F(Cli, Vrwkv6RunAndGradReproduceEveryCase) {
   for (const std::string name : {"v6/v6_tiny_default", "v6/v6_tiny_postnorm_ls_in37x27",
                                  "data/v6/v6_in48x40_pos8to12x10", "data/v6/v6_w192_postnorm_in40x56",
-                                 "data/v6/v6_keynorm_out01"}) {
-    const std::string base = test::case_path(name);
-    std::ifstream f(base + ".json");
-    const nlohmann::json j = nlohmann::json::parse(f);
-    const std::string model = test::golden_beside(name, j.at("checkpoint"));
-    std::string extra;
-    if (j.at("backbone").at("out_indices").is_array()) {
-      extra = " --out-indices ";
-      for (const auto& i : j.at("backbone").at("out_indices")) extra += std::to_string(i.get<int>()) + ",";
-      extra.pop_back();
-    }
-    const TensorMap g = read_safetensors(base + ".safetensors");
-    CliResult r = run("run --model " + model + extra + " --input " + base + ".safetensors --output " + path("o.st"));
-    ASSERT_EQ(r.code, 0) << name << ": " << r.err;
-    const TensorMap out = read_safetensors(path("o.st"));
-    int forward = 0;
-    for (const auto& [key, t] : out)
-      if (key == "logits" || key.starts_with("features")) {
-        ASSERT_TRUE(g.count(key)) << name << " " << key;
-        EXPECT_TRUE(test::close_to(t, g.at(key), test::kForwardTol)) << name << " " << key;
-        ++forward;
-      }
-    EXPECT_GE(forward, 2) << name;
-    r = run("grad --model " + model + extra + " --input " + base + ".safetensors --output " + path("g.st"));
-    ASSERT_EQ(r.code, 0) << name << ": " << r.err;
-    const TensorMap grads = read_safetensors(path("g.st"));
-    int checked = 0;
-    for (const auto& [key, t] : g)
-      if (key == "loss" || key.starts_with("grad.")) {
-        ASSERT_TRUE(grads.count(key)) << name << " " << key;
-        EXPECT_TRUE(test::close_to(grads.at(key), t, test::kGradTol)) << name << " " << key;
-        ++checked;
-      }
-    EXPECT_GT(checked, 30) << name;
-  }
+                                 "data/v6/v6_keynorm_out01"})
+    expect_cli_reproduces_case(name, "");
 }
 
 // Options of the VRWKV block that VRWKV6 does not have are refused, not ignored.

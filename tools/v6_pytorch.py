@@ -200,12 +200,16 @@ class Block(nn.Module):
         if i == 0:
             self.ln0 = nn.LayerNorm(C)
         self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
-        self.att = SpatialMix(C, cfg["key_norm"])
-        self.ffn = ChannelMix(C, cfg["hidden_rate"] * C, cfg["key_norm"])
+        self.att, self.ffn = self.mixers(cfg, i)
         self.post_norm, self.layer_scale = cfg["post_norm"], cfg["init_values"] is not None
         if self.layer_scale:
             self.gamma1 = nn.Parameter(torch.full((C,), float(cfg["init_values"])))
             self.gamma2 = nn.Parameter(torch.full((C,), float(cfg["init_values"])))
+
+    def mixers(self, cfg, i):
+        """The block kind's Spatial Mix and Channel Mix (a subclass makes another kind's)."""
+        C = cfg["embed_dims"]
+        return SpatialMix(C, cfg["key_norm"]), ChannelMix(C, cfg["hidden_rate"] * C, cfg["key_norm"])
 
     def forward(self, x, H, W):
         if hasattr(self, "ln0"):
@@ -219,14 +223,18 @@ class Block(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg):
+    """The classification backbone around blocks of a kind: `block(cfg, i)` makes block i (VRWKV6's Block by
+    default; tools/ablation_pytorch.py passes the VRWKV block with the ablation's variants)."""
+
+    def __init__(self, cfg, block=None):
         super().__init__()
+        block = block or Block
         C, p = cfg["embed_dims"], cfg["patch_size"]
         self.grid = cfg.get("train_grid") or [cfg["img_size"] // p] * 2
         self.patch_embed = nn.Module()
         self.patch_embed.projection = nn.Conv2d(3, C, p, p)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], C))
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg["depth"]))
+        self.layers = nn.ModuleList(block(cfg, i) for i in range(cfg["depth"]))
         if cfg["final_norm"]:
             self.ln1 = nn.LayerNorm(C)
         self.p, self.out_indices = p, cfg["out_indices"]
@@ -257,9 +265,9 @@ class Backbone(nn.Module):
 
 
 class Classifier(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, block=None):
         super().__init__()
-        self.backbone = Backbone(cfg)
+        self.backbone = Backbone(cfg, block)
         self.head = nn.Module()
         self.head.fc = nn.Linear(cfg["embed_dims"], cfg["num_classes"])
 
@@ -290,9 +298,9 @@ def config_from_json(meta):
     return dict(bb, out_indices=idx, num_classes=meta["num_classes"], train_grid=meta.get("train_grid"))
 
 
-def load_case(path_json, dtype=torch.float64):
+def load_case(path_json, dtype=torch.float64, block=None):
     meta = json.load(open(path_json))
-    model = Classifier(config_from_json(meta))
+    model = Classifier(config_from_json(meta), block)
     ckpt = os.path.join(os.path.dirname(path_json), meta["checkpoint"])
     model.load_state_dict(torch.load(ckpt, map_location="cpu")["state_dict"], strict=True)
     return meta, model.to(dtype).eval()
@@ -311,17 +319,29 @@ def run_case(model, x, labels):
     return out
 
 
+class Report:
+    """Worst max|got - want| / max(1, max|want|) per kind of tensor, and whether all are within the tolerance."""
+
+    def __init__(self, tolerance=TOLERANCE):
+        self.worst, self.ok, self.tolerance = {}, True, tolerance
+
+    def compare(self, what, got, want):
+        err = (got.double() - want.double()).abs().max().item() / max(1.0, want.double().abs().max().item())
+        self.worst[what] = max(self.worst.get(what, 0.0), err)
+        if not err <= self.tolerance:
+            self.ok = False
+            print(f"  {what}: relative error {err:.3g}", file=sys.stderr)
+
+    def finish(self):
+        for k, v in self.worst.items():
+            print(f"  {k:55} {v:.2e}")
+        return self.ok
+
+
 def self_check():
     """Both Bi-WKV6 forms on the operator golden, then the model cases: every tensor within TOLERANCE."""
-    worst, ok = {}, True
-
-    def compare(what, got, want):
-        nonlocal ok
-        err = (got.double() - want.double()).abs().max().item() / max(1.0, want.double().abs().max().item())
-        worst[what] = max(worst.get(what, 0.0), err)
-        if not err <= TOLERANCE:
-            ok = False
-            print(f"  {what}: relative error {err:.3g}", file=sys.stderr)
+    report = Report()
+    compare = report.compare
 
     op = read_safetensors(os.path.join(GOLDEN, "v6_wkv6_op.safetensors"))
     for T in (1, 2, 7, 64, 200):
@@ -345,12 +365,10 @@ def self_check():
                 if name in ("input", "labels") or name.startswith("att.0."):
                     continue
                 compare(f"{case} {form} {name.split('.')[0]}", got[name], want)
-    for k, v in worst.items():
-        print(f"  {k:55} {v:.2e}")
-    return ok
+    return report.finish()
 
 
-def make_case(spec_path, out_dir):
+def make_case(spec_path, out_dir, block=None, model_name="VRWKV6", made_by="tools/v6_pytorch.py --make-case"):
     """A test case from a small description: {name, backbone {...}, num_classes, input [B,3,H,W], seed}:
     random weights (every parameter perturbed, in ranges like the goldens'), random input and labels;
     writes NAME.pth (mmcls layout) and NAME.safetensors (input, labels, outputs, gradients; float64 computed,
@@ -358,7 +376,7 @@ def make_case(spec_path, out_dir):
     spec = json.load(open(spec_path))
     g = torch.Generator().manual_seed(spec["seed"])
     cfg = config_from_json(spec)
-    model = Classifier(cfg).double()
+    model = Classifier(cfg, block).double()
     with torch.no_grad():
         for n, p in model.named_parameters():
             u = torch.rand(p.shape, generator=g, dtype=torch.float64)
@@ -390,8 +408,8 @@ def make_case(spec_path, out_dir):
     tensors = {"input": x.float(), "labels": labels}
     tensors.update({k: v.float() for k, v in out.items()})
     write_safetensors(os.path.join(out_dir, name + ".safetensors"), tensors)
-    desc = dict(spec, checkpoint=name + ".pth", safetensors=name + ".safetensors", model="VRWKV6",
-                made_by="tools/v6_pytorch.py --make-case (float64, autograd)")
+    desc = dict(spec, checkpoint=name + ".pth", safetensors=name + ".safetensors", model=model_name,
+                made_by=made_by + " (float64, autograd)")
     json.dump(desc, open(os.path.join(out_dir, name + ".json"), "w"), indent=1)
     return out["loss"].item()
 

@@ -72,7 +72,12 @@ void ModelOptions::add_to(CLI::App& app, bool model_optional) {
   app.add_option("--final-norm", final_norm, "Override final_norm: true | false (default: backbone.ln1 present)");
   app.add_option("--key-norm", key_norm, "Override key_norm: true | false (default: key_norm tensors present)");
   app.add_option("--layer-scale", layer_scale, "Override layer scale: true | false (default: gamma1 present)");
-  app.add_option("--shift-pixel", shift_pixel, "Q-Shift distance (default: 1 if spatial_mix tensors exist, else 0)")
+  app.add_option("--shift", shift, "Token shift: q | 1d | none (default: the model's; .pth: q, none without "
+                 "spatial_mix tensors)");
+  app.add_option("--wkv-direction", wkv_direction, "Attention direction: bi | uni (default: the model's; .pth: bi)");
+  app.add_option("--wkv-decay", wkv_decay, "Uni attention's operands: vrwkv (w = decay/T) | rwkv4 (w = exp(decay)) "
+                 "(default: the model's; .pth: vrwkv)");
+  app.add_option("--shift-pixel", shift_pixel, "Shift distance (default: 1 if spatial_mix tensors exist, else 0)")
       ->check(validators::integer_between(0, 1024));
   app.add_option("--channel-gamma", channel_gamma, "Q-Shift channel fraction per direction (default 0.25)")
       ->check(validators::positive());  // at most 1/4: checked with the model
@@ -96,6 +101,10 @@ ConfigOverrides ModelOptions::overrides() const {
   if (wkv_chunks) o.wkv_chunks = wkv_chunks;
   if (!preprocess.empty()) o.preprocess = named("--preprocess", [&] { return preprocess_from_string(preprocess); });
   if (!head.empty()) o.head = named("--head", [&] { return head_from_string(head); });
+  if (!shift.empty()) o.shift = named("--shift", [&] { return shift_from_string(shift); });
+  if (!wkv_direction.empty())
+    o.wkv_direction = named("--wkv-direction", [&] { return wkv_direction_from_string(wkv_direction); });
+  if (!wkv_decay.empty()) o.wkv_decay = named("--wkv-decay", [&] { return wkv_decay_from_string(wkv_decay); });
   if (!out_indices.empty()) o.out_indices = parse_index_list(out_indices, "--out-indices");
   o.post_norm = parse_bool(post_norm, "--post-norm");
   o.final_norm = parse_bool(final_norm, "--final-norm");

@@ -22,7 +22,7 @@ std::string default_model();
 struct ModelOptions {
   std::string model;
   int threads = 0;  // 0: all cores
-  std::string wkv, preprocess, head, pos_grid, out_indices;
+  std::string wkv, preprocess, head, pos_grid, out_indices, shift, wkv_direction, wkv_decay;
   int wkv_chunks = 0, shift_pixel = -1;
   double channel_gamma = 0;
   std::string post_norm, final_norm, key_norm, layer_scale;  // "true"/"false" or empty

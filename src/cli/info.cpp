@@ -137,7 +137,8 @@ void add_info(CLI::App& app) {
                   (long long)(c.embed_dims / c.head_size), (long long)c.head_size, (long long)c.mix_rank,
                   (long long)c.decay_rank, c.shift_pixel);
     else
-      std::printf("shift_pixel   %d\nchannel_gamma %g\n", c.shift_pixel, c.channel_gamma);
+      std::printf("shift         %s\nshift_pixel   %d\nchannel_gamma %g\n", to_string(c.shift).c_str(), c.shift_pixel,
+                  c.channel_gamma);
     std::printf("key_norm      %s\npost_norm     %s\nlayer_scale   %s\nfinal_norm    %s\n", c.key_norm ? "true" : "false",
                 c.post_norm ? "true" : "false", c.layer_scale ? "true" : "false", c.final_norm ? "true" : "false");
     std::printf("head          %s", to_string(c.head).c_str());
@@ -147,8 +148,14 @@ void add_info(CLI::App& app) {
     if (c.block == BlockKind::Vrwkv6) {
       std::printf("\nwkv           Bi-WKV6 (per-head state, data-dependent decay)");
     } else {
-      std::printf("\nwkv           %s", to_string(run.wkv).c_str());
-      if (run.wkv == WkvSemantics::Official) std::printf(" (S = %d)", run.wkv_chunks);
+      if (c.wkv_direction == WkvDirection::Uni) {
+        std::printf("\nwkv           uni-directional (causal), w = %s", c.wkv_decay == WkvDecay::Rwkv4
+                                                                           ? "exp(spatial_decay), u = spatial_first"
+                                                                           : "spatial_decay/T, u = spatial_first/T");
+      } else {
+        std::printf("\nwkv           %s", to_string(run.wkv).c_str());
+        if (run.wkv == WkvSemantics::Official) std::printf(" (S = %d)", run.wkv_chunks);
+      }
     }
     std::printf("\npreprocess    %s\n", to_string(model.config().preprocessing.kind).c_str());
     std::printf("parameters    %lld (%.1fM)\n", (long long)model.parameter_count(), model.parameter_count() / 1e6);

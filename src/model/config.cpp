@@ -33,6 +33,16 @@ std::string to_string(HeadKind h) {
 }
 
 std::string to_string(WkvSemantics s) { return s == WkvSemantics::Paper ? "paper" : "official"; }
+std::string to_string(WkvDirection d) { return d == WkvDirection::Bi ? "bi" : "uni"; }
+std::string to_string(WkvDecay d) { return d == WkvDecay::Vrwkv ? "vrwkv" : "rwkv4"; }
+std::string to_string(TokenShift s) {
+  switch (s) {
+    case TokenShift::Q: return "q";
+    case TokenShift::OneD: return "1d";
+    case TokenShift::None: return "none";
+  }
+  return "?";
+}
 std::string to_string(Preprocess p) {
   switch (p) {
     case Preprocess::Mmcls: return "mmcls";
@@ -55,6 +65,25 @@ WkvSemantics wkv_from_string(const std::string& s) {
   input_error("unknown Bi-WKV semantics '", s, "' (expected paper or official)");
 }
 
+WkvDirection wkv_direction_from_string(const std::string& s) {
+  if (s == "bi") return WkvDirection::Bi;
+  if (s == "uni") return WkvDirection::Uni;
+  input_error("unknown WKV direction '", s, "' (expected bi or uni)");
+}
+
+WkvDecay wkv_decay_from_string(const std::string& s) {
+  if (s == "vrwkv") return WkvDecay::Vrwkv;
+  if (s == "rwkv4") return WkvDecay::Rwkv4;
+  input_error("unknown WKV decay '", s, "' (expected vrwkv or rwkv4)");
+}
+
+TokenShift shift_from_string(const std::string& s) {
+  if (s == "q") return TokenShift::Q;
+  if (s == "1d") return TokenShift::OneD;
+  if (s == "none") return TokenShift::None;
+  input_error("unknown token shift '", s, "' (expected q, 1d or none)");
+}
+
 Preprocess preprocess_from_string(const std::string& s) {
   if (s == "mmcls") return Preprocess::Mmcls;
   if (s == "internimage") return Preprocess::InternImage;
@@ -63,7 +92,9 @@ Preprocess preprocess_from_string(const std::string& s) {
 }
 
 // The JSON keeps one flat object (the files written before the configuration
-// was split read the same); "block" is absent in those and means vrwkv.
+// was split read the same); "block" is absent in those and means vrwkv, and
+// the ablation options (shift, wkv_direction, wkv_decay) are absent in files
+// older than them: Q-Shift unless shift_pixel is 0, Bi-WKV, VRWKV's operands.
 std::string config_to_json(const Config& config) {
   const Architecture& c = config.arch;
   nlohmann::json j = {
@@ -71,7 +102,9 @@ std::string config_to_json(const Config& config) {
       {"embed_dims", c.embed_dims},   {"depth", c.depth},
       {"patch_size", c.patch_size},   {"in_channels", c.in_channels},
       {"hidden_dims", c.hidden_dims}, {"pos_grid", {c.pos_grid_h, c.pos_grid_w}},
-      {"shift_pixel", c.shift_pixel}, {"channel_gamma", c.channel_gamma},
+      {"shift", to_string(c.shift)},  {"shift_pixel", c.shift_pixel},
+      {"channel_gamma", c.channel_gamma},
+      {"wkv_direction", to_string(c.wkv_direction)}, {"wkv_decay", to_string(c.wkv_decay)},
       {"key_norm", c.key_norm},       {"post_norm", c.post_norm},
       {"layer_scale", c.layer_scale}, {"final_norm", c.final_norm},
       {"head", to_string(c.head)},    {"num_classes", c.num_classes},
@@ -104,7 +137,12 @@ Config config_from_json(const std::string& text, const std::string& source) {
     c.pos_grid_h = integer(j.at("pos_grid").at(0), "pos_grid");
     c.pos_grid_w = integer(j.at("pos_grid").at(1), "pos_grid");
     c.shift_pixel = static_cast<int>(integer(j.at("shift_pixel"), "shift_pixel", 0, 1 << 30));
+    c.shift = j.contains("shift") ? shift_from_string(j.at("shift"))
+              : c.shift_pixel == 0 ? TokenShift::None
+                                   : TokenShift::Q;
     c.channel_gamma = j.at("channel_gamma");
+    if (j.contains("wkv_direction")) c.wkv_direction = wkv_direction_from_string(j.at("wkv_direction"));
+    if (j.contains("wkv_decay")) c.wkv_decay = wkv_decay_from_string(j.at("wkv_decay"));
     c.key_norm = j.at("key_norm");
     c.post_norm = j.at("post_norm");
     c.layer_scale = j.at("layer_scale");

@@ -213,7 +213,7 @@ Config infer_config(const TensorMap& sd, const std::string& source) {
     input_error(source, ": no blocks found (expected ", model::param_name(*first_row(rows, When::Always), 0), ")");
   a.depth = depth;
   // A kind whose mixing parameters stay without a shift (VRWKV6) cannot tell shift_pixel: 1 as officially.
-  if (first_row(rows, When::Shift)) a.shift_pixel = block_has(When::Shift, 0) ? 1 : 0;
+  if (first_row(rows, When::Shift) && !block_has(When::Shift, 0)) a.shift_pixel = 0, a.shift = TokenShift::None;
   a.key_norm = block_has(When::KeyNorm, 0);
   a.layer_scale = block_has(When::LayerScale, 0);
   a.post_norm = a.layer_scale;  // true of every released model
@@ -275,6 +275,15 @@ void check_architecture(const Architecture& a, const std::string& source) {
   range("shift_pixel", a.shift_pixel, 0, 1024);
   if (!(a.channel_gamma > 0 && a.channel_gamma <= 0.25))
     input_error(source, ": channel_gamma must be in (0, 1/4], got ", a.channel_gamma);
+  if ((a.shift == TokenShift::None) != (a.shift_pixel == 0))
+    input_error(source, ": shift ", to_string(a.shift), " with shift_pixel ", a.shift_pixel,
+                " (shift none is exactly shift_pixel 0)");
+  if (a.wkv_decay == WkvDecay::Rwkv4 && a.wkv_direction != WkvDirection::Uni)
+    input_error(source, ": wkv_decay rwkv4 is the decay of RWKV-4's causal attention and needs wkv_direction uni");
+  if (a.block == BlockKind::Vrwkv6 &&
+      (a.shift == TokenShift::OneD || a.wkv_direction != WkvDirection::Bi || a.wkv_decay != WkvDecay::Vrwkv))
+    input_error(source, ": the 1-D shift, the uni-directional WKV and the RWKV-4 decay are variants of the VRWKV "
+                "block; a VRWKV6 model has its per-head Q-Shift (or none) and Bi-WKV6");
   if (a.head != HeadKind::None) range("num_classes", static_cast<double>(a.num_classes), 1, 1 << 24);
   if (a.head == HeadKind::Mlp) range("head_hidden", static_cast<double>(a.head_hidden), 1, 1 << 20);
   if (a.block == BlockKind::Vrwkv6) {
@@ -315,12 +324,30 @@ void apply_overrides(Config& c, const ConfigOverrides& o, const std::string& sou
       input_error("--channel-gamma: a VRWKV6 model shifts a quarter of each head's channels, there is no gamma to set");
     if (o.wkv || o.wkv_chunks)
       input_error("--wkv/--wkv-chunks: a VRWKV6 model has one attention, Bi-WKV6, with no semantics to choose");
+    if (o.shift == TokenShift::OneD)
+      input_error("--shift 1d: the 1-D shift is a variant of the VRWKV block; a VRWKV6 model has q or none");
+    if (o.wkv_direction || o.wkv_decay)
+      input_error("--wkv-direction/--wkv-decay: variants of the VRWKV block; a VRWKV6 model has Bi-WKV6 only");
   }
+  if (o.shift && o.shift_pixel && (*o.shift == TokenShift::None) != (*o.shift_pixel == 0))
+    input_error("--shift ", to_string(*o.shift), " contradicts --shift-pixel ", *o.shift_pixel,
+                " (shift none is shift_pixel 0)");
   if (o.post_norm) a.post_norm = *o.post_norm;
   if (o.key_norm) a.key_norm = *o.key_norm;
   if (o.layer_scale) a.layer_scale = *o.layer_scale;
   if (o.final_norm) a.final_norm = *o.final_norm;
-  if (o.shift_pixel) a.shift_pixel = *o.shift_pixel;
+  if (o.shift_pixel) {
+    a.shift_pixel = *o.shift_pixel;
+    if (a.shift_pixel == 0) a.shift = TokenShift::None;
+    else if (a.shift == TokenShift::None) a.shift = TokenShift::Q;
+  }
+  if (o.shift) {
+    a.shift = *o.shift;
+    if (a.shift == TokenShift::None) a.shift_pixel = 0;
+    else if (a.shift_pixel == 0) a.shift_pixel = 1;
+  }
+  if (o.wkv_direction) a.wkv_direction = *o.wkv_direction;
+  if (o.wkv_decay) a.wkv_decay = *o.wkv_decay;
   if (o.channel_gamma) a.channel_gamma = *o.channel_gamma;
   if (o.pos_grid_h) a.pos_grid_h = *o.pos_grid_h;
   if (o.pos_grid_w) a.pos_grid_w = *o.pos_grid_w;

@@ -15,6 +15,15 @@ namespace {
 
 std::int64_t chunk_length(std::int64_t T, int chunks) { return (T + chunks - 1) / chunks; }
 
+// Uni is the paper formula without the later tokens: the semantics its α uses.
+Wkv effective(Wkv wkv) {
+  if (wkv.direction == WkvDirection::Uni) wkv.semantics = WkvSemantics::Paper;
+  return wkv;
+}
+
+// Whether token t attends to token j.
+bool attends(std::int64_t t, std::int64_t j, WkvDirection d) { return d == WkvDirection::Bi || j <= t; }
+
 // α(t,j) of VRWKV.md 2.3 (official) or 2.2 (paper), as a multiplier of e^{k_j}.
 double alpha(std::int64_t t, std::int64_t j, double w, double u, std::int64_t L, WkvSemantics sem) {
   if (sem == WkvSemantics::Paper) return j == t ? std::exp(u) : std::exp(-(std::abs(t - j) - 1) * w);
@@ -30,6 +39,7 @@ double alpha(std::int64_t t, std::int64_t j, double w, double u, std::int64_t L,
 
 void biwkv_ref(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B,
                std::int64_t T, std::int64_t C, Wkv wkv, std::int64_t t_begin, std::int64_t t_end) {
+  wkv = effective(wkv);
   const std::int64_t L = chunk_length(T, wkv.chunks);
   if (t_end < 0) t_end = T;
   for (std::int64_t b = 0; b < B; ++b)
@@ -40,12 +50,13 @@ void biwkv_ref(const float* w, const float* u, const float* k, const float* v, f
       for (std::int64_t t = t_begin; t < t_end; ++t) {
         double m = uc + K(t);
         for (std::int64_t j = 0; j < T; ++j) {
-          if (j == t) continue;
+          if (j == t || !attends(t, j, wkv.direction)) continue;
           const double dist = std::abs(t - j) - (wkv.semantics == WkvSemantics::Paper ? 1 : 0);
           m = std::max(m, K(j) - dist * wc);
         }
         double num = 0, den = 0;
         for (std::int64_t j = 0; j < T; ++j) {
+          if (!attends(t, j, wkv.direction)) continue;
           const double a = alpha(t, j, wc, uc, L, wkv.semantics) * std::exp(K(j) - m);
           num += a * V(j);
           den += a;
@@ -190,6 +201,41 @@ struct Scan {
   }
 };
 
+// One (batch, channel block) problem of the uni direction: RWKV-4's scan
+// over the state S_t = Σ_{j<t} e^{k_j−(t−1−j)w}·(v_j, 1), kept as e^{p}·(a, b)
+// with p = max_{j<t} (k_j − (t−1−j)w), the largest exponent of the state's
+// terms (max(p − w, k_t) tracks it exactly). Row t's largest exponent is
+// m_t = max(p, u + k_t), so ε_t = 1e-6·e^{m_t} as in the bidirectional scans.
+template <int Width>
+struct UniScan {
+  std::int64_t T, C;
+  int nc;
+  const float *k, *v;  // offset to (b, t=0, c0); row stride C
+  float* y;
+  double w[kBlock], u[kBlock];
+
+  int n() const { return Width ? Width : nc; }
+
+  void run(Wkv) {
+    double a[kBlock], b[kBlock], p[kBlock];
+    for (int c = 0; c < n(); ++c) a[c] = b[c] = 0, p[c] = -std::numeric_limits<double>::infinity();
+    for (std::int64_t t = 0; t < T; ++t) {
+      const float *kt = k + t * C, *vt = v + t * C;
+      for (int c = 0; c < n(); ++c) {
+        const double kc = kt[c], vc = vt[c], self = u[c] + kc;
+        const double m = std::max(p[c], self);
+        const double e1 = exp_fast(p[c] - m), e2 = exp_fast(self - m);
+        y[t * C + c] = static_cast<float>((e1 * a[c] + e2 * vc) / (e1 * b[c] + e2 + kWkvEps));
+        const double q = std::max(p[c] - w[c], kc);
+        const double f1 = exp_fast(p[c] - w[c] - q), f2 = exp_fast(kc - q);
+        a[c] = f1 * a[c] + f2 * vc;
+        b[c] = f1 * b[c] + f2;
+        p[c] = q;
+      }
+    }
+  }
+};
+
 }  // namespace
 
 void biwkv(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B, std::int64_t T,
@@ -199,34 +245,37 @@ void biwkv(const float* w, const float* u, const float* k, const float* v, float
 
 void biwkv_share(const float* w, const float* u, const float* k, const float* v, float* y, std::int64_t B,
                  std::int64_t T, std::int64_t C, Wkv wkv, int share, int shares) {
+  wkv = effective(wkv);
   if (wkv.semantics == WkvSemantics::Official && wkv.chunks < 1)
     input_error("Bi-WKV chunk count must be at least 1, got ", wkv.chunks);
   if (T == 0) return;
+  const bool uni = wkv.direction == WkvDirection::Uni;
   const std::int64_t blocks = (C + kBlock - 1) / kBlock, jobs = B * blocks;
   const std::int64_t first = jobs * share / shares, last = jobs * (share + 1) / shares;
 #pragma omp parallel
   {
     // E and the future sums of one block: 4·T·kBlock doubles, reused across calls.
     thread_local std::vector<double> scratch;
-    scratch.resize(static_cast<std::size_t>(4 * T * kBlock));
+    if (!uni) scratch.resize(static_cast<std::size_t>(4 * T * kBlock));
 #pragma omp for schedule(static)
     for (std::int64_t job = first; job < last; ++job) {
       const std::int64_t b = job / blocks, c0 = (job % blocks) * kBlock;
-      const auto run = [&](auto& scan) {
+      // The bidirectional scans use the scratch; the uni scan keeps its state in registers.
+      const auto run = [&](auto&& scan) {
         scan.T = T, scan.C = C, scan.nc = static_cast<int>(std::min<std::int64_t>(kBlock, C - c0));
         scan.k = k + b * T * C + c0, scan.v = v + b * T * C + c0, scan.y = y + b * T * C + c0;
         for (int c = 0; c < scan.nc; ++c) scan.w[c] = w[c0 + c], scan.u[c] = u[c0 + c];
-        scan.E = scratch.data(), scan.Fn = scan.E + T * kBlock, scan.Fd = scan.Fn + T * kBlock;
-        scan.Fx = scan.Fd + T * kBlock;
+        if constexpr (requires { scan.E; }) {
+          scan.E = scratch.data(), scan.Fn = scan.E + T * kBlock, scan.Fd = scan.Fn + T * kBlock;
+          scan.Fx = scan.Fd + T * kBlock;
+        }
         scan.run(wkv);
       };
-      if (C - c0 >= kBlock) {
-        Scan<kBlock> scan;
-        run(scan);
-      } else {
-        Scan<0> scan;
-        run(scan);
-      }
+      const bool full = C - c0 >= kBlock;
+      if (uni && full) run(UniScan<kBlock>{});
+      else if (uni) run(UniScan<0>{});
+      else if (full) run(Scan<kBlock>{});
+      else run(Scan<0>{});
     }
   }
 }
@@ -253,6 +302,7 @@ double alpha_dw(std::int64_t t, std::int64_t j, double w, std::int64_t L, WkvSem
 
 void biwkv_backward_ref(const float* w, const float* u, const float* k, const float* v, const float* gy, float* gw,
                         float* gu, float* gk, float* gv, std::int64_t B, std::int64_t T, std::int64_t C, Wkv wkv) {
+  wkv = effective(wkv);
   const std::int64_t L = chunk_length(T, wkv.chunks);
   std::vector<double> dk(T), dv(T);
   for (std::int64_t c = 0; c < C; ++c) {
@@ -267,10 +317,11 @@ void biwkv_backward_ref(const float* w, const float* u, const float* k, const fl
         // The forward of biwkv_ref, in units of e^{m_t}.
         double m = uc + K(t);
         for (std::int64_t j = 0; j < T; ++j)
-          if (j != t)
+          if (j != t && attends(t, j, wkv.direction))
             m = std::max(m, K(j) - (std::abs(t - j) - (wkv.semantics == WkvSemantics::Paper ? 1 : 0)) * wc);
         double num = 0, den = 0;
         for (std::int64_t j = 0; j < T; ++j) {
+          if (!attends(t, j, wkv.direction)) continue;
           const double a = alpha(t, j, wc, uc, L, wkv.semantics) * std::exp(K(j) - m);
           num += a * V(j);
           den += a;
@@ -278,6 +329,7 @@ void biwkv_backward_ref(const float* w, const float* u, const float* k, const fl
         den += kWkvEps;
         const double y = num / den, G = gy[(b * T + t) * C + c] / den;
         for (std::int64_t j = 0; j < T; ++j) {
+          if (!attends(t, j, wkv.direction)) continue;
           const double e = std::exp(K(j) - m);
           const double a = alpha(t, j, wc, uc, L, wkv.semantics) * e;
           dv[j] += G * a;
@@ -511,10 +563,74 @@ struct OfficialBackScan {
   }
 };
 
+// The uni direction's backward for one (batch, channel block) problem, in
+// float64 with running maxima like UniScan. t ascending, UniScan's state and
+// its distance-weighted companion s_t = Σ_{j<t} (t−1−j)·e^{k_j−(t−1−j)w}·(v_j, 1)
+// (s_{t+1} = e^{−w}·(s_t + S_t)) give y_t, G_t = gy_t/D_t and
+//   ∂L/∂u = Σ_t G_t·e^{u+k_t}·(v_t − y_t),   ∂L/∂w = −Σ_t G_t·(s_t·(v, 1))·(1, −y_t);
+// t descending, R_j = Σ_{t>j} e^{−(t−j−1)w}·G_t·(1, y_t) (kept as e^{r}·(ra, rb),
+// every G_t carrying its e^{−m_t}) gives
+//   gv_j = e^{u+k_j}G_j + e^{k_j}R_j[0],   gk_j = e^{u+k_j}G_j(v_j − y_j) + e^{k_j}(v_j·R_j[0] − R_j[1]).
+// Every exponential is of a non-positive number.
+struct UniBackScan {
+  std::int64_t T, C;
+  int nc;
+  const float *k, *v, *gy;  // offset to (b, t=0, c0); row stride C
+  float *gk, *gv;
+  double w[kBlock], u[kBlock];
+  double *M, *Y, *G;  // T·kBlock each: m_t, y_t, G_t·e^{m_t}
+  double dw[kBlock], du[kBlock];
+
+  void run() {
+    constexpr double kNone = -std::numeric_limits<double>::infinity();
+    double a[kBlock], b[kBlock], sa[kBlock], sb[kBlock], p[kBlock];
+    for (int c = 0; c < nc; ++c) a[c] = b[c] = sa[c] = sb[c] = dw[c] = du[c] = 0, p[c] = kNone;
+    for (std::int64_t t = 0; t < T; ++t) {
+      const float *kt = k + t * C, *vt = v + t * C, *gt = gy + t * C;
+      const std::int64_t i = t * kBlock;
+      for (int c = 0; c < nc; ++c) {
+        const double kc = kt[c], vc = vt[c], self = u[c] + kc;
+        const double m = std::max(p[c], self);
+        const double e1 = exp_fast(p[c] - m), e2 = exp_fast(self - m);
+        const double den = e1 * b[c] + e2 + kWkvEps, y = (e1 * a[c] + e2 * vc) / den, g = gt[c] / den;
+        du[c] += g * e2 * (vc - y);
+        dw[c] -= g * e1 * (sa[c] - y * sb[c]);
+        M[i + c] = m, Y[i + c] = y, G[i + c] = g;
+        const double q = std::max(p[c] - w[c], kc);
+        const double f1 = exp_fast(p[c] - w[c] - q), f2 = exp_fast(kc - q);
+        sa[c] = f1 * (sa[c] + a[c]);
+        sb[c] = f1 * (sb[c] + b[c]);
+        a[c] = f1 * a[c] + f2 * vc;
+        b[c] = f1 * b[c] + f2;
+        p[c] = q;
+      }
+    }
+    double ra[kBlock], rb[kBlock], r[kBlock];
+    for (int c = 0; c < nc; ++c) ra[c] = rb[c] = 0, r[c] = kNone;
+    for (std::int64_t j = T - 1; j >= 0; --j) {
+      const float *kj = k + j * C, *vj = v + j * C;
+      float *gkj = gk + j * C, *gvj = gv + j * C;
+      const std::int64_t i = j * kBlock;
+      for (int c = 0; c < nc; ++c) {
+        const double kc = kj[c], vc = vj[c], m = M[i + c], y = Y[i + c], g = G[i + c];
+        const double e = exp_fast(u[c] + kc - m) * g, ek = exp_fast(kc + r[c]);
+        gvj[c] += static_cast<float>(e + ek * ra[c]);
+        gkj[c] += static_cast<float>(e * (vc - y) + ek * (vc * ra[c] - rb[c]));
+        const double q = std::max(r[c] - w[c], -m);
+        const double f1 = exp_fast(r[c] - w[c] - q), f2 = exp_fast(-m - q);
+        ra[c] = f1 * ra[c] + f2 * g;
+        rb[c] = f1 * rb[c] + f2 * g * y;
+        r[c] = q;
+      }
+    }
+  }
+};
+
 }  // namespace
 
 void biwkv_backward(const float* w, const float* u, const float* k, const float* v, const float* gy, float* gw,
                     float* gu, float* gk, float* gv, std::int64_t B, std::int64_t T, std::int64_t C, Wkv wkv) {
+  wkv = effective(wkv);
   if (wkv.semantics == WkvSemantics::Official && wkv.chunks < 1)
     input_error("Bi-WKV chunk count must be at least 1, got ", wkv.chunks);
   if (T == 0) return;
@@ -540,7 +656,15 @@ void biwkv_backward(const float* w, const float* u, const float* k, const float*
         scan.run();
         for (int c = 0; c < nc; ++c) dw[b * C + c0 + c] = scan.dw[c], du[b * C + c0 + c] = scan.du[c];
       };
-      if (wkv.semantics == WkvSemantics::Paper) {
+      if (wkv.direction == WkvDirection::Uni) {
+        UniBackScan scan;
+        scan.T = T, scan.C = C, scan.nc = nc;
+        scan.k = k + off, scan.v = v + off, scan.gy = gy + off, scan.gk = gk + off, scan.gv = gv + off;
+        for (int c = 0; c < nc; ++c) scan.w[c] = w[c0 + c], scan.u[c] = u[c0 + c];
+        scan.M = p, scan.Y = p + T * kBlock, scan.G = p + 2 * T * kBlock;
+        scan.run();
+        for (int c = 0; c < nc; ++c) dw[b * C + c0 + c] = scan.dw[c], du[b * C + c0 + c] = scan.du[c];
+      } else if (wkv.semantics == WkvSemantics::Paper) {
         BackScan scan;
         setup(scan);
       } else {

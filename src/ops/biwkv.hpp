@@ -1,4 +1,5 @@
-// Bi-WKV, the bidirectional linear attention of Vision-RWKV (VRWKV.md 2).
+// Bi-WKV, the bidirectional linear attention of Vision-RWKV (VRWKV.md 2),
+// and its uni-directional restriction (the ablation's causal WKV).
 //
 // Per batch b and channel c an independent problem over t = 0..T−1 with
 // w = spatial_decay/T and u = spatial_first/T (no exponential on w):
@@ -9,6 +10,12 @@
 // ε_t = 1e-6·e^{m_t} (the kernel's EPS added after rescaling by the largest
 // exponent m_t). paper: m_t is the largest exponent of the sum; official:
 // m_t = max(u + k_t, max_{j≠t} k_j − |t−j|·w).
+//
+// Direction Uni (ABLATION.md B.3): the paper formula restricted to j ≤ t,
+//   y_t = (Σ_{j<t} e^{−(t−j−1)w+k_j}v_j + e^{u+k_t}v_t) / (Σ_{j<t} e^{−(t−j−1)w+k_j} + e^{u+k_t} + ε_t),
+// m_t the largest exponent of row t; the semantics do not apply. Its scans
+// keep RWKV-4's running maximum (state = e^{p}·(a, b)), so no operand range
+// can overflow them (w = exp(spatial_decay) is unbounded).
 //
 // k, v, y: [B,T,C]; w, u: [C].
 #pragma once
@@ -22,6 +29,7 @@ namespace vrwkv::ops {
 struct Wkv {
   WkvSemantics semantics = WkvSemantics::Official;
   int chunks = 32;  // S, official semantics only
+  WkvDirection direction = WkvDirection::Bi;
 };
 
 constexpr double kWkvEps = 1e-6;
@@ -50,7 +58,8 @@ void biwkv_share(const float* w, const float* u, const float* k, const float* v,
 //   gv_j = e^{k_j}·Σ_t α(t,j)·G_t,   gk_j = e^{k_j}·Σ_t α(t,j)·G_t·(v_j − y_t),
 //   gu   = Σ_t G_t·e^{u+k_t}·(v_t − y_t),
 //   gw   = Σ_t G_t·Σ_j ∂α(t,j)/∂w·e^{k_j}·(v_j − y_t).
-// ε_t is held constant (its derivative is below 1e-6 of D_t's).
+// ε_t is held constant (its derivative is below 1e-6 of D_t's). Uni: the
+// same with α(t,j) = 0 for j > t.
 // The reference is the O(T²) float64 definition; the fast version is O(T·C)
 // scans in float64.
 void biwkv_backward_ref(const float* w, const float* u, const float* k, const float* v, const float* gy, float* gw,

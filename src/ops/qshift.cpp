@@ -43,6 +43,16 @@ void q_shift_mix_ref(const float* x, std::int64_t B, Grid grid, std::int64_t C, 
 }
 
 namespace {
+// Channels [lo, hi) of shift group g (0..3: from the left, right, above,
+// below; 4: the copied rest) within a head of `head` channels starting at
+// h0. With q·4 > head (the 1-D shift's q = head) the later groups are empty.
+struct GroupRange {
+  std::int64_t lo, hi;
+};
+inline GroupRange group_range(std::int64_t h0, int g, std::int64_t q, std::int64_t head) {
+  return {h0 + std::min(g * q, head), h0 + (g < 4 ? std::min((g + 1) * q, head) : head)};
+}
+
 // out = x·μ + xx·(1−μ) over one channel range; xx == nullptr means zeros.
 template <class Out>
 inline void mix_range(const float* x, const float* xx, int count, const float* const* mu, Out* const* out,
@@ -82,8 +92,12 @@ void q_shift_mix_impl(const float* x, Grid grid, std::int64_t C, int s, double c
     Out* o[3];
     for (int i = 0; i < count; ++i) o[i] = out[i] + bt * C;
     for (std::int64_t h0 = 0; h0 < C; h0 += head) {
-      for (int g = 0; g < 4 && q > 0; ++g) mix_range(row, src[g], count, mu, o, h0 + g * q, h0 + (g + 1) * q);
-      mix_range(row, row, count, mu, o, h0 + 4 * q, h0 + head);
+      for (int g = 0; g < 4 && q > 0; ++g) {
+        const GroupRange r = group_range(h0, g, q, head);
+        mix_range(row, src[g], count, mu, o, r.lo, r.hi);
+      }
+      const GroupRange rest = group_range(h0, 4, q, head);
+      mix_range(row, row, count, mu, o, rest.lo, rest.hi);
     }
   }
 }
@@ -177,10 +191,12 @@ void q_shift_mix_backward(const float* x, std::int64_t B, Grid grid, std::int64_
             const std::int64_t from = at(bt, -src[grp][0], -src[grp][1]);
             if (from < 0) continue;
             const float* gf = dout[i] + from * C;
-            for (std::int64_t c = h0 + grp * q; c < h0 + (grp + 1) * q; ++c) d[c] += gf[c];
+            const GroupRange r = group_range(h0, grp, q, head);
+            for (std::int64_t c = r.lo; c < r.hi; ++c) d[c] += gf[c];
           }
           const float* g = dout[i] + bt * C;
-          for (std::int64_t c = h0 + 4 * q; c < h0 + head; ++c) d[c] += g[c];
+          const GroupRange rest = group_range(h0, 4, q, head);
+          for (std::int64_t c = rest.lo; c < rest.hi; ++c) d[c] += g[c];
         }
         continue;
       }
@@ -191,9 +207,11 @@ void q_shift_mix_backward(const float* x, std::int64_t B, Grid grid, std::int64_
           const std::int64_t from = at(bt, -src[grp][0], -src[grp][1]);
           if (from < 0) continue;
           const float* gf = dout[i] + from * C;
-          for (std::int64_t c = h0 + grp * q; c < h0 + (grp + 1) * q; ++c) d[c] += gf[c] * (1.0f - m[c]);
+          const GroupRange r = group_range(h0, grp, q, head);
+          for (std::int64_t c = r.lo; c < r.hi; ++c) d[c] += gf[c] * (1.0f - m[c]);
         }
-        for (std::int64_t c = h0 + 4 * q; c < h0 + head; ++c) d[c] += g[c] * (1.0f - m[c]);
+        const GroupRange rest = group_range(h0, 4, q, head);
+        for (std::int64_t c = rest.lo; c < rest.hi; ++c) d[c] += g[c] * (1.0f - m[c]);
       }
     }
   }
@@ -210,7 +228,8 @@ void q_shift_mix_backward(const float* x, std::int64_t B, Grid grid, std::int64_
       const float *xr = x + bt * C, *g = dout[i] + bt * C;
       for (std::int64_t h0 = c0 / head * head; h0 < c1; h0 += head)
         for (int grp = 0; grp < 4; ++grp) {
-          const std::int64_t lo = std::max(c0, h0 + grp * q), hi = std::min(c1, h0 + (grp + 1) * q);
+          const GroupRange r = group_range(h0, grp, q, head);
+          const std::int64_t lo = std::max(c0, r.lo), hi = std::min(c1, r.hi);
           if (lo >= hi) continue;
           const std::int64_t from = at(bt, src[grp][0], src[grp][1]);
           const float* xs = from < 0 ? nullptr : x + from * C;

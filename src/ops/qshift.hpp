@@ -5,6 +5,13 @@
 // (h−s) and lower (h+s) neighbour, zero beyond the border; channels [4q, C)
 // are copied. Mixing: out = x·μ + xx·(1−μ).
 //
+// RWKV's original 1-D token shift (ABLATION.md B.3), out[t] = x[t−s] over
+// each image's T tokens in raster order (zeros for t < s) for every channel,
+// is this Q-Shift on a 1×T grid with the first group ("from the left")
+// holding all channels: grid one_d_shift_grid(grid), channel_gamma
+// kOneDShiftGamma. channel_gamma may be up to 1; groups past a head's
+// channels are then empty.
+//
 // head: the shift applies inside every head of `head` channels (VRWKV6's
 // q_shift_multihead, VRWKV6.md A.4: q = int(head·gamma) per head); 0 means one
 // head of all C channels (VRWKV). A null μ_i means μ = 0: out_i = xx, the
@@ -21,6 +28,9 @@ struct Grid {
   std::int64_t H = 0, W = 0;
   std::int64_t tokens() const { return H * W; }
 };
+
+inline Grid one_d_shift_grid(Grid image) { return {1, image.tokens()}; }
+constexpr double kOneDShiftGamma = 1.0;
 
 // The shifted tensor xx alone: [B,T,C].
 void q_shift_ref(const float* x, float* xx, std::int64_t B, Grid grid, std::int64_t C, int shift_pixel,

@@ -265,6 +265,28 @@ void read_model(Section& m, TrainConfig& c, const std::string& source) {
   m.get("image_size", size);
   m.get("shift_pixel", a.shift_pixel);
   m.get("channel_gamma", a.channel_gamma);
+  // The ablation's variants (ABLATION.md B.3): model.shift q | 1d | none (none is shift_pixel 0),
+  // model.wkv_direction bi | uni, model.wkv_decay vrwkv | rwkv4.
+  std::string shift = m.has("shift_pixel") && a.shift_pixel == 0 ? "none" : to_string(a.shift);
+  std::string direction = to_string(a.wkv_direction), decay = to_string(a.wkv_decay);
+  m.get("shift", shift);
+  m.get("wkv_direction", direction);
+  m.get("wkv_decay", decay);
+  const auto named = [&](const char* key, auto parse) {
+    try {
+      return parse();
+    } catch (const Error& e) {
+      input_error(source, ": model.", key, ": ", e.what());
+    }
+  };
+  a.shift = named("shift", [&] { return shift_from_string(shift); });
+  a.wkv_direction = named("wkv_direction", [&] { return wkv_direction_from_string(direction); });
+  a.wkv_decay = named("wkv_decay", [&] { return wkv_decay_from_string(decay); });
+  if (a.shift == TokenShift::None && m.has("shift_pixel") && a.shift_pixel != 0)
+    input_error(source, ": model.shift \"none\" contradicts model.shift_pixel ", a.shift_pixel);
+  if (a.shift != TokenShift::None && a.shift_pixel == 0)
+    input_error(source, ": model.shift \"", shift, "\" needs a shift distance, but model.shift_pixel is 0");
+  if (a.shift == TokenShift::None) a.shift_pixel = 0;
   m.get("key_norm", a.key_norm);
   m.get("post_norm", a.post_norm);
   m.get("final_norm", a.final_norm);
@@ -411,7 +433,10 @@ std::string train_config_to_json(const TrainConfig& c) {
                 {"in_channels", a.in_channels},
                 {"hidden_rate", a.hidden_dims / std::max<std::int64_t>(a.embed_dims, 1)},
                 {"image_size", {a.pos_grid_h * a.patch_size, a.pos_grid_w * a.patch_size}},
+                {"shift", to_string(a.shift)},
                 {"shift_pixel", a.shift_pixel},
+                {"wkv_direction", to_string(a.wkv_direction)},
+                {"wkv_decay", to_string(a.wkv_decay)},
                 {"key_norm", a.key_norm},
                 {"post_norm", a.post_norm},
                 {"final_norm", a.final_norm},
@@ -507,6 +532,8 @@ Model initial_model(const TrainConfig& tc, const Dataset& data) {
     if (!tc.preset.empty()) {  // a preset takes the input geometry of the configuration
       c.in_channels = tc.model.in_channels;
       c.pos_grid_h = tc.model.pos_grid_h, c.pos_grid_w = tc.model.pos_grid_w;
+      c.shift = tc.model.shift, c.shift_pixel = tc.model.shift_pixel;  // and the ablation's variant
+      c.wkv_direction = tc.model.wkv_direction, c.wkv_decay = tc.model.wkv_decay;
     }
     c.head = HeadKind::Linear, c.num_classes = K, c.head_hidden = 0;
     config.run.out_indices = {c.depth - 1};

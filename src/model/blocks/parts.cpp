@@ -34,6 +34,11 @@ void residual_backward(const Dims& d, const float* branch, const float* keep, co
   }
 }
 
+Shift vrwkv_shift(const Architecture& a, ops::Grid image) {
+  if (a.shift == TokenShift::OneD) return {ops::one_d_shift_grid(image), a.shift_pixel, ops::kOneDShiftGamma};
+  return {image, a.shift_pixel, a.channel_gamma};
+}
+
 std::int64_t ChannelMix::Tape::bytes() const {
   std::int64_t n = 0;
   for (const std::vector<float>* p : {&b, &fk, &fr, &hk, &sq, &sqn, &kv, &r2, &f, &fn})
@@ -41,8 +46,8 @@ std::int64_t ChannelMix::Tape::bytes() const {
   return n * static_cast<std::int64_t>(sizeof(float));
 }
 
-ChannelMix::ChannelMix(Dims dims, ops::Grid grid, std::int64_t hidden, Shift shift, bool key_norm, bool post_norm)
-    : d_(dims), grid_(grid), Hd_(hidden), shift_(shift), key_norm_(key_norm), post_norm_(post_norm) {
+ChannelMix::ChannelMix(Dims dims, std::int64_t hidden, Shift shift, bool key_norm, bool post_norm)
+    : d_(dims), Hd_(hidden), shift_(shift), key_norm_(key_norm), post_norm_(post_norm) {
   const std::int64_t NC = d_.N * d_.C, NH = d_.N * Hd_;
   for (std::vector<float>* p : {&g_branch_, &g_f_, &g_in_, &g_kv_, &g_r2_, &g_k_, &g_r_}) p->resize(NC);
   g_h_.resize(NH);
@@ -64,7 +69,7 @@ void ChannelMix::forward(const BlockOps& ops, const ChannelMixWeights& w, const 
   const float* in = post_norm_ ? x_mid : t.b.data();
   const float* mu[2] = {w.mix_k, w.mix_r};
   float* outs[2] = {t.fk.data(), t.fr.data()};
-  ops.q_shift_mix(in, d_.B, grid_, C, shift_.pixels, shift_.gamma, 2, mu, outs, shift_.head);
+  ops.q_shift_mix(in, d_.B, shift_.grid, C, shift_.pixels, shift_.gamma, 2, mu, outs, shift_.head);
   ops.linear(t.fr.data(), w.receptance, nullptr, t.r2.data(), N, C, C);
   ops.linear(t.fk.data(), w.key, nullptr, t.hk.data(), N, Hd, C);
 #pragma omp parallel for schedule(static)
@@ -130,7 +135,7 @@ void ChannelMix::branch_backward(const ChannelMixWeights& w, const ChannelMixWei
   const float* mu[2] = {w.mix_k, w.mix_r};
   const float* dout[2] = {g_k_.data(), g_r_.data()};
   float* dmu[2] = {g.mix_k, g.mix_r};
-  ops::q_shift_mix_backward(in, d_.B, grid_, C, shift_.pixels, shift_.gamma, 2, mu, dout, din, dmu, shift_.head);
+  ops::q_shift_mix_backward(in, d_.B, shift_.grid, C, shift_.pixels, shift_.gamma, 2, mu, dout, din, dmu, shift_.head);
 }
 
 }  // namespace vrwkv::model::parts

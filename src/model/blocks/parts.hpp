@@ -117,6 +117,19 @@ void residual(const Dims& d, const float* x, const float* branch, const float* k
 void residual_backward(const Dims& d, const float* branch, const float* keep, const float* gamma, float* dgamma,
                        const float* dx, float* dbranch);
 
+// A token shift as the ops/qshift.hpp functions take it: the grid it runs
+// on, the distance (0: none), γ and the head width (0: one head of C channels).
+struct Shift {
+  ops::Grid grid;
+  int pixels;
+  double gamma;
+  std::int64_t head = 0;
+};
+// The VRWKV block's shift on an image grid (ABLATION.md B.3): Q-Shift there;
+// the 1-D shift as the Q-Shift of a 1×T grid whose first group holds every
+// channel; none.
+Shift vrwkv_shift(const Architecture& a, ops::Grid image);
+
 // The second half's weights (ffn.*, ln2, gamma2) and, rebased, their gradients.
 struct ChannelMixWeights {
   float *mix_k, *mix_r, *key, *receptance, *value, *key_norm_weight, *key_norm_bias;
@@ -130,22 +143,17 @@ ChannelMixWeights channel_mix_of(const W& w) {
 
 // The block's second half: y = x_mid + keep·γ2 ⊙ (pre-norm: f(ln2(x_mid));
 // post-norm: ln2(f(x_mid))), with f(x) = σ(xr·Wrᵀ) ⊙ ([LN](relu(xk·Wkᵀ)²)·Wvᵀ)
-// and xk, xr the shifted mixes of x (shift: pixels, γ, head as in
-// ops/qshift.hpp; a null μ, the VRWKV model without shift, passes x through).
+// and xk, xr the shifted mixes of x (a null μ, the VRWKV model without
+// shift, passes x through).
 class ChannelMix {
  public:
-  struct Shift {
-    int pixels;
-    double gamma;
-    std::int64_t head;  // 0: one head of C channels
-  };
   // What its backward needs: b = ln2(x_mid) (pre-norm), f = the branch, fn = ln2(f) (post-norm).
   struct Tape {
     std::vector<float> b, fk, fr, hk, sq, sqn, kv, r2, f, fn;
     std::int64_t bytes() const;
   };
 
-  ChannelMix(Dims dims, ops::Grid grid, std::int64_t hidden, Shift shift, bool key_norm, bool post_norm);
+  ChannelMix(Dims dims, std::int64_t hidden, Shift shift, bool key_norm, bool post_norm);
   void allocate(Tape& t) const;
   // y = the half on x_mid, keep: the branch's DropPath scale per image.
   void forward(const BlockOps& ops, const ChannelMixWeights& w, const float* x_mid, const float* keep, float* y,
@@ -160,7 +168,6 @@ class ChannelMix {
                        const float* gf, float* din);
 
   Dims d_;
-  ops::Grid grid_;
   std::int64_t Hd_;
   Shift shift_;
   bool key_norm_, post_norm_;

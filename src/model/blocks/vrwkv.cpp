@@ -1,6 +1,8 @@
 // The VRWKV block (VRWKV.md 1.4-1.7): Spatial Mix (Q-Shift, Bi-WKV, σ gate)
 // and Channel Mix (Q-Shift, squared-ReLU FFN, σ gate), pre-norm or post-norm,
-// with optional layer scale and key norms. This file holds everything of the
+// with optional layer scale and key norms, and the ablation's variants
+// (ABLATION.md B.3): the 1-D shift or none, the uni-directional WKV, RWKV-4's
+// decay. This file holds everything of the
 // kind: its parameter rows (the only place its names are written), its fast
 // inference implementation and its training implementation (forward keeping
 // a tape, backward). The reference forward is the training forward with the
@@ -98,10 +100,31 @@ std::vector<VrwkvWeights> bind_blocks(const Architecture& a, const Lookup& looku
   return w;
 }
 
-// w = spatial_decay / T, u = spatial_first / T for an input of T tokens (VRWKV.md 1.6).
-void decay_first(const VrwkvWeights& w, std::int64_t C, std::int64_t T, float* wu) {
+// The attention's operands w (wu[0, C)) and u (wu[C, 2C)) for an input of T
+// tokens: w = spatial_decay/T, u = spatial_first/T (VRWKV.md 1.6), or RWKV-4's
+// w = exp(spatial_decay), u = spatial_first (ABLATION.md B.3).
+void decay_first(const Architecture& a, const VrwkvWeights& w, std::int64_t T, float* wu) {
+  const std::int64_t C = a.embed_dims;
   const float t = static_cast<float>(T);
-  for (std::int64_t c = 0; c < C; ++c) wu[c] = w.spatial_decay[c] / t, wu[C + c] = w.spatial_first[c] / t;
+  for (std::int64_t c = 0; c < C; ++c)
+    if (a.wkv_decay == WkvDecay::Rwkv4) wu[c] = std::exp(w.spatial_decay[c]), wu[C + c] = w.spatial_first[c];
+    else wu[c] = w.spatial_decay[c] / t, wu[C + c] = w.spatial_first[c] / t;
+}
+
+// Adds the gradients of spatial_decay and spatial_first from those of the
+// operands, gwu = (dL/dw, dL/du); wu as decay_first made it.
+void decay_first_backward(const Architecture& a, const float* wu, const float* gwu, std::int64_t T,
+                          const VrwkvWeights& G) {
+  const std::int64_t C = a.embed_dims;
+  for (std::int64_t c = 0; c < C; ++c)
+    if (a.wkv_decay == WkvDecay::Rwkv4) G.spatial_decay[c] += gwu[c] * wu[c], G.spatial_first[c] += gwu[C + c];
+    else G.spatial_decay[c] += gwu[c] / T, G.spatial_first[c] += gwu[C + c] / T;
+}
+
+// The attention of an architecture: the run's semantics, the model's direction.
+ops::Wkv wkv_of(const Architecture& a, ops::Wkv run) {
+  run.direction = a.wkv_direction;
+  return run;
 }
 
 // ---- fast inference ----
@@ -148,7 +171,7 @@ class FastVrwkv final : public FastBlocks {
       works_.clear();  // free the old shape's buffers before allocating the new ones
       for (std::int64_t n : images) works_.push_back(std::make_unique<Workspace>(n, grid, a_));
     }
-    gemm_ = gemm, wkv_ = wkv;
+    gemm_ = gemm, wkv_ = wkv_of(a_, wkv);
     std::vector<std::unique_ptr<PackedBlock>>& blocks = packed_[gemm];
     if (blocks.empty()) blocks = pack(gemm);
   }
@@ -243,18 +266,19 @@ class FastVrwkv final : public FastBlocks {
       return {bufs[i], gemm};
     }
 
-    // Q-Shift + mixing (VRWKV.md 1.5) of `in` with the mixing weights mu into
-    // the first `count` mixes, rows r.
+    // The token shift (Q-Shift, VRWKV.md 1.5, or the 1-D shift) + mixing of
+    // `in` with the mixing weights mu into the first `count` mixes, rows r.
     void shift_mix(const float* in, const float* const* mu, int count, Rows r) const {
       if (a.shift_pixel == 0) return;
       void* out[3];
       for (int i = 0; i < count; ++i) out[i] = mix(i, in).data;
+      const parts::Shift s = parts::vrwkv_shift(a, work.grid);
       if (gemm == DType::BF16)
-        ops::q_shift_mix_rows(in, work.grid, C, a.shift_pixel, a.channel_gamma, count, mu,
-                              reinterpret_cast<ops::Bf16* const*>(out), r.begin, r.end);
+        ops::q_shift_mix_rows(in, s.grid, C, s.pixels, s.gamma, count, mu, reinterpret_cast<ops::Bf16* const*>(out),
+                              r.begin, r.end);
       else
-        ops::q_shift_mix_rows(in, work.grid, C, a.shift_pixel, a.channel_gamma, count, mu,
-                              reinterpret_cast<float* const*>(out), r.begin, r.end);
+        ops::q_shift_mix_rows(in, s.grid, C, s.pixels, s.gamma, count, mu, reinterpret_cast<float* const*>(out),
+                              r.begin, r.end);
     }
 
     // Spatial Mix (VRWKV.md 1.6), out (+)= output(σ(r) ⊙ [LN](BiWKV(w/T, u/T, k, v))), in three parts:
@@ -269,7 +293,7 @@ class FastVrwkv final : public FastBlocks {
     // y = BiWKV(w/T, u/T, k, v) into xk (read by now), the team sharing the
     // (image, channel block) problems;
     void wkv(const VrwkvWeights& w) {
-      decay_first(w, C, work.grid.tokens(), work.wu.data());
+      decay_first(a, w, work.grid.tokens(), work.wu.data());
       const float* wu = work.wu.data();
       team([&](int share, int shares) {
         ops::biwkv_share(wu, wu + C, work.k.data(), work.v.data(), work.xk.data(), B, work.grid.tokens(), C,
@@ -351,8 +375,7 @@ class TrainVrwkv final : public TrainBlocks {
   void plan(std::int64_t B_, Grid grid_, std::int64_t tapes) override {
     if (B_ == B && grid_.H == grid.H && grid_.W == grid.W && tapes == static_cast<std::int64_t>(tapes_.size())) return;
     B = B_, grid = grid_, T = grid.tokens(), N = B * T, C = c.embed_dims, Hd = c.hidden_dims;
-    ffn_.emplace(parts::Dims{B, T, N, C}, grid, Hd, parts::ChannelMix::Shift{c.shift_pixel, c.channel_gamma, 0},
-                 c.key_norm, c.post_norm);
+    ffn_.emplace(parts::Dims{B, T, N, C}, Hd, parts::vrwkv_shift(c, grid), c.key_norm, c.post_norm);
     tapes_.clear();
     tapes_.resize(tapes);
     for (Tape& t : tapes_) t.allocate(N, C, c, *ffn_);
@@ -386,8 +409,8 @@ class TrainVrwkv final : public TrainBlocks {
     linear(w.att_key, t.xk.data(), t.k.data(), C, C);
     linear(w.att_value, t.xv.data(), t.v.data(), C, C);
     linear(w.att_receptance, t.xr.data(), t.r.data(), C, C);
-    decay_first(w, C, T, wu.data());
-    ops.biwkv(wu.data(), wu.data() + C, t.k.data(), t.v.data(), t.y.data(), B, T, C, wkv);
+    decay_first(c, w, T, wu.data());
+    ops.biwkv(wu.data(), wu.data() + C, t.k.data(), t.v.data(), t.y.data(), B, T, C, wkv_of(c, wkv));
     const float* yn = t.y.data();
     if (c.key_norm) norm(w.att_key_norm_weight, w.att_key_norm_bias, t.y.data(), t.yn.data(), C), yn = t.yn.data();
     ops.sigmoid_gate(t.r.data(), yn, t.z.data(), N * C);
@@ -444,13 +467,12 @@ class TrainVrwkv final : public TrainBlocks {
           norm_backward(w.att_key_norm_weight, G.att_key_norm_weight, G.att_key_norm_bias, t.y.data(), gYn,
                         g[5].data(), C),
           gY = g[5].data();
-    decay_first(w, C, T, wu.data());
+    decay_first(c, w, T, wu.data());
     zero(g[6]), zero(g[1]), std::fill(gwu.begin(), gwu.end(), 0.0f);
     // gk into g[6], gv into g[1] (free by now).
     ops::biwkv_backward(wu.data(), wu.data() + C, t.k.data(), t.v.data(), gY, gwu.data(), gwu.data() + C,
-                        g[6].data(), g[1].data(), B, T, C, wkv);
-    // w = spatial_decay/T, u = spatial_first/T.
-    for (std::int64_t ch = 0; ch < C; ++ch) G.spatial_decay[ch] += gwu[ch] / T, G.spatial_first[ch] += gwu[C + ch] / T;
+                        g[6].data(), g[1].data(), B, T, C, wkv_of(c, wkv));
+    decay_first_backward(c, wu.data(), gwu.data(), T, G);
     zero(g[0]), zero(g[2]), zero(g[5]);
     linear_backward(w.att_key, G.att_key, t.xk.data(), g[6].data(), g[0].data(), C, C);
     linear_backward(w.att_value, G.att_value, t.xv.data(), g[1].data(), g[2].data(), C, C);
@@ -473,7 +495,7 @@ class TrainVrwkv final : public TrainBlocks {
   }
 
  private:
-  // Q-Shift + mixing of `x` into the tape buffers `outs` (a copy with shift_pixel 0).
+  // The token shift + mixing of `x` into the tape buffers `outs` (a copy with shift_pixel 0).
   void shift_mix(const BlockOps& ops, const float* x, std::initializer_list<const float*> mus,
                  std::initializer_list<Buf*> outs) {
     float* bufs[3];
@@ -486,7 +508,8 @@ class TrainVrwkv final : public TrainBlocks {
     }
     n = 0;
     for (const float* m : mus) mu[n++] = m;
-    ops.q_shift_mix(x, B, grid, C, c.shift_pixel, c.channel_gamma, n, mu, bufs, 0);
+    const parts::Shift s = parts::vrwkv_shift(c, grid);
+    ops.q_shift_mix(x, B, s.grid, C, s.pixels, s.gamma, n, mu, bufs, 0);
   }
 
   // The mixes' backward: dx += Σ dL/dx through each mix; dμ += (with Q-Shift).
@@ -503,7 +526,8 @@ class TrainVrwkv final : public TrainBlocks {
       m = 0;
       for (float* p : dmus) dmu[m++] = p;
     }
-    ops::q_shift_mix_backward(x, B, grid, C, c.shift_pixel, c.channel_gamma, n, mu, d, dxo, dmu);
+    const parts::Shift s = parts::vrwkv_shift(c, grid);
+    ops::q_shift_mix_backward(x, B, s.grid, C, s.pixels, s.gamma, n, mu, d, dxo, dmu);
   }
 
   void residual(const float* x, const float* branch, const float* keep, const float* gamma, float* x_out) const {

@@ -405,7 +405,7 @@ class TrainVrwkv6 final : public TrainBlocks {
     if (B_ == B && grid_.H == grid.H && grid_.W == grid.W && tapes == static_cast<std::int64_t>(tapes_.size())) return;
     B = B_, grid = grid_, T = grid.tokens(), N = B * T, C = c.embed_dims, Hd = c.hidden_dims;
     R = c.mix_rank, D = c.decay_rank;
-    ffn_.emplace(parts::Dims{B, T, N, C}, grid, Hd, parts::ChannelMix::Shift{c.shift_pixel, 0.25, c.head_size},
+    ffn_.emplace(parts::Dims{B, T, N, C}, Hd, parts::Shift{grid, c.shift_pixel, 0.25, c.head_size},
                  c.key_norm, c.post_norm);
     tapes_.clear();
     tapes_.resize(tapes);
