@@ -108,4 +108,13 @@ Tensor head_backward(const Model& model, const Tensor& pooled, const HeadActivat
 double label_smoothed_cross_entropy(const Tensor& logits, const Tensor& targets, double label_smoothing,
                                     Tensor* d_logits);
 
+// The effective receptive field (Luo et al. 2016, as the paper measures it):
+// for each image b of input F32 [B,Cin,H,W], |∂ s_b / ∂ input_b| summed over
+// the input channels, where s_b is the backbone's output at the central token
+// (row grid_h/2, column grid_w/2) summed over its channels; the output is the
+// last out index's block, after the final norm when that block is the last.
+// Returns F32 [H,W], the sum over the batch (divide by the image count for
+// the mean). Eval mode: no drop path.
+Tensor receptive_field(const Model& model, const Tensor& input, const Context& ctx = {});
+
 }  // namespace vrwkv

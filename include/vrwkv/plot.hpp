@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "vrwkv/bench.hpp"
+#include "vrwkv/tensor.hpp"
 
 namespace vrwkv::train {
 
@@ -41,3 +42,13 @@ namespace vrwkv::bench {
 void plot(const std::vector<Record>& records, double peak_gflops, const std::string& path);
 
 }  // namespace vrwkv::bench
+
+namespace vrwkv {
+
+// Effective receptive fields (vrwkv::receptive_field) side by side, one panel
+// per (title, F32 [H,W] map), each on a log scale relative to its own
+// maximum (10^-3 … 1) with one colour bar; PNG or SVG by the file's
+// extension, written atomically.
+void plot_receptive_fields(const std::vector<std::pair<std::string, Tensor>>& maps, const std::string& path);
+
+}  // namespace vrwkv

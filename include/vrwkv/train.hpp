@@ -67,6 +67,12 @@ EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_
                     const ForwardOptions& options = {}, const Context& ctx = {},
                     const std::function<void(std::int64_t, const std::string&)>& on_image_error = {});
 
+// Images [start, start + count) of a dataset as the model's input F32
+// [count,Cin,H,W], with the model's own preprocessing (as evaluate). An image
+// that cannot be read throws its Error(Input).
+Tensor load_inputs(const Model& model, const Dataset& data, std::int64_t start, std::int64_t count,
+                   const Context& ctx = {});
+
 struct TrainRun {
   std::string out_dir;  // checkpoint.safetensors, metrics.jsonl, model.safetensors
   bool resume = false;  // continue from out_dir/checkpoint.safetensors (with its stored configuration)

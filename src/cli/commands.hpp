@@ -16,5 +16,6 @@ void add_grad(CLI::App& app);
 void add_train(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_plot(CLI::App& app);
+void add_erf(CLI::App& app);
 
 }  // namespace vrwkv::cli

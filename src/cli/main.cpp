@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   vrwkv::cli::add_train(app);
   vrwkv::cli::add_eval(app);
   vrwkv::cli::add_plot(app);
+  vrwkv::cli::add_erf(app);
   const auto is_command = [&](const std::string& name) {
     for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
       if (sub->check_name(name)) return true;

@@ -559,6 +559,30 @@ Image to_image(const Image8& in) {
 
 }  // namespace
 
+Tensor load_inputs(const Model& model, const Dataset& data, std::int64_t start, std::int64_t count,
+                   const Context& ctx) {
+  if (start < 0 || count < 0 || start + count > data.size())
+    input_error(data.name(), ": images ", start, "..", start + count, " asked of ", data.size());
+  const ThreadScope threads(ctx);
+  const InputFormat format = input_format(model.config());
+  const auto [H, W] = preprocess_size(format);
+  const std::int64_t channels = model.architecture().in_channels, plane = channels * H * W;
+  Tensor input(DType::F32, {count, channels, H, W});
+  std::vector<std::exception_ptr> errors(count);  // an exception may not leave an OpenMP region
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t b = 0; b < count; ++b) {
+    try {
+      const Tensor one = preprocess_image(to_image(data.image(start + b)), format);
+      std::copy(one.f32(), one.f32() + plane, input.f32() + b * plane);
+    } catch (...) {
+      errors[b] = std::current_exception();
+    }
+  }
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+  return input;
+}
+
 EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_size, std::int64_t limit,
                     const std::function<void(std::int64_t, std::int64_t)>& progress, const ForwardOptions& options,
                     const Context& ctx, const std::function<void(std::int64_t, const std::string&)>& on_image_error) {
