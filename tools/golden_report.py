@@ -5,6 +5,8 @@ max |vrwkv - golden| / max(1, max |golden|), the measure the tests bound by 2e-5
   tools/golden_report.py --vrwkv build/vrwkv            # fp32, each case in its own Bi-WKV semantics
   tools/golden_report.py --vrwkv build/vrwkv --bf16     # bf16 against fp32: logit error and top-1 agreement
   tools/golden_report.py --vrwkv build/vrwkv --grad     # `vrwkv grad`: loss and every grad.* (bound 5e-5)
+  tools/golden_report.py --ablation [--grad]             # the ablation cases (golden/ablation, tests/data/ablation)
+                                                         # with their variant flags
 
 Needs python3-numpy; reads ../shared/golden.
 """
@@ -35,16 +37,28 @@ def read_safetensors(path):
     return out
 
 
+ABLATION_CASES = ["ablation/ablation_shift_none", "ablation/ablation_shift_1d", "ablation/ablation_wkv_uni",
+                  "ablation/ablation_rwkv_orig"]
+ABLATION_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/data/ablation")
+
+
 def run_case(vrwkv, golden, case, dtype, out, command="run"):
-    j = json.load(open(f"{golden}/{case}.json"))
+    """case: a name under `golden` ("tiny_default", "ablation/ablation_shift_1d") or a path to a case's json stem."""
+    base = case if os.path.isabs(case) else f"{golden}/{case}"
+    folder = os.path.dirname(base)
+    j = json.load(open(base + ".json"))
     impl = j["wkv_impl"]
-    args = [vrwkv, command, "-m", f"{golden}/{j.get('checkpoint', case + '.pth')}",
-            "--wkv", "paper" if impl == "sum" else "official", "--wkv-chunks", "16" if impl == "kernel16" else "32",
-            "--dtype", dtype, "-i", f"{golden}/{j['safetensors']}", "-o", out]
+    args = [vrwkv, command, "-m", f"{folder}/{j.get('checkpoint', os.path.basename(base) + '.pth')}",
+            "--wkv", "paper" if impl in ("sum", "uni") else "official", "--wkv-chunks", "16" if impl == "kernel16" else "32",
+            "--dtype", dtype, "-i", f"{folder}/{j['safetensors']}", "-o", out]
+    if "variant" in j:  # the ablation's cases
+        v = j["variant"]
+        args += ["--shift", v["shift"], "--wkv-direction", v["wkv_direction"], "--wkv-decay", v["wkv_decay"],
+                 "--shift-pixel", str(j["backbone"]["shift_pixel"])]
     if isinstance(j["backbone"]["out_indices"], list):
         args += ["--out-indices", ",".join(map(str, j["backbone"]["out_indices"]))]
     subprocess.run(args, check=True)
-    return j, read_safetensors(out), read_safetensors(f"{golden}/{j['safetensors']}")
+    return j, read_safetensors(out), read_safetensors(f"{folder}/{j['safetensors']}")
 
 
 def main():
@@ -53,12 +67,17 @@ def main():
     p.add_argument("--golden", default=os.path.join(os.path.dirname(__file__), "../../shared/golden"))
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--grad", action="store_true")
+    p.add_argument("--ablation", action="store_true")
     a = p.parse_args()
     agree = total = 0
+    cases = CASES
+    if a.ablation:
+        cases = ABLATION_CASES + sorted(os.path.join(os.path.abspath(ABLATION_DATA), f[:-5])
+                                        for f in os.listdir(ABLATION_DATA) if f.endswith(".json"))
     with tempfile.TemporaryDirectory() as tmp:
-        for case in CASES:
+        for case in cases:
             if a.grad:
-                gold = read_safetensors(f"{a.golden}/{json.load(open(f'{a.golden}/{case}.json'))['safetensors']}")
+                gold = read_safetensors((case if os.path.isabs(case) else f"{a.golden}/{case}") + ".safetensors")
                 if not any(k.startswith("grad.") for k in gold):
                     continue
                 j, out, gold = run_case(a.vrwkv, a.golden, case, "fp32", f"{tmp}/grad.safetensors", "grad")
@@ -66,14 +85,14 @@ def main():
                 errs = {k: np.abs(out[k].astype(np.float64) - gold[k]).max() / max(1, np.abs(gold[k]).max())
                         for k in keys}
                 worst = max(errs, key=errs.get)
-                print(f"{case:28} ({j['wkv_impl']}): {len(keys)} tensors, loss {errs['loss']:.1e}, "
+                print(f"{os.path.basename(case):34} ({j['wkv_impl']}): {len(keys)} tensors, loss {errs['loss']:.1e}, "
                       f"worst {errs[worst]:.1e} ({worst})")
                 continue
             j, out, gold = run_case(a.vrwkv, a.golden, case, "fp32", f"{tmp}/fp32.safetensors")
             if not a.bf16:
                 errs = [f"{k} {np.abs(out[k].astype(np.float64) - gold[k]).max() / max(1, np.abs(gold[k]).max()):.1e}"
                         for k in sorted(out)]
-                print(f"{case:28} ({j['wkv_impl']}): " + ", ".join(errs))
+                print(f"{os.path.basename(case):34} ({j['wkv_impl']}): " + ", ".join(errs))
                 continue
             _, low, _ = run_case(a.vrwkv, a.golden, case, "bf16", f"{tmp}/bf16.safetensors")
             g = gold["logits"]
