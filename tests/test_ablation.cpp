@@ -149,9 +149,10 @@ TEST_F(Cli, AblationRefusesImpossibleVariants) {
   expect_input_error(run(cmd("tiny_default", " --shift diagonal")), "--shift");
   expect_input_error(run(cmd("tiny_default", " --wkv-direction both")), "--wkv-direction");
   expect_input_error(run(cmd("tiny_default", " --wkv-decay rwkv5")), "--wkv-decay");
-  expect_input_error(run(cmd("tiny_default", " --wkv-decay rwkv4")), "wkv_direction uni");
+  expect_input_error(run(cmd("tiny_default", " --wkv-decay rwkv4")), "--wkv-decay rwkv4");
   expect_input_error(run(cmd("tiny_default", " --shift none --shift-pixel 2")), "--shift none");
-  expect_input_error(run(cmd("ablation/ablation_shift_none", " --shift q")), "spatial_mix");
+  expect_input_error(run(cmd("ablation/ablation_shift_none", " --shift q")), "--shift q");
+  expect_input_error(run(cmd("ablation/ablation_shift_none", " --shift-pixel 1")), "no spatial_mix tensors");
   expect_input_error(run(cmd("v6/v6_tiny_default", " --shift 1d")), "--shift 1d");
   expect_input_error(run(cmd("v6/v6_tiny_default", " --wkv-direction uni")), "--wkv-direction");
   EXPECT_NE(access(path("o.st").c_str(), F_OK), 0);
@@ -175,6 +176,40 @@ TEST(AblationTrainConfig, VariantOptions) {
                                 R"(, "shift": "q", "shift_pixel": 0)", R"(, "wkv_decay": "rwkv4")",
                                 R"(, "wkv_direction": "sideways")"})
     EXPECT_THROW(train::train_config_from_json(R"({"model": {)" + model + bad + "}}", "t.json"), Error) << bad;
+  // A preset with a variant it cannot have is refused when the file is read, naming the file.
+  try {
+    train::train_config_from_json(R"({"model": {"preset": "vrwkv6_t", "wkv_direction": "uni"}})", "t.json");
+    ADD_FAILURE() << "vrwkv6_t with wkv_direction uni was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("t.json"), std::string::npos) << e.what();
+  }
+}
+
+// A variant given beside model.init says how to read the checkpoint (a .pth cannot tell it): the fine-tuned
+// model is that variant, and a configuration without one keeps what the checkpoint records.
+TEST(AblationTrainConfig, FineTuningAVariantCheckpoint) {
+  const std::string init = test::golden("ablation/ablation_rwkv_orig.pth");
+  train::TrainConfig tc = train::train_config_from_json(
+      R"({"model": {"init": ")" + init + R"(", "shift": "1d", "wkv_direction": "uni"}})", "t.json");
+  EXPECT_TRUE(tc.init_variant);
+  struct Ten : train::Dataset {
+    Ten() { class_names_.assign(10, "c"), name_ = "ten"; }
+    std::int64_t size() const override { return 1; }
+    std::int64_t label(std::int64_t) const override { return 0; }
+    train::Image8 image(std::int64_t) const override { return {32, 32, 3, std::vector<std::uint8_t>(32 * 32 * 3)}; }
+  } data;
+  const Model m = train::initial_model(tc, data);
+  EXPECT_EQ(m.architecture().shift, TokenShift::OneD);
+  EXPECT_EQ(m.architecture().wkv_direction, WkvDirection::Uni);
+  // Written back and read again (as --resume does), the variant stays.
+  const train::TrainConfig again = train::train_config_from_json(train::train_config_to_json(tc), "again");
+  EXPECT_TRUE(again.init_variant);
+  EXPECT_EQ(train::initial_model(again, data).architecture().shift, TokenShift::OneD);
+  // Without the keys: the checkpoint's own (a .pth: Q-Shift, bi), and none are written back.
+  tc = train::train_config_from_json(R"({"model": {"init": ")" + init + R"("}})", "t.json");
+  EXPECT_FALSE(tc.init_variant);
+  EXPECT_EQ(train::initial_model(tc, data).architecture().shift, TokenShift::Q);
+  EXPECT_EQ(train::train_config_to_json(tc).find("wkv_direction"), std::string::npos);
 }
 
 // A model trained with a variant records it; eval and info use it with no flags.

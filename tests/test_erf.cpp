@@ -113,6 +113,11 @@ TEST_F(Cli, ErfWritesTheFigureAndTheMaps) {
   ASSERT_EQ(a.at("map").size(), 28u);
   EXPECT_EQ(a.at("map").at(0).size(), 28u);
   EXPECT_EQ(a.at("map"), j.at("models").at(1).at("map"));  // the same model twice: the same map
+  // Positional models alone: no default model is added.
+  r = run("erf " + m + " --data fashion-mnist:test -n 4 -o " + path("one.svg") + " --json " + path("one.json"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::ifstream f1(path("one.json"));
+  EXPECT_EQ(nlohmann::json::parse(f1).at("models").size(), 1u);
 
   expect_input_error(run("erf --model " + m + " --data fashion-mnist:test -o " + path("x.jpg")), ".png or .svg");
   expect_input_error(run("erf --model " + m + " --names a,b --data fashion-mnist:test -o " + path("x.png")), "--names");

@@ -21,7 +21,8 @@ SEEDS=(0 1 2)
 LIST=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --seeds) IFS=, read -r -a SEEDS <<< "$2"; shift 2 ;;
+    --seeds) [ $# -ge 2 ] || { echo "ablation.sh: --seeds needs a list such as 0,1" >&2; exit 2; }
+             IFS=, read -r -a SEEDS <<< "$2"; shift 2 ;;
     --list) LIST=1; shift ;;
     *) echo "ablation.sh: unknown option '$1' (expected --seeds LIST or --list)" >&2; exit 2 ;;
   esac
@@ -57,13 +58,17 @@ for seed in "${SEEDS[@]}"; do
     if [ ! -f "$out/model.safetensors" ]; then
       echo "== $v seed $seed: training (${args[*]})"
       start=$(date +%s)
-      "$VRWKV" train "${args[@]}"
+      rc=0
+      "$VRWKV" train "${args[@]}" || rc=$?
+      # The time of this part, also when it was stopped (a later --resume adds the next part's).
       echo $(( $(cat "$out/seconds" 2>/dev/null || echo 0) + $(date +%s) - start )) > "$out/seconds.new"
       mv "$out/seconds.new" "$out/seconds"
+      [ "$rc" = 0 ] || exit "$rc"
     fi
     eval_json=$("$VRWKV" eval --model "$out/model.safetensors" --data fashion-mnist:test --json --threads 2)
     params=$("$VRWKV" info "$out/model.safetensors" | awk '/^parameters/ {print $2}')
-    "$PY" - "$RESULTS" "configs/ablation/$v.json" "$v" "$seed" "$params" "$(cat "$out/seconds")" "$eval_json" <<'EOF'
+    seconds=$(cat "$out/seconds" 2>/dev/null || echo 0)
+    "$PY" - "$RESULTS" "configs/ablation/$v.json" "$v" "$seed" "$params" "$seconds" "$eval_json" <<'EOF'
 import json, os, sys
 path, config, name, seed, params, seconds, ev = sys.argv[1:]
 m = json.load(open(config))["model"]

@@ -23,6 +23,10 @@ struct TrainConfig {
   // class count differs), else `preset` (vrwkv_t/s/b/l), else `model`.
   std::string init, preset;
   Architecture model;         // num_classes and class names come from the data
+  // model.shift/wkv_direction/wkv_decay given beside `init` (with shift_pixel): they
+  // say how to read the checkpoint (a .pth cannot tell a variant's), so they
+  // override what it records.
+  bool init_variant = false;
   double init_values = 1e-5;  // layer-scale gammas' initial value (layer_scale only)
   // Data.
   std::string train_data = "fashion-mnist:train", val_data = "fashion-mnist:test";

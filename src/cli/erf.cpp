@@ -45,7 +45,9 @@ void add_erf(CLI::App& app) {
   cmd->callback([opt] {
     if (!opt->output.ends_with(".png") && !opt->output.ends_with(".svg"))
       input_error("--output: expected a .png or .svg file name, got '", opt->output, "'");
-    std::vector<std::string> paths{opt->model.path()};
+    // --model and the positional models; the default model only when neither is given.
+    std::vector<std::string> paths;
+    if (!opt->model.model.empty() || opt->more.empty()) paths.push_back(opt->model.path());
     paths.insert(paths.end(), opt->more.begin(), opt->more.end());
     check_output_path(opt->output, "--output", /*stdout_ok=*/false);
     check_not_an_input(opt->output, paths, "--output");
@@ -94,7 +96,8 @@ void add_erf(CLI::App& app) {
       maps.emplace_back(names[m], sum);
     }
     if (tty) std::fprintf(stderr, "\r\033[K");
-    // The JSON is written first and committed after the figure: a failure leaves neither file.
+    // The JSON is written first and committed after the figure: a failure in the work or the drawing leaves
+    // neither file.
     std::unique_ptr<AtomicFile> json_out;
     if (!opt->json.empty()) {
       nlohmann::json j = {{"data", opt->data}, {"models", nlohmann::json::array()}};

@@ -137,12 +137,19 @@ Config config_from_json(const std::string& text, const std::string& source) {
     c.pos_grid_h = integer(j.at("pos_grid").at(0), "pos_grid");
     c.pos_grid_w = integer(j.at("pos_grid").at(1), "pos_grid");
     c.shift_pixel = static_cast<int>(integer(j.at("shift_pixel"), "shift_pixel", 0, 1 << 30));
-    c.shift = j.contains("shift") ? shift_from_string(j.at("shift"))
+    const auto named = [&](const char* key, auto parse) {  // "PATH: vrwkv.config shift: unknown token shift ..."
+      try {
+        return parse(j.at(key).get<std::string>());
+      } catch (const Error& e) {
+        input_error(source, ": vrwkv.config ", key, ": ", e.what());
+      }
+    };
+    c.shift = j.contains("shift") ? named("shift", shift_from_string)
               : c.shift_pixel == 0 ? TokenShift::None
                                    : TokenShift::Q;
     c.channel_gamma = j.at("channel_gamma");
-    if (j.contains("wkv_direction")) c.wkv_direction = wkv_direction_from_string(j.at("wkv_direction"));
-    if (j.contains("wkv_decay")) c.wkv_decay = wkv_decay_from_string(j.at("wkv_decay"));
+    if (j.contains("wkv_direction")) c.wkv_direction = named("wkv_direction", wkv_direction_from_string);
+    if (j.contains("wkv_decay")) c.wkv_decay = named("wkv_decay", wkv_decay_from_string);
     c.key_norm = j.at("key_norm");
     c.post_norm = j.at("post_norm");
     c.layer_scale = j.at("layer_scale");

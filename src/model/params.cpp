@@ -332,6 +332,13 @@ void apply_overrides(Config& c, const ConfigOverrides& o, const std::string& sou
   if (o.shift && o.shift_pixel && (*o.shift == TokenShift::None) != (*o.shift_pixel == 0))
     input_error("--shift ", to_string(*o.shift), " contradicts --shift-pixel ", *o.shift_pixel,
                 " (shift none is shift_pixel 0)");
+  // A VRWKV model without a shift has no spatial_mix tensors to shift with.
+  const bool unshifted = a.block == BlockKind::Vrwkv && a.shift == TokenShift::None;
+  if (unshifted && ((o.shift && *o.shift != TokenShift::None) || (o.shift_pixel && *o.shift_pixel > 0)))
+    input_error(o.shift ? "--shift " + to_string(*o.shift) : std::string("--shift-pixel"), ": ", source,
+                " has no spatial_mix tensors (a model without token shift)");
+  if (o.wkv_decay == WkvDecay::Rwkv4 && o.wkv_direction.value_or(a.wkv_direction) != WkvDirection::Uni)
+    input_error("--wkv-decay rwkv4: RWKV-4's decay belongs to the causal attention; add --wkv-direction uni");
   if (o.post_norm) a.post_norm = *o.post_norm;
   if (o.key_norm) a.key_norm = *o.key_norm;
   if (o.layer_scale) a.layer_scale = *o.layer_scale;

@@ -287,6 +287,7 @@ void read_model(Section& m, TrainConfig& c, const std::string& source) {
   if (a.shift != TokenShift::None && a.shift_pixel == 0)
     input_error(source, ": model.shift \"", shift, "\" needs a shift distance, but model.shift_pixel is 0");
   if (a.shift == TokenShift::None) a.shift_pixel = 0;
+  c.init_variant = !c.init.empty() && (m.has("shift") || m.has("wkv_direction") || m.has("wkv_decay"));
   m.get("key_norm", a.key_norm);
   m.get("post_norm", a.post_norm);
   m.get("final_norm", a.final_norm);
@@ -331,6 +332,9 @@ void read_model(Section& m, TrainConfig& c, const std::string& source) {
       input_error(source, ": model.preset: ", e.what());
     }
     sized.in_channels = a.in_channels, sized.pos_grid_h = a.pos_grid_h, sized.pos_grid_w = a.pos_grid_w;
+    sized.shift = a.shift, sized.shift_pixel = a.shift_pixel;  // and the variant, as initial_model builds it
+    sized.wkv_direction = a.wkv_direction, sized.wkv_decay = a.wkv_decay;
+    check_architecture(sized, cat(source, ": model (preset ", c.preset, ")"));
   }
   // A model that cannot be trained in this machine's memory: its weights, gradients, two AdamW moments and
   // the EMA copy are 5 floats per parameter, before any activation.
@@ -433,14 +437,15 @@ std::string train_config_to_json(const TrainConfig& c) {
                 {"in_channels", a.in_channels},
                 {"hidden_rate", a.hidden_dims / std::max<std::int64_t>(a.embed_dims, 1)},
                 {"image_size", {a.pos_grid_h * a.patch_size, a.pos_grid_w * a.patch_size}},
-                {"shift", to_string(a.shift)},
                 {"shift_pixel", a.shift_pixel},
-                {"wkv_direction", to_string(a.wkv_direction)},
-                {"wkv_decay", to_string(a.wkv_decay)},
                 {"key_norm", a.key_norm},
                 {"post_norm", a.post_norm},
                 {"final_norm", a.final_norm},
                 {"init_values", a.layer_scale ? json(c.init_values) : json(nullptr)}};
+  if (c.init.empty() || c.init_variant) {  // a fine-tuned model otherwise keeps its checkpoint's variant
+    model["shift"] = to_string(a.shift);
+    model["wkv_direction"] = to_string(a.wkv_direction), model["wkv_decay"] = to_string(a.wkv_decay);
+  }
   if (a.block == BlockKind::Vrwkv6) model["head_size"] = a.head_size;
   else model["channel_gamma"] = a.channel_gamma;  // VRWKV6's shift has none
   if (!c.init.empty()) model["init"] = c.init;
@@ -505,6 +510,10 @@ Model initial_model(const TrainConfig& tc, const Dataset& data) {
     // class count differs.
     ConfigOverrides o;
     o.wkv = WkvSemantics::Paper;
+    if (tc.init_variant) {
+      o.shift = tc.model.shift, o.shift_pixel = tc.model.shift_pixel;
+      o.wkv_direction = tc.model.wkv_direction, o.wkv_decay = tc.model.wkv_decay;
+    }
     Model start = Model::load(tc.init);
     if (start.architecture().block == BlockKind::Vrwkv) start = Model::load(tc.init, o);
     config = start.config();

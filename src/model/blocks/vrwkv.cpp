@@ -102,22 +102,30 @@ std::vector<VrwkvWeights> bind_blocks(const Architecture& a, const Lookup& looku
 
 // The attention's operands w (wu[0, C)) and u (wu[C, 2C)) for an input of T
 // tokens: w = spatial_decay/T, u = spatial_first/T (VRWKV.md 1.6), or RWKV-4's
-// w = exp(spatial_decay), u = spatial_first (ABLATION.md B.3).
+// w = exp(spatial_decay), u = spatial_first (ABLATION.md B.3), with the
+// exponent held at 80 (w ≤ 5.5e34, a decay e^{−w} of exactly 0 either way),
+// so that w and its gradient stay finite in float32.
+constexpr float kMaxDecayExponent = 80.0f;
 void decay_first(const Architecture& a, const VrwkvWeights& w, std::int64_t T, float* wu) {
   const std::int64_t C = a.embed_dims;
   const float t = static_cast<float>(T);
   for (std::int64_t c = 0; c < C; ++c)
-    if (a.wkv_decay == WkvDecay::Rwkv4) wu[c] = std::exp(w.spatial_decay[c]), wu[C + c] = w.spatial_first[c];
+    if (a.wkv_decay == WkvDecay::Rwkv4)
+      wu[c] = std::exp(std::min(w.spatial_decay[c], kMaxDecayExponent)), wu[C + c] = w.spatial_first[c];
     else wu[c] = w.spatial_decay[c] / t, wu[C + c] = w.spatial_first[c] / t;
 }
 
 // Adds the gradients of spatial_decay and spatial_first from those of the
-// operands, gwu = (dL/dw, dL/du); wu as decay_first made it.
-void decay_first_backward(const Architecture& a, const float* wu, const float* gwu, std::int64_t T,
-                          const VrwkvWeights& G) {
+// operands, gwu = (dL/dw, dL/du); wu as decay_first made it (above the held
+// exponent, w does not depend on spatial_decay).
+void decay_first_backward(const Architecture& a, const VrwkvWeights& w, const float* wu, const float* gwu,
+                          std::int64_t T, const VrwkvWeights& G) {
   const std::int64_t C = a.embed_dims;
   for (std::int64_t c = 0; c < C; ++c)
-    if (a.wkv_decay == WkvDecay::Rwkv4) G.spatial_decay[c] += gwu[c] * wu[c], G.spatial_first[c] += gwu[C + c];
+    if (a.wkv_decay == WkvDecay::Rwkv4) {
+      if (w.spatial_decay[c] < kMaxDecayExponent) G.spatial_decay[c] += gwu[c] * wu[c];
+      G.spatial_first[c] += gwu[C + c];
+    }
     else G.spatial_decay[c] += gwu[c] / T, G.spatial_first[c] += gwu[C + c] / T;
 }
 
@@ -290,8 +298,8 @@ class FastVrwkv final : public FastBlocks {
       linears.att_value(rows_of(mix(1, in), r, C), f32_rows(work.v.data(), r, C), r.count());
     }
 
-    // y = BiWKV(w/T, u/T, k, v) into xk (read by now), the team sharing the
-    // (image, channel block) problems;
+    // y = WKV(w, u, k, v) into xk (read by now; the operands of decay_first,
+    // the model's direction), the team sharing the (image, channel block) problems;
     void wkv(const VrwkvWeights& w) {
       decay_first(a, w, work.grid.tokens(), work.wu.data());
       const float* wu = work.wu.data();
@@ -472,7 +480,7 @@ class TrainVrwkv final : public TrainBlocks {
     // gk into g[6], gv into g[1] (free by now).
     ops::biwkv_backward(wu.data(), wu.data() + C, t.k.data(), t.v.data(), gY, gwu.data(), gwu.data() + C,
                         g[6].data(), g[1].data(), B, T, C, wkv_of(c, wkv));
-    decay_first_backward(c, wu.data(), gwu.data(), T, G);
+    decay_first_backward(c, w, wu.data(), gwu.data(), T, G);
     zero(g[0]), zero(g[2]), zero(g[5]);
     linear_backward(w.att_key, G.att_key, t.xk.data(), g[6].data(), g[0].data(), C, C);
     linear_backward(w.att_value, G.att_value, t.xv.data(), g[1].data(), g[2].data(), C, C);
