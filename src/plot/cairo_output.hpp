@@ -83,4 +83,24 @@ inline void write_png(SurfacePtr surface, cairo_status_t drawing, const std::str
   out.commit();
 }
 
+// Ends a figure drawn on `surface` (written to `out` through `sink`): an SVG
+// is finished, a PNG encoded, unless `drawing` (the status of what was drawn)
+// is already an error; then `out` is committed. A failure leaves no file.
+inline void finish_figure(SurfacePtr surface, cairo_status_t drawing, bool svg, Sink& sink, AtomicFile& out,
+                          const std::string& path) {
+  cairo_status_t status = drawing;
+  if (status == CAIRO_STATUS_SUCCESS) {
+    if (svg) {
+      cairo_surface_finish(surface.get());
+      status = cairo_surface_status(surface.get());
+    } else {
+      status = cairo_surface_write_to_png_stream(surface.get(), write_sink, &sink);
+    }
+  }
+  surface.reset();
+  if (sink.error) std::rethrow_exception(sink.error);
+  if (status != CAIRO_STATUS_SUCCESS) runtime_error(path, ": cannot write the plot (", cairo_status_to_string(status), ")");
+  out.commit();
+}
+
 }  // namespace vrwkv::plot_detail

@@ -317,18 +317,7 @@ void plot_curves(const std::vector<std::pair<std::string, Curves>>& runs, const 
     }
     status = cairo_status(cr);
   }
-  if (status == CAIRO_STATUS_SUCCESS) {
-    if (svg) {
-      cairo_surface_finish(surface.get());
-      status = cairo_surface_status(surface.get());
-    } else {
-      status = cairo_surface_write_to_png_stream(surface.get(), write_sink, &sink);
-    }
-  }
-  surface.reset();
-  if (sink.error) std::rethrow_exception(sink.error);
-  if (status != CAIRO_STATUS_SUCCESS) runtime_error(path, ": cannot write the plot (", cairo_status_to_string(status), ")");
-  out.commit();
+  plot_detail::finish_figure(std::move(surface), status, svg, sink, out, path);
 }
 
 }  // namespace vrwkv::train

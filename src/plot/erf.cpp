@@ -131,18 +131,7 @@ void plot_receptive_fields(const std::vector<std::pair<std::string, Tensor>>& ma
     text(cr, W / 2, H - 12, "|d central output / d input|, relative to each map's maximum", 0.5, 11);
     status = cairo_status(cr);
   }
-  if (status == CAIRO_STATUS_SUCCESS) {
-    if (svg) {
-      cairo_surface_finish(surface.get());
-      status = cairo_surface_status(surface.get());
-    } else {
-      status = cairo_surface_write_to_png_stream(surface.get(), write_sink, &sink);
-    }
-  }
-  surface.reset();
-  if (sink.error) std::rethrow_exception(sink.error);
-  if (status != CAIRO_STATUS_SUCCESS) runtime_error(path, ": cannot write the figure (", cairo_status_to_string(status), ")");
-  out.commit();
+  plot_detail::finish_figure(std::move(surface), status, svg, sink, out, path);
 }
 
 }  // namespace vrwkv

@@ -568,16 +568,18 @@ Image to_image(const Image8& in) {
 
 }  // namespace
 
-Tensor load_inputs(const Model& model, const Dataset& data, std::int64_t start, std::int64_t count,
-                   const Context& ctx) {
-  if (start < 0 || count < 0 || start + count > data.size())
-    input_error(data.name(), ": images ", start, "..", start + count, " asked of ", data.size());
-  const ThreadScope threads(ctx);
+namespace {
+
+// Images [start, start + count) as input rows, decoded by the OpenMP workers;
+// errors[b] holds image b's exception (an exception may not leave an OpenMP
+// region), its row left as it was.
+Tensor decode_batch(const Model& model, const Dataset& data, std::int64_t start, std::int64_t count,
+                    std::vector<std::exception_ptr>& errors) {
   const InputFormat format = input_format(model.config());
   const auto [H, W] = preprocess_size(format);
   const std::int64_t channels = model.architecture().in_channels, plane = channels * H * W;
   Tensor input(DType::F32, {count, channels, H, W});
-  std::vector<std::exception_ptr> errors(count);  // an exception may not leave an OpenMP region
+  errors.assign(count, nullptr);
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t b = 0; b < count; ++b) {
     try {
@@ -587,6 +589,18 @@ Tensor load_inputs(const Model& model, const Dataset& data, std::int64_t start, 
       errors[b] = std::current_exception();
     }
   }
+  return input;
+}
+
+}  // namespace
+
+Tensor load_inputs(const Model& model, const Dataset& data, std::int64_t start, std::int64_t count,
+                   const Context& ctx) {
+  if (start < 0 || count < 0 || start + count > data.size())
+    input_error(data.name(), ": images ", start, "..", start + count, " asked of ", data.size());
+  const ThreadScope threads(ctx);
+  std::vector<std::exception_ptr> errors;
+  Tensor input = decode_batch(model, data, start, count, errors);
   for (const std::exception_ptr& e : errors)
     if (e) std::rethrow_exception(e);
   return input;
@@ -607,17 +621,8 @@ EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_
   std::int64_t top1 = 0, top5 = 0, skipped = 0;
   for (std::int64_t start = 0; start < n; start += batch_size) {
     const std::int64_t B = std::min(batch_size, n - start);
-    Tensor input(DType::F32, {B, c.in_channels, H, W});
-    std::vector<std::exception_ptr> errors(B);  // an exception may not leave an OpenMP region
-#pragma omp parallel for schedule(dynamic)
-    for (std::int64_t b = 0; b < B; ++b) {
-      try {
-        const Tensor one = preprocess_image(to_image(data.image(start + b)), format);
-        std::copy(one.f32(), one.f32() + plane, input.f32() + b * plane);
-      } catch (...) {
-        errors[b] = std::current_exception();
-      }
-    }
+    std::vector<std::exception_ptr> errors;
+    Tensor input = decode_batch(model, data, start, B, errors);
     // An image that cannot be read: an error, or (on_image_error) reported and left out of the counts.
     std::vector<char> bad(B, 0);
     for (std::int64_t b = 0; b < B; ++b) {
