@@ -2,6 +2,7 @@
 // stream callback), the owners of cairo objects, and text made safe to draw.
 #pragma once
 
+#include <cairo-svg.h>
 #include <cairo.h>
 
 #include <cstdint>
@@ -81,6 +82,22 @@ inline void write_png(SurfacePtr surface, cairo_status_t drawing, const std::str
   if (sink.error) std::rethrow_exception(sink.error);
   if (status != CAIRO_STATUS_SUCCESS) runtime_error(path, ": cannot write the picture (", cairo_status_to_string(status), ")");
   out.commit();
+}
+
+// A W×H figure's surface writing through `sink` (SVG) or an image surface to
+// encode at the end (PNG), and a context on it with a white page and the
+// sans-serif face selected.
+inline SurfacePtr figure_surface(bool svg, Sink& sink, double W, double H) {
+  return SurfacePtr(svg ? cairo_svg_surface_create_for_stream(write_sink, &sink, W, H)
+                        : cairo_image_surface_create(CAIRO_FORMAT_RGB24, static_cast<int>(W), static_cast<int>(H)),
+                    cairo_surface_destroy);
+}
+inline ContextPtr figure_context(cairo_surface_t* surface) {
+  ContextPtr ctx(cairo_create(surface), cairo_destroy);
+  cairo_set_source_rgb(ctx.get(), 1, 1, 1);
+  cairo_paint(ctx.get());
+  cairo_select_font_face(ctx.get(), "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
+  return ctx;
 }
 
 // Ends a figure drawn on `surface` (written to `out` through `sink`): an SVG

@@ -261,16 +261,11 @@ void plot_curves(const std::vector<std::pair<std::string, Curves>>& runs, const 
 
   AtomicFile out(path);  // before the surface: an SVG surface writes to it while it is destroyed
   Sink sink{&out, nullptr};
-  SurfacePtr surface(svg ? cairo_svg_surface_create_for_stream(write_sink, &sink, W, H)
-                         : cairo_image_surface_create(CAIRO_FORMAT_RGB24, static_cast<int>(W), static_cast<int>(H)),
-                     cairo_surface_destroy);
+  SurfacePtr surface = plot_detail::figure_surface(svg, sink, W, H);
   cairo_status_t status;
   {
-    ContextPtr ctx(cairo_create(surface.get()), cairo_destroy);
+    ContextPtr ctx = plot_detail::figure_context(surface.get());
     cairo_t* cr = ctx.get();
-    cairo_set_source_rgb(cr, 1, 1, 1);
-    cairo_paint(cr);
-    cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
     if (has_train) axes(cr, left, "training loss", "loss");
     else empty_panel(cr, left, "training loss", "no training records");
     if (has_val) axes(cr, right, "validation top-1 (%)", "top-1 (%)");

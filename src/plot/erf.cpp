@@ -86,16 +86,11 @@ void plot_receptive_fields(const std::vector<std::pair<std::string, Tensor>>& ma
 
   AtomicFile out(path);  // before the surface: an SVG surface writes to it while it is destroyed
   Sink sink{&out, nullptr};
-  SurfacePtr surface(svg ? cairo_svg_surface_create_for_stream(write_sink, &sink, W, H)
-                         : cairo_image_surface_create(CAIRO_FORMAT_RGB24, static_cast<int>(W), static_cast<int>(H)),
-                     cairo_surface_destroy);
+  SurfacePtr surface = plot_detail::figure_surface(svg, sink, W, H);
   cairo_status_t status;
   {
-    ContextPtr ctx(cairo_create(surface.get()), cairo_destroy);
+    ContextPtr ctx = plot_detail::figure_context(surface.get());
     cairo_t* cr = ctx.get();
-    cairo_set_source_rgb(cr, 1, 1, 1);
-    cairo_paint(cr);
-    cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
     for (std::size_t i = 0; i < maps.size(); ++i) {
       const Tensor& map = maps[i].second;
       const double mh = static_cast<double>(map.dim(0)), mw = static_cast<double>(map.dim(1));
