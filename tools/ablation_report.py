@@ -51,16 +51,15 @@ def main():
         std = "" if math.isnan(s) else f" ± {s:.2f}"
         print(f"| {paper_name} | {shift} | {att} | {paper} | {each} | **{m:.2f}**{std} | {rs[0]['params']:,} "
               f"| {minutes:.0f} |")
-    if "vrwkv" not in by:
+    paired = [n for n in ORDER[1:] if "vrwkv" in by and set(by.get(n, {})) & set(by["vrwkv"])]
+    if not paired:
         return
     print()
     print("| baseline − variant (paired by seed) | seeds | mean difference (points) | standard error | t | "
           "95 % interval | baseline ahead |")
     print("|---|---|---|---|---|---|---|")
-    for name in ORDER[1:]:
-        seeds = sorted(set(by.get(name, {})) & set(by["vrwkv"]))
-        if not seeds:
-            continue
+    for name in paired:
+        seeds = sorted(set(by[name]) & set(by["vrwkv"]))
         d = [by["vrwkv"][s]["top1"] - by[name][s]["top1"] for s in seeds]
         m, s = mean_std(d)
         if len(d) > 1:
