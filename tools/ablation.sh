@@ -12,7 +12,9 @@
 # docs/ablation/results.json as {variant: {shift, wkv_direction, wkv_decay},
 # name, seed, top1, top5, epochs, params, seconds}; `seconds` is the wall time
 # of its training, summed over resumed parts. Runs already in results.json
-# are skipped, so the script can be stopped and started at any time.
+# are skipped, so the script can be stopped and started at any time. Seed 0's
+# trained models are copied to docs/ablation/models/VARIANT_seed0.safetensors
+# for the receptive-field figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +67,8 @@ for seed in "${SEEDS[@]}"; do
       mv "$out/seconds.new" "$out/seconds"
       [ "$rc" = 0 ] || exit "$rc"
     fi
+    # Seed 0's models are kept with the results (runs/ is not): the receptive-field figure draws them.
+    [ "$seed" = 0 ] && mkdir -p docs/ablation/models && cp "$out/model.safetensors" "docs/ablation/models/${v}_seed0.safetensors"
     eval_json=$("$VRWKV" eval --model "$out/model.safetensors" --data fashion-mnist:test --json --threads 2)
     params=$("$VRWKV" info "$out/model.safetensors" | awk '/^parameters/ {print $2}')
     seconds=$(cat "$out/seconds" 2>/dev/null || echo 0)
