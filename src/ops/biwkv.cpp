@@ -652,18 +652,16 @@ void biwkv_backward(const float* w, const float* u, const float* k, const float*
         scan.T = T, scan.C = C, scan.nc = nc;
         scan.k = k + off, scan.v = v + off, scan.gy = gy + off, scan.gk = gk + off, scan.gv = gv + off;
         for (int c = 0; c < nc; ++c) scan.w[c] = w[c0 + c], scan.u[c] = u[c0 + c];
-        for (double** a : {&scan.E, &scan.F, &scan.Fv, &scan.Fs, &scan.Fsv, &scan.Fx}) *a = p, p += T * kBlock;
+        if constexpr (requires { scan.M; })  // the uni scan's per-token m, y, G
+          scan.M = p, scan.Y = p + T * kBlock, scan.G = p + 2 * T * kBlock;
+        else
+          for (double** a : {&scan.E, &scan.F, &scan.Fv, &scan.Fs, &scan.Fsv, &scan.Fx}) *a = p, p += T * kBlock;
         scan.run();
         for (int c = 0; c < nc; ++c) dw[b * C + c0 + c] = scan.dw[c], du[b * C + c0 + c] = scan.du[c];
       };
       if (wkv.direction == WkvDirection::Uni) {
         UniBackScan scan;
-        scan.T = T, scan.C = C, scan.nc = nc;
-        scan.k = k + off, scan.v = v + off, scan.gy = gy + off, scan.gk = gk + off, scan.gv = gv + off;
-        for (int c = 0; c < nc; ++c) scan.w[c] = w[c0 + c], scan.u[c] = u[c0 + c];
-        scan.M = p, scan.Y = p + T * kBlock, scan.G = p + 2 * T * kBlock;
-        scan.run();
-        for (int c = 0; c < nc; ++c) dw[b * C + c0 + c] = scan.dw[c], du[b * C + c0 + c] = scan.du[c];
+        setup(scan);
       } else if (wkv.semantics == WkvSemantics::Paper) {
         BackScan scan;
         setup(scan);
