@@ -95,6 +95,17 @@ Tensor::Tensor(DType dtype, Shape shape) : dtype_(dtype), shape_(std::move(shape
   buffer_ = std::shared_ptr<std::byte[]>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
 }
 
+Tensor Tensor::borrow(DType dtype, Shape shape, std::shared_ptr<std::byte[]> buffer) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.numel_ = shape_numel(t.shape_);
+  if (t.numel_ < 0) input_error("invalid tensor shape ", shape_str(t.shape_));
+  if (t.numel_ > 0 && !buffer) input_error("tensor ", shape_str(t.shape_), " has no data");
+  t.buffer_ = std::move(buffer);
+  return t;
+}
+
 float* Tensor::f32() {
   if (dtype_ != DType::F32) runtime_error("tensor is ", dtype_name(dtype_), ", expected F32");
   return data<float>();

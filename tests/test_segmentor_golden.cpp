@@ -187,7 +187,9 @@ TEST(Segmentor, FastMatchesReferenceAtTinyWidths) {
   const Tensor one = x.view(3 * 64 * 96, {1, 3, 64, 96}).clone();
   const SegOutputs single = seg.forward(one, fast, {2});
   const std::int64_t n1 = single.decode_logits.numel();
-  EXPECT_LE(max_abs_diff(single.decode_logits.f32(), a.decode_logits.f32() + n1, n1), 1e-4);
+  // Equal up to float32 summation order (GEMM and convolution blockings depend on the batch and the CPU):
+  // the fast-path tolerance, relative to the logits' size.
+  EXPECT_TRUE(close_to(single.decode_logits, a.decode_logits.view(n1, single.decode_logits.shape()), kSegTol));
   // Slide inference over 64x80 (not a multiple of 32) with 64x64 crops, stride 43: two crops.
   Tensor odd(DType::F32, {1, 3, 64, 80});
   for (std::int64_t i = 0; i < odd.numel(); ++i) odd.f32()[i] = normal(rng);

@@ -15,6 +15,8 @@ packages=(
   libcairo2-dev                       # benchmark plots (PNG, SVG)
   libgtest-dev                        # tests
   dataset-fashion-mnist               # training data of the default model, evaluation, training tests
+  pybind11-dev python3-dev            # the Python package (python/, src/python)
+  python3-numpy python3-pytest python3-pil  # ... its arrays and its tests
 )
 if [ "${VRWKV_FUZZ:-0}" = 1 ]; then
   packages+=(clang libclang-rt-14-dev)  # libFuzzer targets

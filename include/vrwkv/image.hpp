@@ -6,6 +6,7 @@
 //   vrwkv::Outputs out = model.forward(x);
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,6 +21,12 @@ namespace vrwkv {
 // is missing, not an image or corrupt throws Error(Input) naming it.
 Tensor load_images(const std::vector<std::string>& paths, const Config& config);
 
+// The same preprocessing of pixels already decoded: 8-bit RGB, HWC,
+// row-major (pixel (x, y) channel c at rgb[(y·width + x)·3 + c]), as a batch
+// of one F32 [1,Cin,H,W]. Sides from 1 to 65535 and at most 2^28 pixels, as
+// for files; `name` labels error messages.
+Tensor preprocess_rgb(const std::uint8_t* rgb, int height, int width, const Config& config,
+                      const std::string& name = "image");
 // The input size {H, W} of the configuration's preprocessing.
 std::pair<int, int> input_size(const Config& config);
 

@@ -1,4 +1,4 @@
-// vrwkv: a dense, row-major, 64-byte aligned tensor.
+// vrwkv: a dense, row-major tensor (64-byte aligned when the library allocates it).
 //
 // Copies are shallow (they share the buffer, like torch.Tensor); clone() copies
 // the data. Shapes are int64 like PyTorch's. A Tensor knows nothing of files or
@@ -32,6 +32,10 @@ class Tensor {
   Tensor() = default;
   // Zero-filled tensor. Throws Error(Input) for a negative or overflowing shape.
   Tensor(DType dtype, Shape shape);
+  // A tensor over memory that someone else owns (a NumPy array, say): no copy.
+  // `buffer` must hold the shape's elements and stays alive as long as any
+  // tensor sharing it; it need not be 64-byte aligned (no op assumes so).
+  static Tensor borrow(DType dtype, Shape shape, std::shared_ptr<std::byte[]> buffer);
 
   DType dtype() const { return dtype_; }
   const Shape& shape() const { return shape_; }

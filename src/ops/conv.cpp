@@ -119,10 +119,29 @@ Conv2d::Conv2d(const float* weight, const float* bias, const ConvShape& shape, c
 }
 Conv2d::~Conv2d() = default;
 
+bool winograd_supported() {
+  static const bool supported = [] {
+    const memory::dim c = kWinogradMinChannels;
+    try {
+      const dnnl::convolution_forward::primitive_desc pd(
+          dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_winograd,
+                                          memory::desc({1, c, 8, 8}, dt::f32, tag::any),
+                                          memory::desc({c, c, 3, 3}, dt::f32, tag::any),
+                                          memory::desc({c}, dt::f32, tag::x),
+                                          memory::desc({1, c, 8, 8}, dt::f32, tag::any), {1, 1}, {1, 1}, {1, 1}),
+          dnnl_engine());
+      return true;
+    } catch (const dnnl::error&) {
+      return false;  // no implementation for this CPU
+    }
+  }();
+  return supported;
+}
+
 bool Conv2d::winograd_applies() const {
   const ConvShape& s = shape_;
   return s.k == 3 && s.stride == 1 && s.pad == 1 && s.groups == 1 && s.Ci >= kWinogradMinChannels &&
-         s.Co >= kWinogradMinChannels;
+         s.Co >= kWinogradMinChannels && winograd_supported();
 }
 
 const Conv2d::Plan& Conv2d::plan(std::int64_t B, std::int64_t H, std::int64_t W, ConvCompute compute) {

@@ -43,8 +43,11 @@ void conv_transpose2d_ref(const float* x, const float* weight, const float* bias
 // run as Winograd F(4×4, 3×3) when allowed: fewer multiplies for the
 // UPerHead's 512-channel convolutions (a whole 512² segmentor call went
 // from 3.5–3.7 s to 1.4 s), and an error below the direct sum's
-// (tests/test_seg_ops.cpp measures it).
+// (tests/test_seg_ops.cpp measures it). oneDNN has Winograd on AVX-512
+// machines only; elsewhere these run as direct convolutions.
 constexpr std::int64_t kWinogradMinChannels = 256;
+// Whether this machine's oneDNN has a Winograd convolution (asked once).
+bool winograd_supported();
 
 enum class ConvCompute : std::uint8_t { Direct, Winograd, BF16 };
 
@@ -52,8 +55,9 @@ class Conv2d {
  public:
   Conv2d(const float* weight, const float* bias, const ConvShape& shape, const float* scale = nullptr,
          const float* shift = nullptr, bool relu = false);
-  // Whether float32 calls may use Winograd (when the shape allows it; default yes).
+  // Whether float32 calls may use Winograd (when the shape and the machine allow it; default yes).
   void allow_winograd(bool allow) { winograd_ = allow; }
+  // Whether the shape suits Winograd and the machine has it.
   bool winograd_applies() const;
   ~Conv2d();
   Conv2d(const Conv2d&) = delete;

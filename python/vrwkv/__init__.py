@@ -1,0 +1,215 @@
+"""vrwkv: Vision-RWKV on NumPy arrays, with the conventions of timm.
+
+    import numpy, vrwkv
+    model = vrwkv.load("vrwkv_t_in1k_224.pth", threads=2)
+    x = model.preprocess("cat.jpg")            # float32 [1, 3, 224, 224]
+    logits = model(x)                          # float32 [1, 1000]
+    model.classify(["cat.jpg"], topk=5)        # [[(name, probability), ...]]
+
+    backbone = vrwkv.load("vrwkv_t_in1k_224.pth", features_only=True, out_indices=(3, 7, 11))
+    maps = backbone(x)                         # three float32 [1, 192, 14, 14] maps
+    backbone.feature_info                      # [{'num_chs': 192, 'reduction': 16, 'module': 'layers.3'}, ...]
+
+Inputs are float32 NCHW arrays, normalised as the model's preprocessing
+leaves them. A C-contiguous float32 NumPy array reaches the engine without a
+copy; any other array-like (another dtype or layout, a list, an object with
+``__dlpack__`` such as a PyTorch tensor) is converted once. Outputs are NumPy
+arrays over the engine's memory. The engine releases the GIL while it computes,
+so models can run in several Python threads. Errors are ``vrwkv.InputError``
+(a ``ValueError``: a file, shape or option the engine cannot take) or
+``vrwkv.EngineError`` (a ``RuntimeError``), both ``vrwkv.Error``.
+"""
+
+import json as _json
+import os as _os
+
+import numpy as _np
+
+from ._vrwkv import EngineError, Error, InputError
+from ._vrwkv import Model as _Engine
+from ._vrwkv import preset_names as _preset_names
+
+__all__ = ["Error", "InputError", "EngineError", "Model", "load", "create_model", "list_models"]
+__version__ = "0.1.0"
+
+# The model options of the command line, as keywords (`--wkv-chunks 8` is wkv_chunks=8).
+_MODEL_OPTIONS = ("wkv", "wkv_chunks", "preprocess", "head", "shift", "wkv_direction", "wkv_decay", "post_norm",
+                  "final_norm", "key_norm", "layer_scale", "shift_pixel", "channel_gamma", "out_indices", "pos_grid")
+
+
+def _options(kwargs, out_indices):
+    unknown = sorted(set(kwargs) - set(_MODEL_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown model option '{unknown[0]}' (expected one of {', '.join(_MODEL_OPTIONS)})")
+    options = dict(kwargs)
+    if out_indices is not None:
+        if isinstance(out_indices, int):
+            out_indices = (out_indices,)
+        options["out_indices"] = [int(i) if isinstance(i, (int, _np.integer)) else i for i in out_indices]
+    return options
+
+
+def _threads(threads):
+    return 0 if threads is None else threads
+
+
+def load(path, *, threads=None, dtype="fp32", features_only=False, out_indices=None, **options):
+    """A model from a checkpoint: an official ``.pth`` (any layout) or a vrwkv ``.safetensors``.
+
+    threads: worker threads (default: every core). dtype: "fp32", or "bf16" (block linears in bfloat16 with
+    float32 accumulation). features_only: calling the model returns the feature maps at ``out_indices`` (block
+    indices, negative from the end; default the last block). Further keywords are the model options of the
+    command line: wkv ("paper" | "official"), wkv_chunks, preprocess ("mmcls" | "internimage" | "resize"),
+    head ("none" | "linear" | "mlp"), shift ("q" | "1d" | "none"), wkv_direction ("bi" | "uni"), wkv_decay
+    ("vrwkv" | "rwkv4"), post_norm, final_norm, key_norm, layer_scale (bools), shift_pixel, channel_gamma,
+    pos_grid ((h, w)).
+    """
+    if not isinstance(path, (str, _os.PathLike)):
+        raise InputError(f"path: expected a file name, got {type(path).__name__}")
+    engine = _Engine.load(_os.fspath(path), _options(options, out_indices), _threads(threads), dtype)
+    return Model(engine, features_only)
+
+
+def create_model(name, pretrained=False, *, num_classes=None, seed=0, threads=None, dtype="fp32",
+                 features_only=False, out_indices=None, **options):
+    """A preset ("vrwkv_t", "vrwkv_s", "vrwkv_b", "vrwkv_l", "vrwkv6_t", ...) with the official initialisation.
+
+    No weights are bundled: with pretrained=True this raises InputError; use load(path) on a checkpoint.
+    num_classes: classes of the head (0: no head). seed: the initialisation's.
+    """
+    if pretrained:
+        raise InputError(f"{name}: no pretrained weights are bundled; load a checkpoint with vrwkv.load(path)")
+    engine = _Engine.create(name, num_classes, seed, _options(options, out_indices), _threads(threads), dtype)
+    return Model(engine, features_only)
+
+
+def list_models():
+    """The preset names create_model knows."""
+    return list(_preset_names())
+
+
+def _as_input(x):
+    """x as something the engine takes: ndarrays as they are, __dlpack__ objects through NumPy without a copy."""
+    if isinstance(x, _np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__"):
+        try:
+            return _np.from_dlpack(x)
+        except (TypeError, RuntimeError, BufferError):
+            # e.g. a tensor that requires grad or lives on another device: one copy through __array__
+            if hasattr(x, "detach"):
+                x = x.detach().cpu()
+            return _np.asarray(x)
+    return x
+
+
+class Model:
+    """A loaded model. Calling it runs the whole model on float32 [B, Cin, H, W]."""
+
+    def __init__(self, engine, features_only=False):
+        self._engine = engine
+        self.features_only = bool(features_only)
+        # The architecture and run settings, as the safetensors metadata "vrwkv.config" holds them.
+        self.config = _json.loads(engine.config_json)
+        c = self.config
+        self._has_head = c["head"] != "none"
+        self.num_classes = int(c["num_classes"]) if self._has_head else 0
+        self.num_features = self.embed_dim = int(c["embed_dims"])
+        self.class_names = list(engine.class_names) if self._has_head else []
+        self.pretrained_cfg = {"input_size": (int(c["in_channels"]), *engine.input_size()),
+                               "preprocess": c["preprocess"]}
+        self.feature_info = [{"num_chs": self.num_features, "reduction": int(c["patch_size"]), "module": f"layers.{i}"}
+                             for i in c["out_indices"]]
+
+    def __repr__(self):
+        c = self.config
+        return (f"vrwkv.Model({c['block']}, {c['depth']} blocks of width {c['embed_dims']}, "
+                f"{self.num_classes} classes, {self.parameter_count:,} parameters)")
+
+    @property
+    def parameter_count(self):
+        return self._engine.parameter_count
+
+    @property
+    def threads(self):
+        return self._engine.threads
+
+    def flops(self, height, width):
+        """FLOPs of one image of height × width by the official counting convention."""
+        return self._engine.flops(int(height), int(width))
+
+    def parameters(self):
+        """Every parameter under its official name, as read-only arrays over the model's weights."""
+        return self._engine.parameters()
+
+    def forward(self, x):
+        """Logits [B, K] (the pooled features [B, C] without a head; the feature maps if features_only)."""
+        features, pooled, logits = self._engine.forward(_as_input(x))
+        if self.features_only:
+            return features
+        return logits if logits is not None else pooled
+
+    __call__ = forward
+
+    def forward_features(self, x):
+        """The last feature map, float32 [B, C, h, w] (after the final norm)."""
+        return self._engine.forward(_as_input(x))[0][-1]
+
+    def forward_intermediates(self, x):
+        """The feature maps at out_indices, a list of float32 [B, C, h, w]."""
+        return self._engine.forward(_as_input(x))[0]
+
+    def forward_head(self, x, pre_logits=False):
+        """The classifier on pooled features [B, C] (or on a feature map [B, C, h, w], pooled first)."""
+        x = _as_input(x)
+        x = _np.asarray(x, dtype=_np.float32) if not isinstance(x, _np.ndarray) else x
+        if x.ndim == 4:
+            x = x.mean(axis=(2, 3), dtype=_np.float64).astype(_np.float32)
+        return x if pre_logits else self._engine.head(x)
+
+    def preprocess(self, image):
+        """The model's own preprocessing of a path, a PIL.Image or an H×W×3 uint8 RGB array: float32 [1, Cin, H, W].
+
+        A list of paths gives one batch [N, Cin, H, W]. Paths are decoded by the engine (as `vrwkv classify` does);
+        a PIL image is converted to RGB by Pillow first.
+        """
+        if isinstance(image, (str, _os.PathLike)):
+            return self._engine.preprocess_files([_os.fspath(image)])
+        if isinstance(image, (list, tuple)) and image and all(isinstance(p, (str, _os.PathLike)) for p in image):
+            return self._engine.preprocess_files([_os.fspath(p) for p in image])
+        if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
+            image = _np.asarray(image.convert("RGB"))
+        if isinstance(image, _np.ndarray):
+            return self._engine.preprocess_pixels(_np.ascontiguousarray(image))
+        raise InputError(f"image: expected a path, a PIL.Image or an H×W×3 uint8 array, got {type(image).__name__}")
+
+    def classify(self, images, topk=5, batch_size=8):
+        """Top-k (class name, probability) for each image (paths, PIL images or arrays)."""
+        if not self._has_head:
+            raise InputError("classify: the model has no classification head")
+        if isinstance(images, (str, _os.PathLike)) or not isinstance(images, (list, tuple)):
+            images = [images]
+        if not isinstance(topk, int) or topk < 1:
+            raise InputError(f"topk: expected a positive integer, got {topk!r}")
+        k = min(topk, self.num_classes)
+        results = []
+        for start in range(0, len(images), batch_size):
+            x = _np.concatenate([self.preprocess(i) for i in images[start:start + batch_size]])
+            logits = self._engine.forward(x)[2].astype(_np.float64)
+            p = _np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            for row in p:
+                top = _np.argsort(-row, kind="stable")[:k]
+                results.append([(self.class_names[c], float(row[c])) for c in top])
+        return results
+
+    def grad(self, x, labels, label_smoothing=0.1):
+        """(loss, {parameter name: dL/dθ}) of the label-smoothed cross-entropy (mmcls's) on a batch.
+
+        labels: integer classes [B]. The gradients are exact (the engine's backward); the arrays are fresh.
+        """
+        labels = _np.asarray(labels)
+        if labels.dtype.kind not in "iu":
+            raise InputError(f"labels: expected integer class indices, got dtype {labels.dtype}")
+        loss, grads, _ = self._engine.grad(_as_input(x), labels, float(label_smoothing))
+        return loss, grads
