@@ -12,8 +12,9 @@
 
 Inputs are float32 NCHW arrays, normalised as the model's preprocessing
 leaves them. A C-contiguous float32 NumPy array reaches the engine without a
-copy; any other array-like (another dtype or layout, a list, an object with
-``__dlpack__`` such as a PyTorch tensor) is converted once. Outputs are NumPy
+copy, and so does a contiguous float32 CPU tensor of any library with
+``__dlpack__`` (PyTorch's); any other array-like (another dtype or layout, a
+list) is converted once. Outputs are NumPy
 arrays over the engine's memory. The engine releases the GIL while it computes,
 so models can run in several Python threads. Errors are ``vrwkv.InputError``
 (a ``ValueError``: a file, shape or option the engine cannot take) or
@@ -37,20 +38,38 @@ _MODEL_OPTIONS = ("wkv", "wkv_chunks", "preprocess", "head", "shift", "wkv_direc
                   "final_norm", "key_norm", "layer_scale", "shift_pixel", "channel_gamma", "out_indices", "pos_grid")
 
 
+def _integer(value, name, low, high):
+    """An int (or NumPy integer, never a bool) in [low, high], else InputError naming it."""
+    if isinstance(value, (bool, _np.bool_)) or not isinstance(value, (int, _np.integer)):
+        raise InputError(f"{name}: expected an integer, got {value!r}")
+    if not low <= int(value) <= high:
+        raise InputError(f"{name}: expected an integer from {low} to {high}, got {value}")
+    return int(value)
+
+
 def _options(kwargs, out_indices):
     unknown = sorted(set(kwargs) - set(_MODEL_OPTIONS))
     if unknown:
         raise InputError(f"unknown model option '{unknown[0]}' (expected one of {', '.join(_MODEL_OPTIONS)})")
     options = dict(kwargs)
+    big = 1 << 62
+    for key in ("wkv_chunks", "shift_pixel"):
+        if options.get(key) is not None:
+            options[key] = _integer(options[key], key, -big, big)  # ranges: the engine's
+    if options.get("pos_grid") is not None:
+        grid = options["pos_grid"]
+        if isinstance(grid, str) or not hasattr(grid, "__len__") or len(grid) != 2:
+            raise InputError(f"pos_grid: expected (height, width), got {grid!r}")
+        options["pos_grid"] = [_integer(v, "pos_grid", 1, big) for v in grid]
     if out_indices is not None:
-        if isinstance(out_indices, int):
+        if not isinstance(out_indices, (list, tuple, range, _np.ndarray)):
             out_indices = (out_indices,)
-        options["out_indices"] = [int(i) if isinstance(i, (int, _np.integer)) else i for i in out_indices]
+        options["out_indices"] = [_integer(i, "out_indices", -big, big) for i in out_indices]
     return options
 
 
 def _threads(threads):
-    return 0 if threads is None else threads
+    return 0 if threads is None else _integer(threads, "threads", 0, 4096)
 
 
 def load(path, *, threads=None, dtype="fp32", features_only=False, out_indices=None, **options):
@@ -79,6 +98,9 @@ def create_model(name, pretrained=False, *, num_classes=None, seed=0, threads=No
     """
     if pretrained:
         raise InputError(f"{name}: no pretrained weights are bundled; load a checkpoint with vrwkv.load(path)")
+    if num_classes is not None:
+        num_classes = _integer(num_classes, "num_classes", 0, 1 << 20)
+    seed = _integer(seed, "seed", 0, (1 << 64) - 1)
     engine = _Engine.create(name, num_classes, seed, _options(options, out_indices), _threads(threads), dtype)
     return Model(engine, features_only)
 
@@ -136,7 +158,7 @@ class Model:
 
     def flops(self, height, width):
         """FLOPs of one image of height × width by the official counting convention."""
-        return self._engine.flops(int(height), int(width))
+        return self._engine.flops(_integer(height, "height", 1, 1 << 20), _integer(width, "width", 1, 1 << 20))
 
     def parameters(self):
         """Every parameter under its official name, as read-only arrays over the model's weights."""
@@ -152,7 +174,8 @@ class Model:
     __call__ = forward
 
     def forward_features(self, x):
-        """The last feature map, float32 [B, C, h, w] (after the final norm)."""
+        """The feature map of the last out index, float32 [B, C, h, w] (through the final norm when that index is
+        the last block and the model has one)."""
         return self._engine.forward(_as_input(x))[0][-1]
 
     def forward_intermediates(self, x):
@@ -189,9 +212,8 @@ class Model:
             raise InputError("classify: the model has no classification head")
         if isinstance(images, (str, _os.PathLike)) or not isinstance(images, (list, tuple)):
             images = [images]
-        if not isinstance(topk, int) or topk < 1:
-            raise InputError(f"topk: expected a positive integer, got {topk!r}")
-        k = min(topk, self.num_classes)
+        k = min(_integer(topk, "topk", 1, 1 << 30), self.num_classes)
+        batch_size = _integer(batch_size, "batch_size", 1, 4096)
         results = []
         for start in range(0, len(images), batch_size):
             x = _np.concatenate([self.preprocess(i) for i in images[start:start + batch_size]])

@@ -384,7 +384,9 @@ void Backprop::backward(const std::map<std::int64_t, Tensor>& d_outputs, Gradien
 LossResult Backprop::run(const Tensor& input, const Tensor& targets, Gradients& grads, const BackwardOptions& options,
                          const Context& ctx) {
   const ThreadScope threads(ctx);
-  return impl_->run(input, targets, grads, options, ctx);
+  LossResult r = impl_->run(input, targets, grads, options, ctx);
+  impl_->input = Tensor();  // the caller's batch is not kept once its gradient is done
+  return r;
 }
 
 std::int64_t Backprop::activation_bytes() const { return impl_->activation_bytes(); }

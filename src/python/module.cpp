@@ -41,10 +41,9 @@ using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>
 // array alive; its last owner may be released on a thread without the GIL.
 Tensor as_tensor(const py::handle& obj, int ndim, const char* what) {
   py::array array;
-  const bool usable = py::isinstance<py::array>(obj) &&
-                      py::array::ensure(obj).dtype().is(py::dtype::of<float>()) &&
-                      (py::array::ensure(obj).flags() & py::array::c_style) &&
-                      (py::array::ensure(obj).flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
+  // array_t's check: an ndarray of a float32-equivalent dtype, C-contiguous.
+  const bool usable = py::isinstance<py::array_t<float, py::array::c_style>>(obj) &&
+                      (py::reinterpret_borrow<py::array>(obj).flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
   if (usable) array = py::reinterpret_borrow<py::array>(obj);
   else {
     array = FloatArray::ensure(obj);
@@ -116,17 +115,17 @@ ConfigOverrides overrides_from(const py::dict& options) {
     const std::string key = k.cast<std::string>();
     const char* name = key.c_str();
     if (v.is_none()) continue;
-    if (key == "wkv") o.wkv = named(name, [&] { return wkv_from_string(text(v, name)); });
+    if (key == "wkv") o.wkv = named(name, [t = text(v, name)] { return wkv_from_string(t); });
     else if (key == "wkv_chunks") {
       const std::int64_t s = integer(v, name);
       if (s < 1 || s > 1 << 20) input_error(name, ": expected a chunk count from 1 to 1048576, got ", s);
       o.wkv_chunks = static_cast<int>(s);
-    } else if (key == "preprocess") o.preprocess = named(name, [&] { return preprocess_from_string(text(v, name)); });
-    else if (key == "head") o.head = named(name, [&] { return head_from_string(text(v, name)); });
-    else if (key == "shift") o.shift = named(name, [&] { return shift_from_string(text(v, name)); });
+    } else if (key == "preprocess") o.preprocess = named(name, [t = text(v, name)] { return preprocess_from_string(t); });
+    else if (key == "head") o.head = named(name, [t = text(v, name)] { return head_from_string(t); });
+    else if (key == "shift") o.shift = named(name, [t = text(v, name)] { return shift_from_string(t); });
     else if (key == "wkv_direction")
-      o.wkv_direction = named(name, [&] { return wkv_direction_from_string(text(v, name)); });
-    else if (key == "wkv_decay") o.wkv_decay = named(name, [&] { return wkv_decay_from_string(text(v, name)); });
+      o.wkv_direction = named(name, [t = text(v, name)] { return wkv_direction_from_string(t); });
+    else if (key == "wkv_decay") o.wkv_decay = named(name, [t = text(v, name)] { return wkv_decay_from_string(t); });
     else if (key == "post_norm") o.post_norm = flag(v, name);
     else if (key == "final_norm") o.final_norm = flag(v, name);
     else if (key == "key_norm") o.key_norm = flag(v, name);
@@ -162,12 +161,16 @@ class PyModel {
   PyModel(Model model, int threads, bool bf16) : model_(std::move(model)), ctx_{threads} { options_.bf16 = bf16; }
 
   static PyModel load(const std::string& path, const py::dict& options, int threads, const std::string& dtype) {
+    const int t = checked_threads(threads);  // every option checked before the file is read
+    const bool bf16 = checked_dtype(dtype);
     const ConfigOverrides o = overrides_from(options);
-    return PyModel(Model::load(path, o), checked_threads(threads), checked_dtype(dtype));
+    return PyModel(Model::load(path, o), t, bf16);
   }
 
   static PyModel create(const std::string& preset, std::optional<std::int64_t> num_classes, std::uint64_t seed,
                         const py::dict& options, int threads, const std::string& dtype) {
+    const int t = checked_threads(threads);
+    const bool bf16 = checked_dtype(dtype);
     Config config = preset_config(preset);
     if (num_classes) {
       if (*num_classes < 0 || *num_classes > 1 << 20)
@@ -177,7 +180,7 @@ class PyModel {
     }
     apply_overrides(config, overrides_from(options), preset);
     const TensorMap params = initial_parameters(config.arch, seed);
-    return PyModel(Model::from_state_dict(params, config, preset), checked_threads(threads), checked_dtype(dtype));
+    return PyModel(Model::from_state_dict(params, config, preset), t, bf16);
   }
 
   // The whole model on x F32 [B,Cin,H,W]: (features, pooled, logits or None).
@@ -306,24 +309,26 @@ PYBIND11_MODULE(_vrwkv, m) {
   using namespace vrwkv::python;
   m.doc() = "vrwkv engine (use the vrwkv package)";
 
-  // vrwkv.Error and its two kinds; the bases are made here so that the
-  // classes are the ones the translator raises.
-  static py::object error = py::reinterpret_steal<py::object>(
-      PyErr_NewExceptionWithDoc("vrwkv.Error", "Any failure reported by the vrwkv engine.", PyExc_Exception, nullptr));
-  static py::object input = py::reinterpret_steal<py::object>(PyErr_NewExceptionWithDoc(
+  // vrwkv.Error and its two kinds. The classes live as long as the
+  // interpreter: plain references, never released by C++ static teardown
+  // (which runs after the interpreter is gone).
+  static PyObject* const error =
+      PyErr_NewExceptionWithDoc("vrwkv.Error", "Any failure reported by the vrwkv engine.", PyExc_Exception, nullptr);
+  static PyObject* const input = PyErr_NewExceptionWithDoc(
       "vrwkv.InputError", "Bad input: a file, a shape or an option the engine cannot take.",
-      py::make_tuple(error, py::handle(PyExc_ValueError)).ptr(), nullptr));
-  static py::object engine = py::reinterpret_steal<py::object>(PyErr_NewExceptionWithDoc(
-      "vrwkv.EngineError", "A failure while running on good input (memory, an unsupported CPU feature).",
-      py::make_tuple(error, py::handle(PyExc_RuntimeError)).ptr(), nullptr));
-  m.attr("Error") = error;
-  m.attr("InputError") = input;
-  m.attr("EngineError") = engine;
+      py::make_tuple(py::handle(error), py::handle(PyExc_ValueError)).ptr(), nullptr);
+  static PyObject* const engine = PyErr_NewExceptionWithDoc(
+      "vrwkv.EngineError", "A failure of the engine while running on good input.",
+      py::make_tuple(py::handle(error), py::handle(PyExc_RuntimeError)).ptr(), nullptr);
+  if (!error || !input || !engine) throw py::error_already_set();
+  m.attr("Error") = py::handle(error);
+  m.attr("InputError") = py::handle(input);
+  m.attr("EngineError") = py::handle(engine);
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const Error& e) {
-      PyErr_SetString((e.kind() == Error::Kind::Input ? input : engine).ptr(), e.what());
+      PyErr_SetString(e.kind() == Error::Kind::Input ? input : engine, e.what());
     }
   });
 

@@ -18,10 +18,13 @@ def tiny():
 def test_a_contiguous_float32_array_reaches_the_engine_without_a_copy():
     x = np.zeros((2, 3, 32, 32), np.float32)
     assert vrwkv._vrwkv._engine_address(x) == x.ctypes.data
-    # Another dtype or layout is converted (once): the engine sees other memory.
-    assert vrwkv._vrwkv._engine_address(x.astype(np.float64)) != x.ctypes.data
-    f = np.asfortranarray(x)
+    # Another dtype or layout is converted (once): the engine sees other memory than the (live) array's.
+    x64 = x.astype(np.float64)
+    assert vrwkv._vrwkv._engine_address(x64) != x64.ctypes.data
+    f = np.asfortranarray(np.zeros((2, 3, 32, 32), np.float32))
     assert vrwkv._vrwkv._engine_address(f) != f.ctypes.data
+    strided = np.zeros((2, 3, 32, 64), np.float32)[..., ::2]
+    assert vrwkv._vrwkv._engine_address(strided) != strided.ctypes.data
 
 
 def test_converted_inputs_give_the_same_outputs():
@@ -34,13 +37,17 @@ def test_converted_inputs_give_the_same_outputs():
     assert max_error(want, g["logits"]) <= FORWARD_TOL
 
 
-def test_outputs_outlive_the_model_and_own_their_memory():
+def test_parameters_are_read_only_and_outlive_the_model():
     model, g = tiny()
-    out = model(np.ascontiguousarray(g["input"], dtype=np.float32))
+    params = model.parameters()
     del model
-    assert out.shape == (2, 10) and out.dtype == np.float32 and np.isfinite(out).all()
-    params = vrwkv.load(golden_case("tiny_default")[2]).parameters()
-    assert not next(iter(params.values())).flags.writeable
+    fresh = tiny()[0].parameters()
+    assert set(params) == set(fresh)
+    for name, p in params.items():
+        assert not p.flags.writeable
+        assert np.array_equal(p, fresh[name]), name
+    with pytest.raises(ValueError):
+        next(iter(params.values()))[...] = 0
 
 
 def test_features_only_and_feature_info():
@@ -64,7 +71,7 @@ def test_bad_input_raises_input_error_with_the_engines_message():
         vrwkv.load("nonexistent.pth")
     with pytest.raises(ValueError, match="4 dimensions"):
         model(np.zeros((3, 32, 32), np.float32))
-    with pytest.raises(vrwkv.InputError, match="channels|3"):
+    with pytest.raises(vrwkv.InputError, match=r"\[1,4,32,32\]"):
         model(np.zeros((1, 4, 32, 32), np.float32))
     with pytest.raises(vrwkv.InputError, match="wkv"):
         vrwkv.load(golden_case("tiny_default")[2], wkv="fast")
@@ -76,7 +83,18 @@ def test_bad_input_raises_input_error_with_the_engines_message():
         vrwkv.create_model("vrwkv_t", pretrained=True)
     with pytest.raises(vrwkv.InputError, match="vrwkv_q"):
         vrwkv.create_model("vrwkv_q")
-    assert issubclass(vrwkv.InputError, vrwkv.Error) and issubclass(vrwkv.EngineError, RuntimeError)
+    checkpoint = golden_case("tiny_default")[2]
+    for bad in (dict(threads=True), dict(threads=-1), dict(threads=2 ** 40), dict(out_indices=True),
+                dict(dtype="fp16"), dict(wkv=3), dict(wkv_chunks=1.5), dict(pos_grid=(8,))):
+        with pytest.raises(vrwkv.InputError):
+            vrwkv.load(checkpoint, **bad)
+    with pytest.raises(vrwkv.InputError, match="^wkv: expected a string$"):
+        vrwkv.load(checkpoint, wkv=3)
+    for bad in (dict(num_classes=True), dict(seed=-1), dict(num_classes=2 ** 70)):
+        with pytest.raises(vrwkv.InputError):
+            vrwkv.create_model("vrwkv_t", **bad)
+    assert issubclass(vrwkv.InputError, vrwkv.Error) and issubclass(vrwkv.InputError, ValueError)
+    assert issubclass(vrwkv.EngineError, vrwkv.Error) and issubclass(vrwkv.EngineError, RuntimeError)
 
 
 def test_a_corrupt_checkpoint_is_refused(tmp_path):
@@ -101,6 +119,7 @@ def test_two_models_run_in_two_threads_with_the_same_results():
         t.start()
     for t in threads:
         t.join()
+    assert set(results) == {"a", "b"}  # both threads finished without raising
     for runs in results.values():
         assert all(np.array_equal(r, want) for r in runs)
 
@@ -138,8 +157,17 @@ def test_pil_images_and_pixel_arrays_take_the_same_transform(image):
 def test_classify_and_create_model():
     model = vrwkv.create_model("vrwkv_t", num_classes=7, seed=3, threads=1)
     assert model.num_classes == 7 and "vrwkv_t" in vrwkv.list_models()
-    top = model.classify(np.zeros((40, 50, 3), np.uint8), topk=3)
-    assert len(top) == 1 and len(top[0]) == 3 and abs(sum(p for _, p in top[0])) <= 1.0 + 1e-6
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    top = model.classify([image, image], topk=7)
+    assert len(top) == 2 and len(top[0]) == 7
+    # The same image twice in a batch: the same classes, probabilities equal up to float32 summation order.
+    assert [n for n, _ in top[0]] == [n for n, _ in top[1]]
+    assert max(abs(a - b) for (_, a), (_, b) in zip(top[0], top[1])) <= 1e-6
+    probs = [p for _, p in top[0]]
+    assert probs == sorted(probs, reverse=True)
+    assert abs(sum(probs) - 1.0) <= 1e-6  # all 7 classes: a softmax (float64) sums to 1
+    logits = model(model.preprocess(image))[0].astype(np.float64)
+    assert top[0][0][0] == model.class_names[int(np.argmax(logits))]
 
 
 def test_torch_tensors_are_accepted():
