@@ -101,7 +101,9 @@ TEST_F(Cli, AblationRunAndGradReproduceEveryCase) {
   for (const char* name : kCases) {
     const nlohmann::json j = description(name);
     // The golden's own spelling of its flags, where it has one, is ours.
-    if (j.contains("variant_cli")) EXPECT_EQ(" " + j.at("variant_cli").get<std::string>(), variant_flags(j)) << name;
+    if (j.contains("variant_cli")) {
+      EXPECT_EQ(" " + j.at("variant_cli").get<std::string>(), variant_flags(j)) << name;
+    }
     expect_cli_reproduces_case(name, variant_flags(j));
   }
 }

@@ -17,6 +17,7 @@ packages=(
   dataset-fashion-mnist               # training data of the default model, evaluation, training tests
   pybind11-dev python3-dev            # the Python package (python/, src/python)
   python3-numpy python3-pytest python3-pil  # ... its arrays and its tests
+  python3-venv python3-pip python3-setuptools python3-wheel  # ... its offline install (pip install .)
 )
 if [ "${VRWKV_FUZZ:-0}" = 1 ]; then
   packages+=(clang libclang-rt-14-dev)  # libFuzzer targets

@@ -84,8 +84,14 @@ struct TrainRun {
   bool progress_bar = true;
   std::int64_t stop_after = 0;  // > 0: stop (with a checkpoint) after this many steps in total
   // Polled after every step: when it holds a non-zero value (a signal
-  // number), training writes a checkpoint and returns (--resume continues).
+  // number, or -1 for a stop the caller asked for), training writes a
+  // checkpoint and returns (--resume continues).
   const std::atomic<int>* stop = nullptr;
+  // Called with every record appended to metrics.jsonl (one JSON object:
+  // step records with loss/lr/grad_norm, evaluation records with val_top1/
+  // val_top5/val_loss), after it reached the file. An exception it throws
+  // ends the run there (the last checkpoint stays as it was).
+  std::function<void(const std::string& record_json)> on_metrics;
   Context ctx;  // threads of the training step, the loader and evaluation
 };
 

@@ -23,14 +23,20 @@ so models can run in several Python threads. Errors are ``vrwkv.InputError``
 
 import json as _json
 import os as _os
+import queue as _queue
+import signal as _signal
+import threading as _threading
 
 import numpy as _np
 
 from ._vrwkv import EngineError, Error, InputError
 from ._vrwkv import Model as _Engine
+from ._vrwkv import StopFlag as _StopFlag
 from ._vrwkv import preset_names as _preset_names
+from ._vrwkv import train as _train
 
-__all__ = ["Error", "InputError", "EngineError", "Model", "load", "create_model", "list_models"]
+__all__ = ["Error", "InputError", "EngineError", "Model", "load", "create_model", "list_models", "train",
+           "train_iter"]
 __version__ = "0.1.0"
 
 # The model options of the command line, as keywords (`--wkv-chunks 8` is wkv_chunks=8).
@@ -235,3 +241,128 @@ class Model:
             raise InputError(f"labels: expected integer class indices, got dtype {labels.dtype}")
         loss, grads, _ = self._engine.grad(_as_input(x), labels, float(label_smoothing))
         return loss, grads
+
+
+def _train_arguments(config, out_dir, resume, force, threads, progress, stop_after):
+    """The engine's train arguments after the checks `vrwkv train` makes on its flags."""
+    if not isinstance(out_dir, (str, _os.PathLike)):
+        raise InputError(f"out_dir: expected a directory name, got {type(out_dir).__name__}")
+    for name, value in (("resume", resume), ("force", force), ("progress", progress)):
+        if not isinstance(value, (bool, _np.bool_)):
+            raise InputError(f"{name}: expected True or False, got {value!r}")
+    if resume:
+        if config is not None:
+            raise InputError("config: give None with resume=True (the checkpoint's configuration is used)")
+        text, source = "", ""
+    elif isinstance(config, dict):
+        try:
+            text = _json.dumps(config)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"config: not expressible as JSON ({e})") from None
+        source = "config"
+    elif isinstance(config, (str, _os.PathLike)):
+        source = _os.fspath(config)
+        try:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{source}: cannot read the training configuration ({e})") from None
+    else:
+        raise InputError("config: expected a dict, a path to a configuration (configs/*.json), or None with "
+                         f"resume=True; got {type(config).__name__}")
+    steps = 0 if stop_after is None else _integer(stop_after, "stop_after", 1, (1 << 62))
+    return text, source, _os.fspath(out_dir), bool(resume), bool(force), _threads(threads), bool(progress), steps
+
+
+def _sigint_is_python_default():
+    """Whether Ctrl-C would raise KeyboardInterrupt here (the main thread, Python's own handler)."""
+    return (_threading.current_thread() is _threading.main_thread()
+            and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler)
+
+
+def train(config, out_dir, *, callback=None, resume=False, force=False, threads=None, progress=True,
+          stop_after=None):
+    """Trains a model as `vrwkv train` does; returns the final evaluation {top1, top5, loss, images} (or None).
+
+    config: a dict in the form of configs/*.json, or the path of such a file (None with resume=True: the
+    checkpoint's own configuration). out_dir receives checkpoint.safetensors, metrics.jsonl and, at the end,
+    model.safetensors. callback(record) is called with every metrics record as a dict (step records: step, epoch,
+    loss, lr, grad_norm, images_per_second; evaluation records: step, epoch, val_top1, val_top5, val_loss).
+    An exception raised by the callback, and Ctrl-C, stop the run after the current step with a checkpoint and
+    are raised again here; train(None, out_dir, resume=True) continues bit for bit (same thread count).
+    stop_after: stop (with a checkpoint) after this many steps in total.
+    """
+    args = _train_arguments(config, out_dir, resume, force, threads, progress, stop_after)
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback: expected a callable, got {type(callback).__name__}")
+    on_record = None if callback is None else (lambda line: callback(_json.loads(line)))
+    return _train(*args, on_record, _StopFlag(), _sigint_is_python_default())
+
+
+def train_iter(config, out_dir, *, resume=False, force=False, threads=None, progress=True, stop_after=None):
+    """train() as an iterator over its metrics records (dicts, as train's callback receives them).
+
+    Training runs in a background thread while the loop body runs. Leaving the loop early (break, an exception,
+    Ctrl-C) stops the run after its current step with a checkpoint (resume=True continues it). An error of the
+    run itself is raised from the iteration.
+    """
+    args = _train_arguments(config, out_dir, resume, force, threads, progress, stop_after)
+    return _TrainIter(args)
+
+
+class _TrainIter:
+    """The iterator of train_iter: training starts at the first next()."""
+
+    _END = object()
+
+    def __init__(self, args):
+        self._args = args
+        self._records = _queue.Queue()
+        self._stop = _StopFlag()
+        self._thread = None
+        self._error = None
+        self.result = None  # the final evaluation, once the iteration has ended
+
+    def __iter__(self):
+        return self
+
+    def _work(self):
+        try:
+            self.result = _train(*self._args, lambda line: self._records.put(_json.loads(line)), self._stop, False)
+        except BaseException as e:  # handed to the consumer
+            self._error = e
+        finally:
+            self._records.put(self._END)
+
+    def __next__(self):
+        if self._thread is None:
+            self._thread = _threading.Thread(target=self._work, name="vrwkv.train", daemon=True)
+            self._thread.start()
+        try:
+            record = self._records.get()
+        except BaseException:  # Ctrl-C while waiting: stop with a checkpoint
+            self.close()
+            raise
+        if record is self._END:
+            self._thread.join()
+            self._records.put(self._END)  # later next() calls end too
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            raise StopIteration
+        return record
+
+    def close(self):
+        """Stops the run after its current step, with a checkpoint, and waits for it."""
+        if self._thread is not None and self._thread.is_alive():
+            self._stop.request()
+            self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()

@@ -6,11 +6,16 @@
 //   - arrays out: views of the engine's tensors, which the array keeps alive;
 //   - the GIL is released while the engine computes;
 //   - vrwkv::Error becomes vrwkv.InputError (a ValueError) or
-//     vrwkv.EngineError (a RuntimeError), both vrwkv.Error, with its message.
+//     vrwkv.EngineError (a RuntimeError), both vrwkv.Error, with its message;
+//   - training (train) runs without the GIL, takes it for each metrics
+//     record it hands to Python, and stops with a checkpoint on Ctrl-C, on a
+//     StopFlag or when the callback raises.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <csignal>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -27,6 +32,7 @@
 #include "vrwkv/model.hpp"
 #include "vrwkv/presets.hpp"
 #include "vrwkv/tensor.hpp"
+#include "vrwkv/train.hpp"
 
 namespace py = pybind11;
 
@@ -294,6 +300,97 @@ class PyModel {
   std::shared_ptr<std::mutex> grad_mutex_ = std::make_shared<std::mutex>();
 };
 
+// A stop request for a training run that another Python thread can set
+// (vrwkv.train_iter's consumer, when it stops iterating).
+struct StopFlag {
+  std::atomic<int> value{0};
+};
+
+// Ctrl-C during a training run on the main thread: the first SIGINT asks the
+// run to stop after its step (with a checkpoint) and then raises
+// KeyboardInterrupt; a second one has the default effect (the process ends;
+// the checkpoints are written atomically, so none is left half-written).
+// Python's own handler only runs between bytecodes, never while the engine
+// holds the thread, hence this one, installed for the run and restored after.
+std::atomic<std::atomic<int>*> sigint_target{nullptr};
+
+extern "C" void on_sigint(int) {
+  if (std::atomic<int>* t = sigint_target.load()) t->store(SIGINT);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGINT, &dfl, nullptr);  // async-signal-safe
+}
+
+class SigintScope {
+ public:
+  SigintScope(bool install, std::atomic<int>& target) : installed_(install) {
+    if (!installed_) return;
+    sigint_target.store(&target);
+    struct sigaction sa {};
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &previous_);
+  }
+  ~SigintScope() {
+    if (!installed_) return;
+    sigaction(SIGINT, &previous_, nullptr);
+    sigint_target.store(nullptr);
+  }
+  SigintScope(const SigintScope&) = delete;
+  SigintScope& operator=(const SigintScope&) = delete;
+
+ private:
+  bool installed_;
+  struct sigaction previous_ {};
+};
+
+// Trains as `vrwkv train` does: config_json (a configuration's text, named
+// `source` in errors) or, with resume, the checkpoint's own configuration.
+// callback(record_json) for every metrics record; an exception it raises
+// stops the run after a checkpoint and is raised again here. Returns the
+// final evaluation as a dict, or None when there was none.
+py::object train_model(const std::string& config_json, const std::string& source, const std::string& out_dir,
+                       bool resume, bool force, int threads, bool progress, std::int64_t stop_after,
+                       const py::object& callback, StopFlag& stop, bool handle_sigint) {
+  if (out_dir.empty()) input_error("out_dir: expected a directory name");
+  if (resume && force) input_error("resume and force exclude each other");
+  if (threads < 0 || threads > 4096) input_error("threads: expected 0 (every core) to 4096, got ", threads);
+  if (stop_after < 0) input_error("stop_after: expected a positive number of steps, got ", stop_after);
+  train::TrainConfig config;
+  if (!resume) config = train::train_config_from_json(config_json, source);
+  train::TrainRun run;
+  run.out_dir = out_dir, run.resume = resume, run.force = force, run.progress_bar = progress;
+  run.stop_after = stop_after, run.ctx.threads = threads, run.stop = &stop.value;
+  std::optional<py::error_already_set> raised;  // the callback's exception, destroyed with the GIL held
+  if (!callback.is_none())
+    run.on_metrics = [&](const std::string& record) {
+      py::gil_scoped_acquire gil;
+      if (raised) return;
+      try {
+        callback(py::str(record));
+      } catch (py::error_already_set& e) {
+        raised.emplace(std::move(e));
+        stop.value.store(-1);
+      }
+    };
+  train::EvalResult result;
+  {
+    const SigintScope sigint(handle_sigint, stop.value);
+    py::gil_scoped_release nogil;
+    result = train::train(config, run);
+  }
+  if (raised) throw std::move(*raised);
+  if (stop.value.load() == SIGINT) {
+    PyErr_SetNone(PyExc_KeyboardInterrupt);
+    throw py::error_already_set();
+  }
+  if (result.images == 0) return py::none();
+  py::dict out;
+  out["top1"] = result.top1, out["top5"] = result.top5, out["loss"] = result.loss, out["images"] = result.images;
+  return out;
+}
+
 // The address the engine sees for an input (tests check it is the array's own).
 std::uintptr_t engine_address(const py::handle& x) {
   const py::array a = py::array::ensure(x);
@@ -352,6 +449,13 @@ PYBIND11_MODULE(_vrwkv, m) {
         for (const auto& [name, t] : p.model().parameters()) out[py::str(name)] = to_array(t, false);
         return out;
       });
+  py::class_<StopFlag>(m, "StopFlag")
+      .def(py::init<>())
+      .def("request", [](StopFlag& f) { f.value.store(-1); })
+      .def_property_readonly("value", [](const StopFlag& f) { return f.value.load(); });
+  m.def("train", &train_model, py::arg("config_json"), py::arg("source"), py::arg("out_dir"), py::arg("resume"),
+        py::arg("force"), py::arg("threads"), py::arg("progress"), py::arg("stop_after"), py::arg("callback"),
+        py::arg("stop"), py::arg("handle_sigint"));
   m.def("preset_names", &preset_names);
   m.def("_engine_address", &engine_address, py::arg("x"));
 }

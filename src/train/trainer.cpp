@@ -749,9 +749,12 @@ void verify_checkpoint(const TensorMap& tensors, const Metadata& meta, const std
 
 // Appends one record to metrics.jsonl and checks that it reached the file (a
 // full disk fails here, not at the next checkpoint).
-void append_metrics(std::ofstream& metrics, const json& record, const std::string& path) {
-  metrics << record.dump() << "\n" << std::flush;
+// Then hands it to the run's on_metrics.
+void append_metrics(std::ofstream& metrics, const json& record, const std::string& path, const TrainRun& run) {
+  const std::string line = record.dump();
+  metrics << line << "\n" << std::flush;
   if (!metrics) runtime_error(path, ": cannot append to the metrics file (", std::strerror(errno), ")");
+  if (run.on_metrics) run.on_metrics(line);
 }
 
 // Keeps the metrics records up to `step` (a resumed run rewrites what came after).
@@ -957,7 +960,7 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
                           {"lr", lr},
                           {"grad_norm", norm},
                           {"images_per_second", ips}},
-                     metrics_path);
+                     metrics_path, run);
       if (!tty) std::fprintf(stderr, "%s\n", line);
       t_window = now, window_images = 0, window_loss = 0, window_steps = 0;
     }
@@ -969,7 +972,7 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
                           {"val_top1", last_eval.top1},
                           {"val_top5", last_eval.top5},
                           {"val_loss", last_eval.loss}},
-                     metrics_path);
+                     metrics_path, run);
       std::fprintf(stderr, "%sepoch %lld: %s top-1 %.2f %% top-5 %.2f %% loss %.4f (%lld images)\n",
                    tty ? "\n" : "", static_cast<long long>(st.step / per_epoch), tc.val_data.c_str(), last_eval.top1,
                    last_eval.top5, last_eval.loss, static_cast<long long>(last_eval.images));
@@ -981,8 +984,9 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
         st.step == total)
       save_checkpoint(ckpt_path, model, opt, st, tc, threads);
     if (signalled) {
-      std::fprintf(stderr, "%svrwkv train: stopped by signal %d after step %lld; checkpoint written to %s (continue with --resume)\n",
-                   tty ? "\n" : "", signalled, static_cast<long long>(st.step), ckpt_path.c_str());
+      const std::string by = signalled > 0 ? "by signal " + std::to_string(signalled) : "on request";
+      std::fprintf(stderr, "%svrwkv train: stopped %s after step %lld; checkpoint written to %s (continue with --resume)\n",
+                   tty ? "\n" : "", by.c_str(), static_cast<long long>(st.step), ckpt_path.c_str());
       return last_eval;
     }
     if (stop) break;
