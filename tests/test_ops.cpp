@@ -152,8 +152,15 @@ TEST(Ops, PackedLinearEpiloguesMatchReference) {
                 if (with_mul) v *= mul[i];
                 want[i] = static_cast<float>(accumulate ? old[i] + v : v);
               }
-              linear({const_cast<float*>(x.data()), DType::F32}, {got.data(), DType::F32}, M,
-                     {act, with_mul ? mul.data() : nullptr, accumulate});
+              const ops::Epilogue epilogue{act, with_mul ? mul.data() : nullptr, accumulate};
+              linear({const_cast<float*>(x.data()), DType::F32}, {got.data(), DType::F32}, M, epilogue);
+              // Never oneDNN's reference matmul (~100x slower): where a fused chain would take it, the
+              // epilogue's tail follows the GEMM instead (on AVX2, a gate multiply with a residual sum).
+              if (dtype == DType::F32) {
+                EXPECT_FALSE(linear.implementation(M, DType::F32, DType::F32, epilogue).starts_with("ref"))
+                    << what << " act " << int(act) << (with_mul ? " mul" : "") << (accumulate ? " accumulate" : "")
+                    << ": " << linear.implementation(M, DType::F32, DType::F32, epilogue);
+              }
               // The GEMM's kOpTol error in z, carried through the epilogue by its
               // largest slope (σ: 1/4, relu²: 2·max|z|, GELU: 1.13, ·mul: max|mul|),
               // plus kOpTol of the result for the epilogue's own float32 steps.

@@ -1,5 +1,9 @@
 #include "ops/packed_linear.hpp"
 
+#include <omp.h>
+
+#include <string>
+
 #include "ops/dnnl_util.hpp"
 #include "vrwkv/error.hpp"
 
@@ -29,7 +33,26 @@ struct PackedLinear::Plan {
   const memory* weights = nullptr;  // one of packed_
   memory::desc src, gemm_src, dst, mul, bias, scratch, reorder_scratch;  // gemm_src: src in the weights' dtype
   dnnl::reorder to_bf16;  // bf16 weights, float32 x: x rounded to bf16 first
+  // The tail of the epilogue done after the GEMM rather than fused into it:
+  // where the fused chain would leave oneDNN only its reference matmul (on
+  // AVX2, oneDNN 2.6's GEMM-based matmul takes a binary post-op or a sum,
+  // not both: ~100x slower). unfused_sum: the GEMM writes z to a scratch
+  // buffer and y += z follows; unfused_mul (then also the sum, which comes
+  // after it): z·mul follows as well.
+  bool unfused_mul = false, unfused_sum = false;
+  std::string implementation;  // oneDNN's name for the matmul's implementation
 };
+
+namespace {
+// y ← y + z·mul, y ← z·mul (in place: z is y) or y ← y + z, over M×N float32 values.
+void finish_epilogue(float* y, const float* z, const float* mul, bool accumulate, std::int64_t count) {
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && count >= (1 << 16))
+  for (std::int64_t i = 0; i < count; ++i) {
+    const float v = mul ? z[i] * mul[i] : z[i];
+    y[i] = accumulate ? y[i] + v : v;
+  }
+}
+}  // namespace
 
 PackedLinear::PackedLinear(const float* W, std::int64_t N, std::int64_t K, DType weights, const float* row_scale,
                            const float* bias)
@@ -61,26 +84,43 @@ const PackedLinear::Plan& PackedLinear::plan(std::int64_t M, DType x, DType y, c
   plan->dst = memory::desc({M, N_}, dnnl_type(y), tag::ab);
   plan->mul = memory::desc({M, N_}, dt::f32, tag::ab);
   if (!bias_.empty()) plan->bias = memory::desc({1, N_}, dt::f32, tag::ab);
-  dnnl::post_ops ops;
-  if (e.act == Activation::Sigmoid) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_logistic, 0.0f, 0.0f);
-  if (e.act == Activation::ReluSquare) {
-    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_square, 0.0f, 0.0f);
+  // The fused chain, and shorter ones for where a full one leaves only oneDNN's reference matmul.
+  const auto make_pd = [&](bool with_mul, bool with_sum) {
+    dnnl::post_ops ops;
+    if (e.act == Activation::Sigmoid) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_logistic, 0.0f, 0.0f);
+    if (e.act == Activation::ReluSquare) {
+      ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+      ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_square, 0.0f, 0.0f);
+    }
+    if (e.act == Activation::Gelu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+    if (e.act == Activation::Tanh) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_tanh, 0.0f, 0.0f);
+    if (e.act == Activation::Silu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
+    if (with_mul) ops.append_binary(dnnl::algorithm::binary_mul, plan->mul);
+    if (with_sum) ops.append_sum(1.0f);
+    // Scratch memory comes from the calling thread (oneDNN's own is bound to the thread that made the primitive).
+    dnnl::primitive_attr attr = user_scratch_attr();
+    attr.set_post_ops(ops);
+    const memory::desc weights_any({K_, N_}, wt, tag::any);
+    return dnnl::matmul::primitive_desc(
+        bias_.empty() ? dnnl::matmul::desc(plan->gemm_src, weights_any, plan->dst)
+                      : dnnl::matmul::desc(plan->gemm_src, weights_any, plan->bias, plan->dst),
+        attr, engine());
+  };
+  const auto is_reference = [](const dnnl::matmul::primitive_desc& d) {
+    return std::string(d.impl_info_str()).starts_with("ref");
+  };
+  dnnl::matmul::primitive_desc pd = make_pd(e.mul != nullptr, e.accumulate);
+  // The unfused tail is written for float32 outputs; bf16 ones keep the fused chain.
+  if (y == DType::F32 && is_reference(pd) && e.accumulate) {
+    dnnl::matmul::primitive_desc shorter = make_pd(e.mul != nullptr, false);
+    if (!is_reference(shorter)) pd = shorter, plan->unfused_sum = true;
   }
-  if (e.act == Activation::Gelu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
-  if (e.act == Activation::Tanh) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_tanh, 0.0f, 0.0f);
-  if (e.act == Activation::Silu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
-  if (e.mul) ops.append_binary(dnnl::algorithm::binary_mul, plan->mul);
-  if (e.accumulate) ops.append_sum(1.0f);
-  // Scratch memory comes from the calling thread (oneDNN's own is bound to the thread that made the primitive).
-  dnnl::primitive_attr attr = user_scratch_attr();
-  attr.set_post_ops(ops);
-  const memory::desc weights_any({K_, N_}, wt, tag::any);
-  const dnnl::matmul::primitive_desc pd(
-      bias_.empty() ? dnnl::matmul::desc(plan->gemm_src, weights_any, plan->dst)
-                    : dnnl::matmul::desc(plan->gemm_src, weights_any, plan->bias, plan->dst),
-      attr, engine());
+  if (y == DType::F32 && is_reference(pd) && e.mul) {
+    dnnl::matmul::primitive_desc shorter = make_pd(false, false);
+    if (!is_reference(shorter)) pd = shorter, plan->unfused_mul = true, plan->unfused_sum = e.accumulate;
+  }
   plan->matmul = dnnl::matmul(pd);
+  plan->implementation = pd.impl_info_str();
   plan->scratch = pd.scratchpad_desc();
   if (x != weights_) {
     const dnnl::reorder::primitive_desc rpd(engine(), plan->src, engine(), plan->gemm_src, user_scratch_attr());
@@ -104,6 +144,11 @@ const PackedLinear::Plan& PackedLinear::plan(std::int64_t M, DType x, DType y, c
   return *slot;
 }
 
+std::string PackedLinear::implementation(std::int64_t M, DType x, DType y, const Epilogue& e) {
+  const Plan& p = plan(M, x, y, e);
+  return p.implementation + (p.unfused_mul || p.unfused_sum ? "+unfused" : "");
+}
+
 void PackedLinear::operator()(Activations x, Activations y, std::int64_t M, const Epilogue& e) {
   if (M == 0) return;
   if (weights_ == DType::F32 && x.dtype != DType::F32)
@@ -121,16 +166,26 @@ void PackedLinear::operator()(Activations x, Activations y, std::int64_t M, cons
                                  {DNNL_ARG_SCRATCHPAD, thread_scratch(p.reorder_scratch)}});
       src = rounded;
     }
+    // The GEMM's output: y, or this thread's buffer for z when y += z is done after it.
+    thread_local std::vector<float> z;
+    void* dst = y.data;
+    if (p.unfused_sum) {
+      z.resize(static_cast<std::size_t>(M * N_));
+      dst = z.data();
+    }
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
                                             {DNNL_ARG_WEIGHTS, *p.weights},
-                                            {DNNL_ARG_DST, memory(p.dst, engine(), y.data)},
+                                            {DNNL_ARG_DST, memory(p.dst, engine(), dst)},
                                             {DNNL_ARG_SCRATCHPAD, thread_scratch(p.scratch)}};
     if (!bias_.empty()) args[DNNL_ARG_BIAS] = memory(p.bias, engine(), const_cast<float*>(bias_.data()));
-    if (e.mul)
+    if (e.mul && !p.unfused_mul)
       args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(eltwise_count(e.act)) | DNNL_ARG_SRC_1] =
           memory(p.mul, engine(), const_cast<float*>(e.mul));
     p.matmul.execute(stream, args);
     stream.wait();
+    if (p.unfused_sum || p.unfused_mul)
+      finish_epilogue(static_cast<float*>(y.data), static_cast<const float*>(dst), p.unfused_mul ? e.mul : nullptr,
+                      p.unfused_sum, M * N_);
   } catch (const dnnl::error& err) {
     runtime_error("matmul ", M, "x", N_, "x", K_, " (", dtype_name(weights_), ") failed: ", err.what(),
                   weights_ == DType::BF16 ? " (bf16 needs a CPU with AVX-512 BF16 or AMX)" : "");

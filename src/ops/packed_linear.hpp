@@ -1,7 +1,8 @@
 // The linear layers of the fast forward (VRWKV blocks, the ViT baseline):
 // y[M,N] = epilogue(x[M,K]·Wᵀ + b) through oneDNN matmul primitives, with the
 // element-wise work that follows a GEMM done while its tile is still in
-// registers (activation, gate, residual).
+// registers (activation, gate, residual) where oneDNN can fuse it, and in one
+// pass after the GEMM where fusing would leave only its reference matmul.
 // Weights are converted to float32 or bfloat16 and packed into the library's
 // layout once; a primitive is made once per (M, epilogue, dtypes), on first use.
 // bf16 weights: x and W rounded to bf16, products accumulated in float32.
@@ -11,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -54,6 +56,12 @@ class PackedLinear {
   // with F32 weights x must be F32. Safe to call from several threads at once
   // (inside an OpenMP parallel region the GEMM runs on the calling thread).
   void operator()(Activations x, Activations y, std::int64_t M, const Epilogue& epilogue = {});
+
+  // The oneDNN implementation a call with these settings runs (e.g.
+  // "gemm:jit", "brg:avx512_core"), with "+unfused" where part of the
+  // epilogue follows the GEMM; never "ref..." for float32 where oneDNN has a
+  // fast matmul for some prefix of the epilogue.
+  std::string implementation(std::int64_t M, DType x, DType y, const Epilogue& epilogue = {});
 
  private:
   struct Plan;
