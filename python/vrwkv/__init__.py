@@ -32,11 +32,17 @@ import numpy as _np
 from ._vrwkv import EngineError, Error, InputError
 from ._vrwkv import Model as _Engine
 from ._vrwkv import StopFlag as _StopFlag
+from ._vrwkv import Detector as _DetEngine
+from ._vrwkv import Segmentor as _SegEngine
+from ._vrwkv import ade20k_palette as _ade20k_palette
+from ._vrwkv import checkpoint_kind as _checkpoint_kind
+from ._vrwkv import detector_preset_names as _detector_preset_names
 from ._vrwkv import preset_names as _preset_names
+from ._vrwkv import segmentor_preset_names as _segmentor_preset_names
 from ._vrwkv import train as _train
 
-__all__ = ["Error", "InputError", "EngineError", "Model", "load", "create_model", "list_models", "train",
-           "train_iter"]
+__all__ = ["Error", "InputError", "EngineError", "Model", "Segmentor", "Detector", "load", "create_model",
+           "list_models", "train", "train_iter"]
 __version__ = "0.1.0"
 
 # The model options of the command line, as keywords (`--wkv-chunks 8` is wkv_chunks=8).
@@ -78,6 +84,33 @@ def _threads(threads):
     return 0 if threads is None else _integer(threads, "threads", 0, 4096)
 
 
+# The options of `vrwkv segment` and `vrwkv detect` (the backbone settings a checkpoint's tensors do not tell).
+_DENSE_OPTIONS = ("interaction_indexes", "deform_heads", "deform_points", "post_norm", "wkv", "wkv_chunks")
+
+
+def _dense_options(kwargs):
+    unknown = sorted(set(kwargs) - set(_DENSE_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown option '{unknown[0]}' for a segmentor or detector "
+                         f"(expected one of {', '.join(_DENSE_OPTIONS)})")
+    options = dict(kwargs)
+    big = 1 << 62
+    for key in ("deform_heads", "deform_points", "wkv_chunks"):
+        if options.get(key) is not None:
+            options[key] = _integer(options[key], key, -big, big)
+    if options.get("interaction_indexes") is not None:
+        ranges = options["interaction_indexes"]
+        if isinstance(ranges, str) or not hasattr(ranges, "__len__"):
+            raise InputError(f"interaction_indexes: expected (first, last) block ranges, got {ranges!r}")
+        pairs = []
+        for r in ranges:
+            if isinstance(r, str) or not hasattr(r, "__len__") or len(r) != 2:
+                raise InputError(f"interaction_indexes: expected (first, last) pairs, got {r!r}")
+            pairs.append([_integer(i, "interaction_indexes", -big, big) for i in r])
+        options["interaction_indexes"] = pairs
+    return options
+
+
 def load(path, *, threads=None, dtype="fp32", features_only=False, out_indices=None, **options):
     """A model from a checkpoint: an official ``.pth`` (any layout) or a vrwkv ``.safetensors``.
 
@@ -91,7 +124,15 @@ def load(path, *, threads=None, dtype="fp32", features_only=False, out_indices=N
     """
     if not isinstance(path, (str, _os.PathLike)):
         raise InputError(f"path: expected a file name, got {type(path).__name__}")
-    engine = _Engine.load(_os.fspath(path), _options(options, out_indices), _threads(threads), dtype)
+    path = _os.fspath(path)
+    kind = _checkpoint_kind(path)
+    if kind != "classifier":
+        if features_only or out_indices is not None:
+            raise InputError(f"{path}: a {kind}; features_only and out_indices are options of classifiers")
+        engine = (_SegEngine if kind == "segmentor" else _DetEngine).load(path, _dense_options(options),
+                                                                          _threads(threads), dtype)
+        return Segmentor(engine) if kind == "segmentor" else Detector(engine)
+    engine = _Engine.load(path, _options(options, out_indices), _threads(threads), dtype)
     return Model(engine, features_only)
 
 
@@ -104,6 +145,14 @@ def create_model(name, pretrained=False, *, num_classes=None, seed=0, threads=No
     """
     if pretrained:
         raise InputError(f"{name}: no pretrained weights are bundled; load a checkpoint with vrwkv.load(path)")
+    if name in _segmentor_preset_names() or name in _detector_preset_names():
+        if num_classes is not None or features_only or out_indices is not None or options:
+            raise InputError(f"{name}: the official configuration is fixed (150 ADE20K or 80 COCO classes); "
+                             "num_classes, features_only, out_indices and model options are for classifiers")
+        seed = _integer(seed, "seed", 0, (1 << 64) - 1)
+        if name in _segmentor_preset_names():
+            return Segmentor(_SegEngine.create(name, seed, _threads(threads), dtype))
+        return Detector(_DetEngine.create(name, seed, _threads(threads), dtype))
     if num_classes is not None:
         num_classes = _integer(num_classes, "num_classes", 0, 1 << 20)
     seed = _integer(seed, "seed", 0, (1 << 64) - 1)
@@ -112,8 +161,8 @@ def create_model(name, pretrained=False, *, num_classes=None, seed=0, threads=No
 
 
 def list_models():
-    """The preset names create_model knows."""
-    return list(_preset_names())
+    """The preset names create_model knows: classifiers, then segmentors and detectors."""
+    return list(_preset_names()) + list(_segmentor_preset_names()) + list(_detector_preset_names())
 
 
 def _as_input(x):
@@ -131,7 +180,24 @@ def _as_input(x):
     return x
 
 
-class Model:
+class _Engined:
+    """What every model object has: its engine's parameter count, threads and FLOPs."""
+
+    @property
+    def parameter_count(self):
+        return self._engine.parameter_count
+
+    @property
+    def threads(self):
+        return self._engine.threads
+
+    def flops(self, height, width):
+        """FLOPs of one image of height × width by the official counting convention (detectors: with 1000
+        proposals and 100 detections)."""
+        return self._engine.flops(_integer(height, "height", 1, 1 << 20), _integer(width, "width", 1, 1 << 20))
+
+
+class Model(_Engined):
     """A loaded model. Calling it runs the whole model on float32 [B, Cin, H, W]."""
 
     def __init__(self, engine, features_only=False):
@@ -153,18 +219,6 @@ class Model:
         c = self.config
         return (f"vrwkv.Model({c['block']}, {c['depth']} blocks of width {c['embed_dims']}, "
                 f"{self.num_classes} classes, {self.parameter_count:,} parameters)")
-
-    @property
-    def parameter_count(self):
-        return self._engine.parameter_count
-
-    @property
-    def threads(self):
-        return self._engine.threads
-
-    def flops(self, height, width):
-        """FLOPs of one image of height × width by the official counting convention."""
-        return self._engine.flops(_integer(height, "height", 1, 1 << 20), _integer(width, "width", 1, 1 << 20))
 
     def parameters(self):
         """Every parameter under its official name, as read-only arrays over the model's weights."""
@@ -241,6 +295,131 @@ class Model:
             raise InputError(f"labels: expected integer class indices, got dtype {labels.dtype}")
         loss, grads, _ = self._engine.grad(_as_input(x), labels, float(label_smoothing))
         return loss, grads
+
+
+def _rgb(image):
+    """A PIL.Image or an H×W×3 uint8 array as a C-contiguous uint8 RGB array (paths are left to the engine)."""
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
+        image = _np.asarray(image.convert("RGB"))
+    if isinstance(image, _np.ndarray):
+        return _np.ascontiguousarray(image)
+    raise InputError(f"image: expected a path, a PIL.Image or an H×W×3 uint8 array, got {type(image).__name__}")
+
+
+class _DenseModel(_Engined):
+    """What segmentors and detectors share: run settings, counts, and their pipeline's input of an image."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.config = {"backbone": _json.loads(engine.backbone_json), **_json.loads(engine.settings_json)}
+        self.num_classes = int(engine.num_classes)
+        self.class_names = list(engine.class_names)
+
+    def __repr__(self):
+        return (f"vrwkv.{type(self).__name__}({self.config['backbone']['depth']} blocks of width "
+                f"{self.config['backbone']['embed_dims']}, {self.num_classes} classes, "
+                f"{self.parameter_count:,} parameters)")
+
+    def _preprocess(self, image):
+        """The engine's pipeline on a path (decoded by the engine) or on pixels (PIL.Image or uint8 array)."""
+        if isinstance(image, (str, _os.PathLike)):
+            return self._engine.preprocess_file(_os.fspath(image))
+        return self._engine.preprocess_pixels(_rgb(image))
+
+
+class Segmentor(_DenseModel):
+    """An official segmentor (VRWKV-Adapter + UPerHead, mmseg): vrwkv.load("upernet_...pth") or
+    vrwkv.create_model("upernet_vrwkv_t").
+
+        seg = vrwkv.load("upernet_vrwkv_adapter_tiny_512_160k_ade20k.pth")
+        labels = seg.segment("room.jpg")            # uint8 [H, W] class indices at the photo's size
+        seg.class_names[labels[0, 0]]               # 'wall', ...
+        logits = seg(seg.preprocess("room.jpg"))    # float32 [1, K, h, w] at the input's size
+    """
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self.config["test_mode"] = engine.test_mode
+        palette = _ade20k_palette()
+        self.palette = palette[_np.arange(self.num_classes) % len(palette)]  # uint8 [K, 3], ADE20K's colours
+
+    def preprocess(self, image):
+        """The ADE20K test pipeline (keep-ratio resize to (2048, 512), multiple of 32, normalise; OpenCV's resizes as
+        the official code) of a path, a PIL.Image or an H×W×3 uint8 RGB array: float32 [1, 3, H, W]."""
+        return self._preprocess(image)[0]
+
+    def infer(self, x, *, mode=None, crop=None, stride=None, flip=False, out_size=None):
+        """mmseg's inference on float32 [B, 3, H, W]: logits [B, K, Ho, Wo] (with flip: the log of the averaged
+        softmax). mode: "whole" or "slide" (default: the checkpoint's test_cfg, ADE20K's slide 512/341); crop and
+        stride: (h, w) of slide inference; out_size: (h, w) to rescale to (default the input's)."""
+        pairs = {}
+        for name, value in (("crop", crop), ("stride", stride), ("out_size", out_size)):
+            if value is not None:
+                if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != 2:
+                    raise InputError(f"{name}: expected (height, width), got {value!r}")
+                pairs[name] = tuple(_integer(v, name, 1, 65535) for v in value)
+        if mode is not None and not isinstance(mode, str):
+            raise InputError(f"mode: expected 'whole' or 'slide', got {mode!r}")
+        return self._engine.infer(_as_input(x), mode or "", pairs.get("crop"), pairs.get("stride"), bool(flip),
+                                  pairs.get("out_size"))
+
+    __call__ = infer
+
+    def segment(self, image, **options):
+        """Class indices of each pixel of a photo (path, PIL.Image or H×W×3 uint8 array) at its own size, as
+        `vrwkv segment` writes them: uint8 [H, W] (int64 beyond 256 classes). options: those of infer()."""
+        x, original = self._preprocess(image)
+        logits = self.infer(x, out_size=original.shape[:2], **options)
+        labels = logits[0].argmax(axis=0)
+        return labels.astype(_np.uint8) if self.num_classes <= 256 else labels
+
+
+class Detector(_DenseModel):
+    """An official Mask R-CNN detector (VRWKV-Adapter, FPN, RPN, RoI heads, mmdet): vrwkv.load("mask_rcnn_...pth")
+    or vrwkv.create_model("mask_rcnn_vrwkv_t").
+
+        det = vrwkv.load("mask_rcnn_vrwkv_adapter_tiny_fpn_1x_coco.pth")
+        d = det.detect("street.jpg", score_thr=0.3)
+        d["boxes"], d["scores"], d["labels"], d["masks"]   # [N,4] x1,y1,x2,y2 in the photo's pixels, [N], [N], [N,H,W]
+        [det.class_names[k] for k in d["labels"]]         # 'person', 'car', ...
+    """
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self.score_thr = float(engine.score_thr)  # the test_cfg's (0.05): detections below it never exist
+
+    def preprocess(self, image):
+        """The COCO test pipeline (keep-ratio resize to (1333, 800) with OpenCV, normalise, pad to a multiple of
+        32): (float32 [1, 3, H, W], meta) where meta has ori_shape, img_shape, pad_shape and scale_factor."""
+        x, meta, _ = self._preprocess(image)
+        return x, meta
+
+    def detect(self, image, *, score_thr=None, masks=True, meta=None):
+        """Detections by descending score: {"boxes": float32 [N, 4] (x1, y1, x2, y2 in the photo's pixels),
+        "scores": [N], "labels": int64 [N] (0-based; class_names[k]), "masks": uint8 [N, H, W] (0/1) or None,
+        "proposals": the RPN's count}. image: a path, a PIL.Image, an H×W×3 uint8 array, or a preprocessed
+        float32 [1, 3, H, W] input with its meta. score_thr: keep scores ≥ it (at least the model's 0.05; the
+        same detections as a test_cfg with that threshold, since NMS only suppresses lower scores)."""
+        if score_thr is not None:
+            if isinstance(score_thr, bool) or not isinstance(score_thr, (int, float, _np.floating)) \
+                    or not self.score_thr <= float(score_thr) <= 1:
+                raise InputError(f"score_thr: expected a number from the model's {self.score_thr:g} to 1, got "
+                                 f"{score_thr!r}")
+        if meta is None:
+            if isinstance(image, _np.ndarray) and image.dtype == _np.float32 and image.ndim == 4:
+                raise InputError("meta: a preprocessed input needs its meta (from preprocess())")
+            x, meta, _ = self._preprocess(image)
+        else:
+            if not isinstance(meta, dict):
+                raise InputError(f"meta: expected the dict preprocess() returns, got {type(meta).__name__}")
+            x = _as_input(image)
+        d = self._engine.detect(x, meta, bool(masks))
+        if score_thr is not None:
+            keep = d["scores"] >= _np.float32(score_thr)
+            for key in ("boxes", "scores", "labels", "masks"):
+                if d[key] is not None:
+                    d[key] = d[key][keep]
+        return d
 
 
 def _train_arguments(config, out_dir, resume, force, threads, progress, stop_after):

@@ -33,11 +33,11 @@
 #include "vrwkv/presets.hpp"
 #include "vrwkv/tensor.hpp"
 #include "vrwkv/train.hpp"
+#include "arrays.hpp"
 
 namespace py = pybind11;
 
 namespace vrwkv::python {
-namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
@@ -74,21 +74,46 @@ Tensor as_tensor(const py::handle& obj, int ndim, const char* what) {
 // An F32 tensor as an array sharing its memory: writable for the engine's
 // outputs (no longer used by it), read-only for what the engine still uses
 // (the parameters). An empty tensor is None.
-py::object to_array(const Tensor& t, bool writable = true) {
+py::object to_array(const Tensor& t, bool writable) {
   if (t.shape().empty() && t.numel() == 0) return py::none();
-  if (t.dtype() != DType::F32) runtime_error("internal: output tensor is ", dtype_name(t.dtype()), ", not F32");
+  py::dtype dtype;
+  if (t.dtype() == DType::F32) dtype = py::dtype::of<float>();
+  else if (t.dtype() == DType::I64) dtype = py::dtype::of<std::int64_t>();
+  else if (t.dtype() == DType::U8) dtype = py::dtype::of<std::uint8_t>();
+  else runtime_error("internal: output tensor is ", dtype_name(t.dtype()), ", not F32, I64 or U8");
   auto* holder = new Tensor(t);
   py::capsule owner(holder, [](void* p) { delete static_cast<Tensor*>(p); });
   std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end()), strides(shape.size());
-  py::ssize_t stride = sizeof(float);
+  py::ssize_t stride = static_cast<py::ssize_t>(dtype.itemsize());
   for (std::size_t i = shape.size(); i-- > 0;) {
     strides[i] = stride;
     stride *= shape[i];
   }
-  py::array_t<float> array(shape, strides, holder->f32(), owner);
+  py::array array(dtype, shape, strides, holder->raw(), owner);
   if (!writable) array.attr("flags").attr("writeable") = false;
   return array;
 }
+
+std::int64_t integer_arg(const py::handle& v, const char* key) {
+  if (py::isinstance<py::bool_>(v) || !py::isinstance<py::int_>(v)) input_error(key, ": expected an integer");
+  try {
+    return v.cast<std::int64_t>();
+  } catch (const py::cast_error&) {
+    input_error(key, ": integer out of range");
+  }
+}
+
+int checked_threads(int threads) {
+  if (threads < 0 || threads > 4096) input_error("threads: expected 0 (every core) to 4096, got ", threads);
+  return threads;
+}
+
+bool checked_dtype(const std::string& dtype) {
+  if (dtype != "fp32" && dtype != "bf16") input_error("dtype: expected 'fp32' or 'bf16', got '", dtype, "'");
+  return dtype == "bf16";
+}
+
+namespace {
 
 // Model options given as keywords: the CLI's flags, with Python values.
 ConfigOverrides overrides_from(const py::dict& options) {
@@ -101,14 +126,7 @@ ConfigOverrides overrides_from(const py::dict& options) {
     if (!py::isinstance<py::bool_>(v)) input_error(key, ": expected True or False");
     return v.cast<bool>();
   };
-  const auto integer = [](const py::handle& v, const char* key) -> std::int64_t {
-    if (py::isinstance<py::bool_>(v) || !py::isinstance<py::int_>(v)) input_error(key, ": expected an integer");
-    try {
-      return v.cast<std::int64_t>();
-    } catch (const py::cast_error&) {
-      input_error(key, ": integer out of range");
-    }
-  };
+  const auto integer = integer_arg;
   // Errors name the keyword: "wkv: unknown Bi-WKV semantics ...".
   const auto named = [](const char* key, auto parse) {
     try {
@@ -284,15 +302,6 @@ class PyModel {
   int threads() const { return ctx_.resolved_threads(); }
 
  private:
-  static int checked_threads(int threads) {
-    if (threads < 0 || threads > 4096) input_error("threads: expected 0 (every core) to 4096, got ", threads);
-    return threads;
-  }
-  static bool checked_dtype(const std::string& dtype) {
-    if (dtype != "fp32" && dtype != "bf16") input_error("dtype: expected 'fp32' or 'bf16', got '", dtype, "'");
-    return dtype == "bf16";
-  }
-
   Model model_;
   Context ctx_;
   ForwardOptions options_;
@@ -456,6 +465,7 @@ PYBIND11_MODULE(_vrwkv, m) {
   m.def("train", &train_model, py::arg("config_json"), py::arg("source"), py::arg("out_dir"), py::arg("resume"),
         py::arg("force"), py::arg("threads"), py::arg("progress"), py::arg("stop_after"), py::arg("callback"),
         py::arg("stop"), py::arg("handle_sigint"));
+  add_dense(m);
   m.def("preset_names", &preset_names);
   m.def("_engine_address", &engine_address, py::arg("x"));
 }
