@@ -482,8 +482,9 @@ def train_iter(config, out_dir, *, resume=False, force=False, threads=None, prog
     """train() as an iterator over its metrics records (dicts, as train's callback receives them).
 
     Training runs in a background thread while the loop body runs. Leaving the loop early (break, an exception,
-    Ctrl-C) stops the run after its current step with a checkpoint (resume=True continues it). An error of the
-    run itself is raised from the iteration.
+    Ctrl-C) stops the run after its current step with a checkpoint (resume=True continues it): at once inside
+    `with vrwkv.train_iter(...) as records:`, else when the iterator is collected (or on close()). An error of the
+    run itself is raised from the iteration; afterwards `.result` holds the final evaluation.
     """
     args = _train_arguments(config, out_dir, resume, force, threads, progress, stop_after)
     return _TrainIter(args)
