@@ -111,14 +111,17 @@ void expect_matches(const TensorMap& got, const DetCase& c) {
     EXPECT_TRUE(close_to(got.at(name), w, kDetTol)) << c.name << " " << name;
     ++dense;
   }
-  if (!c.j.is_null()) EXPECT_EQ(dense, whole ? 28 : 15) << "dense tensors compared";  // fpn 5 + rpn 10 (+ features 4, backbone 9)
+  if (!c.j.is_null()) {
+    EXPECT_EQ(dense, whole ? 28 : 15) << "dense tensors compared";  // fpn 5 + rpn 10 (+ features 4, backbone 9)
+  }
   // Proposals: the same list (near-tied neighbours allowed to swap), then the RoI rows in that order.
   const Tensor& gp = got.at("proposals");
   ASSERT_EQ(gp.dim(0), want.at("num_proposals").data<std::int64_t>()[0]) << c.name;
   const std::vector<std::int64_t> rows = proposal_rows(gp, want.at("proposals"));
   for (const char* name : {"proposals", "roi_feats", "bbox.cls_score", "bbox.bbox_pred"})
-    if (want.count(name))
+    if (want.count(name)) {
       EXPECT_TRUE(close_to(take_rows(got.at(name), rows), want.at(name), kDetTol)) << c.name << " " << name;
+    }
   // Detections: same order, labels identical.
   const std::int64_t N = want.at("num_dets").data<std::int64_t>()[0];
   ASSERT_EQ(got.at("det.scores").dim(0), N) << c.name;

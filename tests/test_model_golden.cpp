@@ -42,7 +42,9 @@ void check_config(const Case& c) {
   EXPECT_EQ(cfg.arch.pos_grid_w, c.json.at("train_grid").at(1).get<std::int64_t>());
   const bool v6 = c.json.value("model", "") == "VRWKV6";
   EXPECT_EQ(cfg.arch.block, v6 ? BlockKind::Vrwkv6 : BlockKind::Vrwkv);
-  if (v6) EXPECT_EQ(cfg.arch.embed_dims / cfg.arch.head_size, bb.at("num_heads").get<std::int64_t>());
+  if (v6) {
+    EXPECT_EQ(cfg.arch.embed_dims / cfg.arch.head_size, bb.at("num_heads").get<std::int64_t>());
+  }
 }
 
 void check_outputs(const Case& c, bool reference) {

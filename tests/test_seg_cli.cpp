@@ -136,7 +136,7 @@ TEST_F(SegCli, BadCheckpointsAndOptions) {
   // A checkpoint with a missing tensor, and one with a mis-shaped tensor.
   Segmentor seg = Segmentor::load(test::golden(kWhole + ".pth"),
                                   {.post_norm = false, .interactions = std::vector<BlockRange>{{0, 0}, {1, 1}, {2, 2}, {3, 3}},
-                                   .deform_heads = 4, .deform_points = 4});
+                                   .deform_heads = 4, .deform_points = 4, .wkv = {}, .wkv_chunks = {}});
   TensorMap params = seg.parameters();
   for (const auto& [k, t] : seg.backbone().parameters()) params.emplace(k, t);
   TensorMap missing = params;
