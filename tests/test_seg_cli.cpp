@@ -75,7 +75,7 @@ TEST_F(SegCli, EvalSegMatchesTheMetricsOfItsPredictions) {
   const Segmentor seg = Segmentor::load(
       test::golden(kWhole + ".pth"),
       {.post_norm = false, .interactions = std::vector<BlockRange>{{0, 0}, {1, 1}, {2, 2}, {3, 3}},
-       .deform_heads = 4, .deform_points = 4});
+       .deform_heads = 4, .deform_points = 4, .wkv = {}, .wkv_chunks = {}});
   seg::SegMetrics want(19);
   const std::string photos[] = {test::golden("dense/preprocess/rocket.jpg"), test::golden("dense/preprocess/text.png")};
   SegmentOptions o;
