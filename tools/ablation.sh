@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
 done
 
 PY=/usr/bin/python3
-VRWKV=build/vrwkv
+VRWKV=${VRWKV:-build/vrwkv}  # VRWKV=PATH runs another build (e.g. a copy kept apart from rebuilds)
 RESULTS=docs/ablation/results.json
 [ -x "$VRWKV" ] || { echo "ablation.sh: $VRWKV is missing: build first (cmake --build build)" >&2; exit 2; }
 mkdir -p docs/ablation
