@@ -451,6 +451,30 @@ TEST(DataLoader, DeterministicWhateverTheThreadCount) {
   EXPECT_FALSE(same_bits(one.batch(0, 0).input, reseeded.batch(0, 0).input));
 }
 
+// A rank's shard of a batch (data-parallel training) is exactly those rows of the whole batch: the same
+// augmentations, and mixing with the sample at the mirrored position of the whole batch.
+TEST(DataLoader, AShardIsThoseRowsOfTheWholeBatch) {
+  const MemoryDataset data = mixed_dataset(13, 4);
+  const Mixing mixing{0.8, 1.0, 1.0, 0.5};  // mixed every batch, Mixup or CutMix
+  const Loader loader(data, full_augmentation(24, 20), mixing, 6, 2024, true, true, 2);
+  const std::int64_t row = 3 * 24 * 20, K = 4;
+  for (std::int64_t index = 0; index < loader.batches_per_epoch(); ++index) {
+    const Batch whole = loader.batch(1, index);
+    for (const auto [begin, size] : {std::pair<std::int64_t, std::int64_t>{0, 2}, {2, 2}, {4, 2}, {0, 3}, {3, 3},
+                                     {1, 4}, {5, 1}, {0, 6}}) {
+      SCOPED_TRACE(testing::Message() << "batch " << index << " shard " << begin << "+" << size);
+      const Batch part = loader.batch(1, index, begin, size);
+      ASSERT_EQ(part.input.dim(0), size);
+      EXPECT_EQ(0, std::memcmp(part.input.f32(), whole.input.f32() + begin * row, size * row * sizeof(float)));
+      EXPECT_EQ(0, std::memcmp(part.targets.f32(), whole.targets.f32() + begin * K, size * K * sizeof(float)));
+      EXPECT_EQ(0, std::memcmp(part.labels.data<std::int64_t>(), whole.labels.data<std::int64_t>() + begin,
+                               size * sizeof(std::int64_t)));
+    }
+  }
+  expect_input_error([&] { loader.batch(0, 0, 4, 3); }, {"samples 4..6 of batch 0", "within 0..5"});
+  expect_input_error([&] { loader.batch(0, 0, 0, 0); }, {"samples 0..-1"});
+}
+
 // ----------------------------------------------------------- Transform ----
 
 TEST(DataTransform, SameSizeResizeGivesExactNormalisedValues) {

@@ -8,12 +8,15 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <thread>
 
 #include "common.hpp"
+#include "vrwkv/distributed.hpp"
 #include "vrwkv/error.hpp"
 #include "vrwkv/optimizer.hpp"
 #include "vrwkv/presets.hpp"
@@ -62,6 +65,34 @@ TEST(AdamW, MatchesPyTorchUpdateRule) {
   }
   // float32 state against float64: a few ulp of |θ| ≤ 1 after three steps.
   EXPECT_LE(test::max_abs_diff(theta.data(), ref.data(), P), 1e-6);
+}
+
+// ZeRO-1: AdamW over slices of the parameters, one per rank, updates every element exactly as the whole does.
+TEST(AdamW, SlicesUpdateExactlyAsTheWhole) {
+  const Architecture a = preset_config("vrwkv_t").arch;
+  std::int64_t P = 0;
+  for (const auto& [name, shape] : parameter_shapes(a)) P += shape_numel(shape);
+  train::AdamWOptions o;
+  o.weight_decay = 0.05;
+  std::mt19937 rng(5);
+  const std::vector<float> start = test::random_vector(P, rng);
+  std::vector<float> whole = start, sliced = start;
+  train::AdamW full(a, o);
+  const std::vector<std::int64_t> cut = train::even_slices(P, 3);
+  std::vector<train::AdamW> parts;
+  for (int r = 0; r < 3; ++r) parts.emplace_back(a, o, cut[r], cut[r + 1]);
+  for (int t = 1; t <= 3; ++t) {
+    const std::vector<float> g = test::random_vector(P, rng);
+    full.step(whole.data(), g.data(), 1e-3 * t);
+    for (train::AdamW& part : parts) part.step(sliced.data(), g.data(), 1e-3 * t);
+  }
+  EXPECT_EQ(0, std::memcmp(whole.data(), sliced.data(), P * sizeof(float)));
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(parts[r].begin(), cut[r]);
+    EXPECT_EQ(0, std::memcmp(parts[r].m().f32(), full.m().f32() + cut[r], (cut[r + 1] - cut[r]) * sizeof(float)));
+  }
+  EXPECT_THROW(train::AdamW(a, o, 10, 5), Error);
+  EXPECT_THROW(train::AdamW(a, o, 0, P + 1), Error);
 }
 
 TEST(AdamW, NoDecayRulesOfMmcls) {

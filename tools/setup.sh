@@ -18,6 +18,7 @@ packages=(
   pybind11-dev python3-dev            # the Python package (python/, src/python)
   python3-numpy python3-pytest python3-pil  # ... its arrays and its tests
   python3-venv python3-pip python3-setuptools python3-wheel  # ... its offline install (pip install .)
+  libopenmpi-dev openmpi-bin          # data-parallel training (mpirun -np N vrwkv train)
 )
 if [ "${VRWKV_FUZZ:-0}" = 1 ]; then
   packages+=(clang libclang-rt-14-dev)  # libFuzzer targets

@@ -41,6 +41,9 @@ struct BackwardOptions {
   // DropPath rate per block (VRWKV.md 1.4); empty: none (eval mode).
   std::vector<double> drop_path;
   std::uint64_t seed = 0;  // drop-path masks
+  // The batch's first sample in the whole batch (a rank's shard in data-parallel training): a sample's
+  // drop-path mask is a function of (seed, block, branch, sample_offset + its row), whatever the split.
+  std::int64_t sample_offset = 0;
   bool recompute = false;  // keep only block inputs and recompute each block in the backward (less memory)
 };
 

@@ -102,6 +102,10 @@ class Loader {
   std::int64_t batches_per_epoch() const;
   // Batch `index` of epoch `epoch` (0-based). Pure: the same arguments give the same batch.
   Batch batch(std::int64_t epoch, std::int64_t index) const;
+  // Samples shard_begin .. shard_begin + shard_size − 1 of that batch, exactly as batch() makes them (a rank's
+  // shard in data-parallel training): every random draw is a function of (seed, epoch, position), and mixing
+  // pairs each sample with the one at the mirrored position of the whole batch.
+  Batch batch(std::int64_t epoch, std::int64_t index, std::int64_t shard_begin, std::int64_t shard_size) const;
 
  private:
   struct Impl;

@@ -27,12 +27,17 @@ class AdamW {
  public:
   // Per-element decay mask from the model's parameter table.
   AdamW(const Architecture& arch, AdamWOptions options);
-  // One step at learning rate `lr` on params (F32 [P]) with grads (F32 [P]):
+  // ZeRO-1: the state of parameters [begin, end) only (one rank's slice); step() updates only those.
+  AdamW(const Architecture& arch, AdamWOptions options, std::int64_t begin, std::int64_t end);
+  // One step at learning rate `lr` on params (F32 [P]) with grads (F32 [P]), elements [begin, end):
   //   m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g², θ ← θ − lr·wd·θ (decayed only),
   //   θ ← θ − lr·(m/(1−β1^t)) / (√(v/(1−β2^t)) + eps)            (PyTorch AdamW)
+  // Each element's update depends on that element alone: a slice updates exactly as the whole would.
   void step(float* params, const float* grads, double lr);
   std::int64_t steps() const { return t_; }
-  // Optimizer state for checkpoints: m, v (F32 [P]) and the step count.
+  std::int64_t begin() const { return begin_; }
+  std::int64_t end() const { return begin_ + m_.numel(); }
+  // Optimizer state for checkpoints: m, v (F32 [end − begin]) and the step count.
   Tensor& m() { return m_; }
   Tensor& v() { return v_; }
   void set_steps(std::int64_t t) { t_ = t; }
@@ -41,7 +46,7 @@ class AdamW {
   AdamWOptions o_;
   std::vector<std::uint8_t> decay_;
   Tensor m_, v_;
-  std::int64_t t_ = 0;
+  std::int64_t t_ = 0, begin_ = 0;
 };
 
 // Scales grads so their global L2 norm is at most max_norm (PyTorch

@@ -4,7 +4,8 @@
 // clipping, label smoothing, DropPath, Mixup/CutMix, optional EMA and
 // per-block recomputation; metrics as JSON lines, periodic evaluation, atomic
 // checkpoints with the optimizer state, and a resume that continues bit for
-// bit (for the same thread count).
+// bit (for the same thread count); data-parallel over a Communicator
+// (vrwkv/distributed.hpp, docs/DISTRIBUTED.md).
 #pragma once
 
 #include <atomic>
@@ -13,6 +14,7 @@
 #include <string>
 
 #include "vrwkv/data.hpp"
+#include "vrwkv/distributed.hpp"
 #include "vrwkv/model.hpp"
 #include "vrwkv/optimizer.hpp"
 
@@ -43,6 +45,8 @@ struct TrainConfig {
   double ema_decay = 0.0;  // 0: no EMA
   bool recompute = false;
   std::uint64_t seed = 0;
+  // Data-parallel: 1 shards the AdamW moments over the ranks (ZeRO-1); the results are identical to 0.
+  int zero = 0;
   // Bookkeeping.
   std::int64_t eval_every = 1;          // epochs
   std::int64_t checkpoint_every = 200;  // steps (also at every epoch end)
@@ -57,6 +61,9 @@ struct EvalResult {
   double top1 = 0, top5 = 0, loss = 0;  // accuracies in %, mean cross-entropy (no smoothing)
   std::int64_t images = 0;              // images counted
   std::int64_t skipped = 0;             // images left out because they could not be read (on_image_error)
+  // The sums behind the figures: images in the top 1 and in the top 5, the summed cross-entropy.
+  std::int64_t top1_hits = 0, top5_hits = 0;
+  double loss_sum = 0;
 };
 
 // Top-1/top-5 of a model on a dataset with the model's own preprocessing.
@@ -93,6 +100,10 @@ struct TrainRun {
   // ends the run there (the last checkpoint stays as it was).
   std::function<void(const std::string& record_json)> on_metrics;
   Context ctx;  // threads of the training step, the loader and evaluation
+  // Data-parallel training (null: this process alone). Every rank calls train() with the same configuration and
+  // out_dir; each computes its shard of every batch, and rank 0 alone writes the progress, metrics.jsonl, the
+  // checkpoints and the model. The batch size is the global batch; it must divide by the number of ranks.
+  Communicator* comm = nullptr;
 };
 
 // Runs training; returns the final evaluation (when a validation set is given).

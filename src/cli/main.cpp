@@ -8,6 +8,7 @@
 
 #include "commands.hpp"
 #include "signals.hpp"
+#include "vrwkv/distributed.hpp"
 #include "vrwkv/error.hpp"
 
 namespace {
@@ -59,6 +60,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "vrwkv: %s (see --help)\n", e.what());
     return 2;
+  } catch (const vrwkv::train::PeerFailure& e) {
+    return e.exit_code();  // another rank of `mpirun ... vrwkv train` failed and said why
   } catch (const vrwkv::Error& e) {
     std::fprintf(stderr, "vrwkv: %s\n", e.what());
     return e.kind() == vrwkv::Error::Kind::Input ? 2 : 1;

@@ -15,8 +15,10 @@ namespace {
 
 std::atomic<int> g_stop{0};
 std::atomic<bool> g_graceful{false};
+std::atomic<bool> g_quiet{false};
 
 void say(const char* text) {
+  if (g_quiet.load()) return;
   const ssize_t n = write(STDERR_FILENO, text, std::strlen(text));
   (void)n;
 }
@@ -68,6 +70,8 @@ void install_signal_handlers() {
 }
 
 void set_graceful_stop(bool graceful) { g_graceful.store(graceful); }
+
+void set_signal_messages(bool on) { g_quiet.store(!on); }
 
 std::atomic<int>& stop_signal() { return g_stop; }
 

@@ -12,6 +12,8 @@ namespace vrwkv::cli {
 
 void install_signal_handlers();
 void set_graceful_stop(bool graceful);
+// Whether a signal is announced on stderr (the ranks of an MPI group other than 0 stay quiet).
+void set_signal_messages(bool on);
 // The signal that asked for a graceful stop (0: none).
 std::atomic<int>& stop_signal();
 

@@ -245,7 +245,7 @@ struct Backprop::Impl {
       for (std::uint64_t branch = 0; branch < 2; ++branch)
         for (std::int64_t b = 0; b < B; ++b) {
           const std::uint64_t r = mix64(o.seed ^ mix64((static_cast<std::uint64_t>(i) << 32) ^ (branch << 24) ^
-                                                       static_cast<std::uint64_t>(b)));
+                                                       static_cast<std::uint64_t>(o.sample_offset + b)));
           const double coin = static_cast<double>(r >> 11) * 0x1.0p-53;
           keep[i][branch][b] = coin < p ? 0.0f : static_cast<float>(1.0 / (1.0 - p));
         }

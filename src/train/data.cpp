@@ -324,11 +324,14 @@ void transform_sample(const Dataset& data, std::int64_t index, const Transform& 
 }
 
 // timm Mixup._mix_batch (mode 'batch', correct_lam): each sample is mixed with
-// the sample at the mirrored batch position. Mixup: x ← λ·x + (1 − λ)·x_flip,
+// the sample at the mirrored batch position (position B − 1 − j of the whole
+// batch for position j; flip_input/flip_targets hold those samples, row for
+// row, so that a shard of the batch mixes as the whole batch does). Mixup: x ← λ·x + (1 − λ)·x_flip,
 // λ ~ Beta(α, α). CutMix: the box of rand_bbox (sides int(H·√(1−λ)),
 // int(W·√(1−λ)), centre uniform, clipped to the image) is taken from x_flip,
 // and λ becomes 1 − box area / image area. Targets: λ·y + (1 − λ)·y_flip.
-void mix_batch(const Mixing& m, Rng& rng, Tensor& input, Tensor& targets) {
+void mix_batch(const Mixing& m, Rng& rng, Tensor& input, Tensor& targets, const Tensor& flip_input,
+               const Tensor& flip_targets) {
   if (!(m.mixup_alpha > 0 || m.cutmix_alpha > 0) || !(rng.uniform() < m.prob)) return;
   bool cutmix = false;
   double lam;
@@ -343,8 +346,7 @@ void mix_batch(const Mixing& m, Rng& rng, Tensor& input, Tensor& targets) {
   }
   if (lam == 1) return;
   const std::int64_t B = input.dim(0), C = input.dim(1), H = input.dim(2), W = input.dim(3);
-  const Tensor original = input.clone();
-  const float* x = original.f32();
+  const float* x = flip_input.f32();  // row b: the sample at the mirrored position of row b
   float* y = input.f32();
   const std::int64_t n = C * H * W;
   if (cutmix) {
@@ -356,21 +358,19 @@ void mix_batch(const Mixing& m, Rng& rng, Tensor& input, Tensor& targets) {
     for (std::int64_t b = 0; b < B; ++b)
       for (std::int64_t c = 0; c < C; ++c)
         for (std::int64_t r = y0; r < y1; ++r)
-          for (std::int64_t q = x0; q < x1; ++q)
-            y[b * n + (c * H + r) * W + q] = x[(B - 1 - b) * n + (c * H + r) * W + q];
+          for (std::int64_t q = x0; q < x1; ++q) y[b * n + (c * H + r) * W + q] = x[b * n + (c * H + r) * W + q];
     lam = 1 - static_cast<double>((y1 - y0) * (x1 - x0)) / static_cast<double>(H * W);
   } else {
     const float a = static_cast<float>(lam), b_weight = static_cast<float>(1 - lam);
     for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t i = 0; i < n; ++i) y[b * n + i] = a * x[b * n + i] + b_weight * x[(B - 1 - b) * n + i];
+      for (std::int64_t i = 0; i < n; ++i) y[b * n + i] = a * y[b * n + i] + b_weight * x[b * n + i];
   }
   const std::int64_t K = targets.dim(1);
-  const Tensor one_hot = targets.clone();
-  const float* t0 = one_hot.f32();
+  const float* t0 = flip_targets.f32();
   float* t = targets.f32();
   const float a = static_cast<float>(lam), b_weight = static_cast<float>(1 - lam);
   for (std::int64_t b = 0; b < B; ++b)
-    for (std::int64_t k = 0; k < K; ++k) t[b * K + k] = a * t0[b * K + k] + b_weight * t0[(B - 1 - b) * K + k];
+    for (std::int64_t k = 0; k < K; ++k) t[b * K + k] = a * t[b * K + k] + b_weight * t0[b * K + k];
 }
 
 }  // namespace
@@ -425,55 +425,88 @@ std::int64_t Loader::batches_per_epoch() const {
 }
 
 Batch Loader::batch(std::int64_t epoch, std::int64_t index) const {
+  const std::int64_t first = index * impl_->batch_size;
+  return batch(epoch, index, 0, std::min(impl_->batch_size, impl_->data.size() - std::max<std::int64_t>(first, 0)));
+}
+
+Batch Loader::batch(std::int64_t epoch, std::int64_t index, std::int64_t shard_begin, std::int64_t shard_size) const {
   const Impl& im = *impl_;
   const Transform& t = im.transform;
   if (epoch < 0 || index < 0 || index >= batches_per_epoch())
     input_error(im.data.name(), ": batch ", index, " of epoch ", epoch, ", expected epoch ≥ 0 and batch 0..",
                 batches_per_epoch() - 1);
   const std::int64_t first = index * im.batch_size;
-  const std::int64_t B = std::min(im.batch_size, im.data.size() - first);
+  const std::int64_t B = std::min(im.batch_size, im.data.size() - first);  // the whole batch
+  if (shard_begin < 0 || shard_size < 1 || shard_begin + shard_size > B)
+    input_error(im.data.name(), ": samples ", shard_begin, "..", shard_begin + shard_size - 1, " of batch ", index,
+                ", expected a range within 0..", B - 1);
   const std::int64_t K = static_cast<std::int64_t>(im.data.class_names().size());
   std::shared_ptr<const std::vector<std::int64_t>> order;
   if (im.shuffle) order = im.order(epoch);
+  const std::int64_t sample_floats = static_cast<std::int64_t>(t.channels) * t.height * t.width;
+  const int threads = Context{im.threads}.resolved_threads();
+
+  // Samples at batch positions first + j, j in `positions`, into rows of input/targets. Each depends on
+  // (seed, epoch, position in the epoch) only, so neither the split over threads nor the shard can change it.
+  // Errors are collected and the first sample's error rethrown.
+  const auto make = [&](const std::vector<std::int64_t>& positions, Tensor& input, Tensor& labels_out,
+                        Tensor& targets_out) {
+    const std::int64_t n = static_cast<std::int64_t>(positions.size());
+    input = Tensor(DType::F32, {n, t.channels, t.height, t.width});
+    labels_out = Tensor(DType::I64, {n});
+    targets_out = Tensor(DType::F32, {n, K});
+    float* in = input.f32();
+    std::int64_t* labels = labels_out.data<std::int64_t>();
+    std::vector<std::exception_ptr> errors(n);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (std::int64_t j = 0; j < n; ++j) {
+      try {
+        const std::int64_t position = first + positions[j];
+        const std::int64_t sample = order ? (*order)[position] : position;
+        Rng rng(mix_seed({kSample, im.seed, static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(position)}));
+        transform_sample(im.data, sample, t, rng, in + j * sample_floats);
+        labels[j] = im.data.label(sample);
+      } catch (...) {
+        errors[j] = std::current_exception();
+      }
+    }
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);
+    float* targets = targets_out.f32();
+    for (std::int64_t j = 0; j < n; ++j) {
+      if (labels[j] < 0 || labels[j] >= K)
+        runtime_error(im.data.name(), ": label ", labels[j], " outside the ", K, " classes");
+      targets[j * K + labels[j]] = 1;
+    }
+  };
 
   Batch out;
   out.epoch = epoch;
   out.index = index;
-  out.input = Tensor(DType::F32, {B, t.channels, t.height, t.width});
-  out.labels = Tensor(DType::I64, {B});
-  out.targets = Tensor(DType::F32, {B, K});
-  const std::int64_t sample_floats = static_cast<std::int64_t>(t.channels) * t.height * t.width;
-  float* input = out.input.f32();
-  std::int64_t* labels = out.labels.data<std::int64_t>();
-
-  // Each sample depends on (seed, epoch, position in the epoch) only, so the
-  // split over threads cannot change the batch. Errors are collected and the
-  // first sample's error rethrown.
-  std::vector<std::exception_ptr> errors(B);
-  const int threads = Context{im.threads}.resolved_threads();
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (std::int64_t j = 0; j < B; ++j) {
-    try {
-      const std::int64_t position = first + j;
-      const std::int64_t sample = order ? (*order)[position] : position;
-      Rng rng(mix_seed({kSample, im.seed, static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(position)}));
-      transform_sample(im.data, sample, t, rng, input + j * sample_floats);
-      labels[j] = im.data.label(sample);
-    } catch (...) {
-      errors[j] = std::current_exception();
+  std::vector<std::int64_t> own(shard_size);
+  for (std::int64_t j = 0; j < shard_size; ++j) own[j] = shard_begin + j;
+  make(own, out.input, out.labels, out.targets);
+  if (im.mixing.mixup_alpha > 0 || im.mixing.cutmix_alpha > 0) {
+    // The mirrored samples: the shard's own rows reversed when the shard is its own mirror (the whole batch,
+    // or the middle shard of an odd split), else made here (they are another shard's, at no extra draw).
+    Tensor flip_input, flip_labels, flip_targets;
+    if (2 * shard_begin + shard_size == B) {
+      flip_input = Tensor(DType::F32, out.input.shape());
+      flip_targets = Tensor(DType::F32, out.targets.shape());
+      for (std::int64_t j = 0; j < shard_size; ++j) {
+        const std::int64_t m = shard_size - 1 - j;
+        std::copy(out.input.f32() + m * sample_floats, out.input.f32() + (m + 1) * sample_floats,
+                  flip_input.f32() + j * sample_floats);
+        std::copy(out.targets.f32() + m * K, out.targets.f32() + (m + 1) * K, flip_targets.f32() + j * K);
+      }
+    } else {
+      std::vector<std::int64_t> mirrored(shard_size);
+      for (std::int64_t j = 0; j < shard_size; ++j) mirrored[j] = B - 1 - own[j];
+      make(mirrored, flip_input, flip_labels, flip_targets);
     }
+    Rng rng(mix_seed({kBatch, im.seed, static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(index)}));
+    mix_batch(im.mixing, rng, out.input, out.targets, flip_input, flip_targets);
   }
-  for (const std::exception_ptr& e : errors)
-    if (e) std::rethrow_exception(e);
-
-  float* targets = out.targets.f32();
-  for (std::int64_t j = 0; j < B; ++j) {
-    if (labels[j] < 0 || labels[j] >= K)
-      runtime_error(im.data.name(), ": label ", labels[j], " outside the ", K, " classes");
-    targets[j * K + labels[j]] = 1;
-  }
-  Rng rng(mix_seed({kBatch, im.seed, static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(index)}));
-  mix_batch(im.mixing, rng, out.input, out.targets);
   return out;
 }
 

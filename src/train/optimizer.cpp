@@ -14,12 +14,20 @@ bool is_decayed(const Architecture& arch, const std::string& name) {
   input_error("'", name, "' is not a parameter of the model");
 }
 
-AdamW::AdamW(const Architecture& arch, AdamWOptions options) : o_(options) {
+AdamW::AdamW(const Architecture& arch, AdamWOptions options) : AdamW(arch, options, 0, -1) {}
+
+AdamW::AdamW(const Architecture& arch, AdamWOptions options, std::int64_t begin, std::int64_t end) : o_(options) {
   for (const model::Param& p : model::parameter_list(arch))
     decay_.insert(decay_.end(), static_cast<std::size_t>(shape_numel(p.shape)), p.info->decay ? 1 : 0);
-  const std::int64_t n = static_cast<std::int64_t>(decay_.size());
-  m_ = Tensor(DType::F32, {n});
-  v_ = Tensor(DType::F32, {n});
+  const std::int64_t P = static_cast<std::int64_t>(decay_.size());
+  if (end < 0) end = P;
+  if (begin < 0 || begin > end || end > P)
+    input_error("AdamW: parameters ", begin, "..", end, " of ", P, ", expected 0 <= begin <= end <= ", P);
+  decay_.erase(decay_.begin() + end, decay_.end());
+  decay_.erase(decay_.begin(), decay_.begin() + begin);
+  begin_ = begin;
+  m_ = Tensor(DType::F32, {end - begin});
+  v_ = Tensor(DType::F32, {end - begin});
 }
 
 void AdamW::step(float* params, const float* grads, double lr) {
@@ -30,6 +38,7 @@ void AdamW::step(float* params, const float* grads, double lr) {
   const float step_size = static_cast<float>(lr / bc1), decay = static_cast<float>(1.0 - lr * o_.weight_decay);
   const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2)), eps = static_cast<float>(o_.eps);
   float *m = m_.f32(), *v = v_.f32();
+  params += begin_, grads += begin_;
   const std::uint8_t* mask = decay_.data();
   const std::int64_t n = m_.numel();
 #pragma omp parallel for schedule(static)

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <limits>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <type_traits>
@@ -223,6 +224,7 @@ void check_config(const TrainConfig& c, const std::string& source) {
   require(c.eval_every >= 0 && c.checkpoint_every >= 0 && c.log_every >= 1,
           "eval_every and checkpoint_every must be non-negative, log_every positive");
   require(c.train_limit >= 0 && c.val_limit >= 0, "data limits must be non-negative");
+  require(c.zero == 0 || c.zero == 1, "zero must be 0 (every rank holds the optimizer state) or 1 (ZeRO-1: sharded)");
   require(t.crop_scale_min > 0 && t.crop_scale_min <= t.crop_scale_max && t.crop_scale_max <= 1,
           "augment.crop_scale must satisfy 0 < min <= max <= 1");
   require(t.hflip >= 0 && t.hflip <= 1 && t.random_erasing >= 0 && t.random_erasing <= 1,
@@ -420,6 +422,7 @@ TrainConfig train_config_from_json(const std::string& text, const std::string& s
   top.get("eval_every", c.eval_every);
   top.get("checkpoint_every", c.checkpoint_every);
   top.get("log_every", c.log_every);
+  top.get("zero", c.zero);
   top.finish();
   if (!top.has("model"))
     input_error(source, ": no \"model\" section (give {\"preset\": NAME} with vrwkv_t/s/b/l or vrwkv6_t/s/b, ",
@@ -491,6 +494,7 @@ std::string train_config_to_json(const TrainConfig& c) {
       {"eval_every", c.eval_every},
       {"checkpoint_every", c.checkpoint_every},
       {"log_every", c.log_every},
+      {"zero", c.zero},
   };
   return j.dump(2);
 }
@@ -659,6 +663,7 @@ EvalResult evaluate(const Model& model, const Dataset& data, std::int64_t batch_
   }
   const std::int64_t m = n - skipped;
   r.images = m, r.skipped = skipped;
+  r.top1_hits = top1, r.top5_hits = top5, r.loss_sum = loss;
   r.top1 = m ? 100.0 * top1 / m : 0, r.top5 = m ? 100.0 * top5 / m : 0, r.loss = m ? loss / m : 0;
   return r;
 }
@@ -719,15 +724,17 @@ std::string tensor_checksum(const TensorMap& tensors) {
   return text;
 }
 
-void save_checkpoint(const std::string& path, const Model& model, AdamW& opt, const State& st,
-                     const TrainConfig& tc, int threads) {
+// m and v: the whole AdamW moments (gathered from the ranks under ZeRO-1), so that a checkpoint does not
+// depend on how many ranks wrote it.
+void save_checkpoint(const std::string& path, const Model& model, const Tensor& m, const Tensor& v, const State& st,
+                     const TrainConfig& tc, int threads, int ranks) {
   TensorMap t = model.parameters();
-  t["optimizer.exp_avg"] = opt.m();
-  t["optimizer.exp_avg_sq"] = opt.v();
+  t["optimizer.exp_avg"] = m;
+  t["optimizer.exp_avg_sq"] = v;
   if (st.ema.numel()) t["ema"] = st.ema;
   Metadata meta = model_metadata(model.config());
   meta["vrwkv.train"] = train_config_to_json(tc);
-  meta["vrwkv.state"] = json{{"step", st.step}, {"threads", threads}}.dump();
+  meta["vrwkv.state"] = json{{"step", st.step}, {"threads", threads}, {"ranks", ranks}}.dump();
   meta[kChecksumKey] = tensor_checksum(t);
   write_safetensors(path, t, meta);
 }
@@ -776,114 +783,241 @@ void truncate_metrics(const std::string& path, std::int64_t step) {
 
 }  // namespace
 
+namespace {
+
+// Images [first, first + count) of a dataset (a training limit, a rank's share of the validation set).
+class View final : public Dataset {
+ public:
+  View(const Dataset& base, std::int64_t first, std::int64_t count) : base_(base), first_(first), n_(count) {
+    class_names_ = base.class_names(), name_ = base.name();
+  }
+  std::int64_t size() const override { return n_; }
+  std::int64_t label(std::int64_t i) const override { return base_.label(first_ + i); }
+  Image8 image(std::int64_t i) const override { return base_.image(first_ + i); }
+
+ private:
+  const Dataset& base_;
+  std::int64_t first_, n_;
+};
+
+// The evaluation of a data-parallel run: each rank takes an equal share of the images, the counts are summed
+// in rank order.
+EvalResult evaluate_sharded(const Model& model, const Dataset& data, std::int64_t limit, Communicator& comm,
+                            const Context& ctx) {
+  const std::int64_t n = limit > 0 ? std::min(limit, data.size()) : data.size();
+  const std::vector<std::int64_t> share = even_slices(n, comm.size());
+  const std::int64_t first = share[comm.rank()], count = share[comm.rank() + 1] - first;
+  EvalResult mine;
+  std::exception_ptr failure;
+  try {
+    if (count > 0) mine = evaluate(model, View(data, first, count), 256, 0, {}, {}, ctx);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  comm.agree(failure);
+  const double sums[5] = {static_cast<double>(mine.top1_hits), static_cast<double>(mine.top5_hits), mine.loss_sum,
+                          static_cast<double>(mine.images), static_cast<double>(mine.skipped)};
+  std::vector<double> all(5 * static_cast<std::size_t>(comm.size()));
+  comm.allgather(sums, 5, all.data());
+  double top1 = 0, top5 = 0, loss = 0, images = 0, skipped = 0;
+  for (int r = 0; r < comm.size(); ++r) {
+    const double* a = &all[5 * static_cast<std::size_t>(r)];
+    top1 += a[0], top5 += a[1], loss += a[2], images += a[3], skipped += a[4];
+  }
+  EvalResult r;
+  r.top1_hits = static_cast<std::int64_t>(top1), r.top5_hits = static_cast<std::int64_t>(top5), r.loss_sum = loss;
+  r.images = static_cast<std::int64_t>(images), r.skipped = static_cast<std::int64_t>(skipped);
+  if (r.images) r.top1 = 100.0 * top1 / images, r.top5 = 100.0 * top5 / images, r.loss = loss / images;
+  return r;
+}
+
+}  // namespace
+
 EvalResult train(const TrainConfig& given, const TrainRun& run) {
   namespace fs = std::filesystem;
   const std::string ckpt_path = run.out_dir + "/checkpoint.safetensors";
   const std::string metrics_path = run.out_dir + "/metrics.jsonl";
   const ThreadScope scope(run.ctx);
-  std::error_code ec;
-  fs::create_directories(run.out_dir, ec);
-  if (ec || !fs::is_directory(run.out_dir))
-    input_error(run.out_dir, ": cannot create the output directory (", ec.message(), ")");
-  // One run at a time in a folder, for as long as this one lasts.
-  const FolderLock lock(run.out_dir);
-  // A fresh run does not replace an earlier one unless asked to.
-  if (!run.resume && !run.force)
-    for (const char* f : {"checkpoint.safetensors", "metrics.jsonl", "model.safetensors"})
-      if (fs::exists(run.out_dir + "/" + f))
-        input_error(run.out_dir, ": holds a training run (", f,
-                    "); give --resume to continue it or --force to start again and replace it");
+  LocalCommunicator alone;
+  Communicator& comm = run.comm ? *run.comm : alone;
+  const int ranks = comm.size(), rank = comm.rank();
+  const bool lead = rank == 0;  // writes every file and every line
+  // fn on rank 0 alone; then every rank learns whether it failed (and ends with it if so).
+  const auto on_lead = [&](auto&& fn) {
+    std::exception_ptr failure;
+    if (lead) try {
+        fn();
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    comm.agree(failure);
+  };
+  // fn on every rank; then every rank learns whether any failed.
+  const auto on_all = [&](auto&& fn) {
+    std::exception_ptr failure;
+    try {
+      fn();
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    comm.agree(failure);
+  };
 
-  // Temporary files of a run killed while writing (AtomicFile names them .NAME.tmp.PID.XXXXXX); the lock
-  // says no other run is writing them.
-  for (const auto& entry : fs::directory_iterator(run.out_dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    for (const char* f : {".checkpoint.safetensors.tmp.", ".model.safetensors.tmp.", ".metrics.jsonl.tmp."})
-      if (name.starts_with(f)) fs::remove(entry.path(), ec);
-  }
-
+  // The folder (rank 0's): created, locked for as long as this run lasts, and not holding another run.
+  std::optional<FolderLock> lock;
   TrainConfig tc = given;
   TensorMap resumed;
   std::int64_t resumed_step = 0;
   const int threads = run.ctx.resolved_threads();
-  if (run.resume) {
-    Metadata meta;
-    resumed = read_safetensors(ckpt_path, &meta);
-    if (!meta.count("vrwkv.train") || !meta.count("vrwkv.state"))
-      input_error(ckpt_path, ": not a training checkpoint (no vrwkv.train / vrwkv.state metadata)");
-    verify_checkpoint(resumed, meta, ckpt_path);
-    tc = train_config_from_json(meta.at("vrwkv.train"), ckpt_path + " (vrwkv.train)");
-    try {
-      const json st = json::parse(meta.at("vrwkv.state"));
-      resumed_step = st.at("step").get<std::int64_t>();
-      const int saved_threads = st.at("threads").get<int>();
-      if (saved_threads != threads)
-        std::fprintf(stderr,
-                     "vrwkv: note: the checkpoint was written with %d threads, this run uses %d: results will "
-                     "differ in the last bits from an uninterrupted run\n",
-                     saved_threads, threads);
-    } catch (const json::exception& e) {
-      input_error(ckpt_path, ": damaged vrwkv.state metadata (", e.what(), ")");
+  std::string config_text;  // rank 0's configuration (the checkpoint's when resuming), for every rank
+  // Each rank takes batch_size / ranks samples of every batch.
+  const auto check_split = [&](const TrainConfig& c, const std::string& source) {
+    if (c.batch_size % ranks != 0)
+      input_error(source, ": batch_size ", c.batch_size, " (the global batch) does not divide over ", ranks,
+                  " ranks; give a multiple of ", ranks, " or another number of ranks");
+  };
+  on_lead([&] {
+    if (!run.resume) check_split(tc, "the training configuration");
+    std::error_code ec;
+    fs::create_directories(run.out_dir, ec);
+    if (ec || !fs::is_directory(run.out_dir))
+      input_error(run.out_dir, ": cannot create the output directory (", ec.message(), ")");
+    lock.emplace(run.out_dir);
+    // A fresh run does not replace an earlier one unless asked to.
+    if (!run.resume && !run.force)
+      for (const char* f : {"checkpoint.safetensors", "metrics.jsonl", "model.safetensors"})
+        if (fs::exists(run.out_dir + "/" + f))
+          input_error(run.out_dir, ": holds a training run (", f,
+                      "); give --resume to continue it or --force to start again and replace it");
+    // Temporary files of a run killed while writing (AtomicFile names them .NAME.tmp.PID.XXXXXX); the lock
+    // says no other run is writing them.
+    for (const auto& entry : fs::directory_iterator(run.out_dir, ec)) {
+      const std::string name = entry.path().filename().string();
+      for (const char* f : {".checkpoint.safetensors.tmp.", ".model.safetensors.tmp.", ".metrics.jsonl.tmp."})
+        if (name.starts_with(f)) fs::remove(entry.path(), ec);
     }
+    if (run.resume) {
+      Metadata meta;
+      resumed = read_safetensors(ckpt_path, &meta);
+      if (!meta.count("vrwkv.train") || !meta.count("vrwkv.state"))
+        input_error(ckpt_path, ": not a training checkpoint (no vrwkv.train / vrwkv.state metadata)");
+      verify_checkpoint(resumed, meta, ckpt_path);
+      tc = train_config_from_json(meta.at("vrwkv.train"), ckpt_path + " (vrwkv.train)");
+      check_split(tc, ckpt_path);
+      try {
+        const json st = json::parse(meta.at("vrwkv.state"));
+        resumed_step = st.at("step").get<std::int64_t>();
+        const int saved_threads = st.at("threads").get<int>();
+        const int saved_ranks = st.value("ranks", 1);
+        if (saved_ranks != ranks)
+          std::fprintf(stderr,
+                       "vrwkv: note: the checkpoint was written by %d rank%s, this run has %d: the batch is split "
+                       "differently, so results will differ in the last bits from an uninterrupted run\n",
+                       saved_ranks, saved_ranks == 1 ? "" : "s", ranks);
+        else if (saved_threads != threads)
+          std::fprintf(stderr,
+                       "vrwkv: note: the checkpoint was written with %d threads%s, this run uses %d: results will "
+                       "differ in the last bits from an uninterrupted run\n",
+                       saved_threads, ranks > 1 ? " per rank" : "", threads);
+      } catch (const json::exception& e) {
+        input_error(ckpt_path, ": damaged vrwkv.state metadata (", e.what(), ")");
+      }
+    }
+    config_text = train_config_to_json(tc);
+  });
+  if (ranks > 1) {  // every rank trains rank 0's configuration, from rank 0's step
+    std::int64_t header[2] = {static_cast<std::int64_t>(config_text.size()), resumed_step};
+    comm.broadcast(header, sizeof header);
+    config_text.resize(static_cast<std::size_t>(header[0]));
+    comm.broadcast(config_text.data(), header[0]);
+    resumed_step = header[1];
+    on_all([&] { tc = train_config_from_json(config_text, "the training configuration of rank 0"); });
   }
 
-  const std::unique_ptr<Dataset> train_set = open_dataset(tc.train_data);
-  const std::unique_ptr<Dataset> val_set = tc.val_data.empty() ? nullptr : open_dataset(tc.val_data);
-  Model model = initial_model(tc, *train_set);
+  // Data, model, optimizer. Every rank builds the same initial model from the seed.
+  std::unique_ptr<Dataset> train_set, val_set;
+  std::optional<Model> built;
+  std::optional<View> train_view;
+  std::vector<std::int64_t> slices;  // ZeRO-1: rank r's AdamW slice of the parameters
+  std::optional<AdamW> optimizer;
+  std::optional<Loader> loader_storage;
+  on_all([&] {
+    train_set = open_dataset(tc.train_data);
+    if (!tc.val_data.empty()) val_set = open_dataset(tc.val_data);
+    built.emplace(initial_model(tc, *train_set));
+    train_view.emplace(*train_set, 0, tc.train_limit > 0 ? std::min(tc.train_limit, train_set->size()) : train_set->size());
+    Transform transform = tc.transform;
+    const auto [H, W] = preprocess_size(input_format(built->config()));
+    transform.height = H, transform.width = W, transform.channels = static_cast<int>(built->architecture().in_channels);
+    loader_storage.emplace(*train_view, transform, tc.mixing, tc.batch_size, tc.seed, true, true, threads);
+    if (loader_storage->batches_per_epoch() < 1)
+      input_error(tc.train_data, ": ", train_view->size(), " images are fewer than one batch of ", tc.batch_size);
+    const std::int64_t P = built->parameter_count();
+    slices = tc.zero ? even_slices(P, ranks) : std::vector<std::int64_t>{0, P};
+    const int part = tc.zero ? rank : 0;
+    optimizer.emplace(built->architecture(), tc.adamw, slices[part], slices[part + 1]);
+  });
+  Model& model = *built;
+  const Dataset& train_data = *train_view;
+  const Loader& loader = *loader_storage;
+  AdamW& opt = *optimizer;
   const Architecture& mc = model.architecture();
   const std::int64_t P = model.parameter_count();
-
-  // Data: a view of the first train_limit images when asked.
-  struct Limited : Dataset {
-    const Dataset& base;
-    std::int64_t n;
-    Limited(const Dataset& b, std::int64_t limit) : base(b), n(limit > 0 ? std::min(limit, b.size()) : b.size()) {
-      class_names_ = b.class_names(), name_ = b.name();
-    }
-    std::int64_t size() const override { return n; }
-    std::int64_t label(std::int64_t i) const override { return base.label(i); }
-    Image8 image(std::int64_t i) const override { return base.image(i); }
-  } train_data(*train_set, tc.train_limit);
-  Transform transform = tc.transform;
-  const auto [H, W] = preprocess_size(input_format(model.config()));
-  transform.height = H, transform.width = W, transform.channels = static_cast<int>(mc.in_channels);
-  const Loader loader(train_data, transform, tc.mixing, tc.batch_size, tc.seed, true, true, threads);
   const std::int64_t per_epoch = loader.batches_per_epoch();
-  if (per_epoch < 1)
-    input_error(tc.train_data, ": ", train_data.size(), " images are fewer than one batch of ", tc.batch_size);
   const std::int64_t total = per_epoch * tc.epochs;
+  const std::int64_t shard = tc.batch_size / ranks;  // this rank's samples of every batch
 
   Schedule schedule;
   schedule.base_lr = tc.adamw.lr, schedule.min_lr_ratio = tc.min_lr_ratio, schedule.warmup_ratio = tc.warmup_ratio;
   schedule.warmup_iters = static_cast<std::int64_t>(std::llround(tc.warmup_epochs * per_epoch));
   schedule.total_iters = total;
-  AdamW opt(mc, tc.adamw);
   State st;
   Tensor params = model.parameter_storage();
   if (tc.ema_decay > 0) st.ema = params.clone();
-  if (run.resume) {
-    const auto take = [&](const std::string& key, Tensor& into) {
-      const auto it = resumed.find(key);
-      if (it == resumed.end() || it->second.dtype() != DType::F32 || it->second.numel() != into.numel())
-        input_error(ckpt_path, ": missing or mis-shaped '", key, "'");
-      std::copy(it->second.f32(), it->second.f32() + into.numel(), into.f32());
-    };
-    for (const auto& [name, t] : model.parameters()) {
-      Tensor view = t;
-      take(name, view);
+  std::ofstream metrics;
+  on_lead([&] {
+    if (run.resume) {
+      const auto find = [&](const std::string& key, std::int64_t n) -> const Tensor& {
+        const auto it = resumed.find(key);
+        if (it == resumed.end() || it->second.dtype() != DType::F32 || it->second.numel() != n)
+          input_error(ckpt_path, ": missing or mis-shaped '", key, "'");
+        return it->second;
+      };
+      const auto take = [&](const std::string& key, float* into, std::int64_t n) {
+        const Tensor& t = find(key, n);
+        std::copy(t.f32(), t.f32() + n, into);
+      };
+      for (const auto& [name, t] : model.parameters()) take(name, Tensor(t).f32(), t.numel());
+      for (const char* key : {"optimizer.exp_avg", "optimizer.exp_avg_sq"}) find(key, P);  // spread below
+      if (st.ema.numel()) take("ema", st.ema.f32(), P);
+      truncate_metrics(metrics_path, resumed_step);
+    } else {
+      AtomicFile f(metrics_path);  // a fresh run starts a fresh metrics file
+      f.commit();
     }
-    take("optimizer.exp_avg", opt.m());
-    take("optimizer.exp_avg_sq", opt.v());
-    if (st.ema.numel()) take("ema", st.ema);
+    metrics.open(metrics_path, std::ios::app);
+    if (!metrics) input_error(metrics_path, ": cannot write the metrics file");
+  });
+  if (run.resume) {
+    // Rank 0's weights and EMA to every rank; each rank's slice of the moments.
+    if (ranks > 1) {
+      comm.broadcast(params.f32(), P * static_cast<std::int64_t>(sizeof(float)));
+      if (st.ema.numel()) comm.broadcast(st.ema.f32(), P * static_cast<std::int64_t>(sizeof(float)));
+    }
+    const float* m_full = lead ? resumed.at("optimizer.exp_avg").f32() : nullptr;
+    const float* v_full = lead ? resumed.at("optimizer.exp_avg_sq").f32() : nullptr;
+    if (tc.zero) {
+      comm.scatterv(m_full, opt.m().f32(), slices);
+      comm.scatterv(v_full, opt.v().f32(), slices);
+    } else {
+      if (lead) std::copy(m_full, m_full + P, opt.m().f32()), std::copy(v_full, v_full + P, opt.v().f32());
+      comm.broadcast(opt.m().f32(), P * static_cast<std::int64_t>(sizeof(float)));
+      comm.broadcast(opt.v().f32(), P * static_cast<std::int64_t>(sizeof(float)));
+    }
+    resumed.clear();
     opt.set_steps(resumed_step);
     st.step = resumed_step;
-    truncate_metrics(metrics_path, st.step);
-  } else {
-    AtomicFile f(metrics_path);  // a fresh run starts a fresh metrics file
-    f.commit();
   }
-  std::ofstream metrics(metrics_path, std::ios::app);
-  if (!metrics) input_error(metrics_path, ": cannot write the metrics file");
 
   std::vector<double> drop_path(mc.depth);
   for (std::int64_t i = 0; i < mc.depth; ++i)
@@ -891,121 +1025,203 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
 
   Gradients grads(model);
   Backprop backprop(model);
-  const bool tty = run.progress_bar && isatty(STDERR_FILENO);
-  std::fprintf(stderr, "vrwkv train: %s, %lld parameters, %lld images, %lld steps (%lld epochs of %lld)%s\n",
-               tc.train_data.c_str(), static_cast<long long>(P), static_cast<long long>(train_data.size()),
-               static_cast<long long>(total), static_cast<long long>(tc.epochs), static_cast<long long>(per_epoch),
-               run.resume ? (" resuming at step " + std::to_string(st.step)).c_str() : "");
+  const bool tty = lead && run.progress_bar && isatty(STDERR_FILENO);
+  if (lead) {
+    const std::string where =
+        ranks > 1 ? cat(" on ", ranks, " ranks (", shard, " images each per step", tc.zero ? ", ZeRO-1" : "", ")") : "";
+    std::fprintf(stderr, "vrwkv train: %s, %lld parameters, %lld images, %lld steps (%lld epochs of %lld)%s%s\n",
+                 tc.train_data.c_str(), static_cast<long long>(P), static_cast<long long>(train_data.size()),
+                 static_cast<long long>(total), static_cast<long long>(tc.epochs), static_cast<long long>(per_epoch),
+                 where.c_str(), run.resume ? (" resuming at step " + std::to_string(st.step)).c_str() : "");
+  }
 
   const auto eval_model = [&]() -> EvalResult {
-    if (!val_set) return {};
     if (!st.ema.numel()) {
       model.parameters_updated();  // the optimizer wrote the weights in place
-      return evaluate(model, *val_set, 256, tc.val_limit, {}, {}, run.ctx);
+      return evaluate_sharded(model, *val_set, tc.val_limit, comm, run.ctx);
     }
     Model ema_model = Model::from_state_dict(model.parameters(), model.config());
     Tensor s = ema_model.parameter_storage();
     std::copy(st.ema.f32(), st.ema.f32() + P, s.f32());
-    return evaluate(ema_model, *val_set, 256, tc.val_limit, {}, {}, run.ctx);
+    return evaluate_sharded(ema_model, *val_set, tc.val_limit, comm, run.ctx);
+  };
+  // The whole moments for a checkpoint: this rank's own, or (ZeRO-1) gathered on rank 0.
+  const auto write_checkpoint = [&] {
+    Tensor m = opt.m(), v = opt.v();
+    if (tc.zero && ranks > 1) {
+      Tensor m_full(DType::F32, {lead ? P : 0}), v_full(DType::F32, {lead ? P : 0});
+      comm.gatherv(m.f32(), m_full.f32(), slices);
+      comm.gatherv(v.f32(), v_full.f32(), slices);
+      m = m_full, v = v_full;
+    }
+    on_lead([&] { save_checkpoint(ckpt_path, model, m, v, st, tc, threads, ranks); });
   };
 
   using clock = std::chrono::steady_clock;
   auto t_start = clock::now(), t_window = t_start;
   std::int64_t window_images = 0, start_step = st.step;
-  double window_loss = 0;
+  double window_loss = 0, wait_seconds = 0, comm_seconds = 0;  // per window: waiting for the slowest rank, communicating
   std::int64_t window_steps = 0;
   EvalResult last_eval;
+  const float inv_ranks = 1.0f / static_cast<float>(ranks);
   while (st.step < total) {
     const std::int64_t epoch = st.step / per_epoch, index = st.step % per_epoch;
-    const Batch batch = loader.batch(epoch, index);
-    grads.zero();
-    BackwardOptions bo;
-    bo.label_smoothing = tc.label_smoothing;
-    bo.drop_path = drop_path;
-    bo.seed = mix_seed({0x44524f50ull, tc.seed, static_cast<std::uint64_t>(st.step)});
-    bo.recompute = tc.recompute;
-    const LossResult r = backprop.run(batch.input, batch.targets, grads, bo, run.ctx);
-    if (!std::isfinite(r.loss))
-      runtime_error("training diverged at step ", st.step, " (loss ", r.loss, "); lower optim.lr");
+    LossResult r;
+    std::exception_ptr failure;
+    try {  // this rank's shard: samples rank·shard .. of the global batch
+      const Batch batch = loader.batch(epoch, index, rank * shard, shard);
+      grads.zero();
+      BackwardOptions bo;
+      bo.label_smoothing = tc.label_smoothing;
+      bo.drop_path = drop_path;
+      bo.seed = mix_seed({0x44524f50ull, tc.seed, static_cast<std::uint64_t>(st.step)});
+      bo.sample_offset = rank * shard;
+      bo.recompute = tc.recompute;
+      r = backprop.run(batch.input, batch.targets, grads, bo, run.ctx);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    // Where the ranks meet: the time here is the wait for the slowest rank.
+    const auto t_done = clock::now();
+    comm.agree(failure);
+    // The gradient of the global batch's mean loss: the ranks' shard means, averaged; the loss likewise.
+    double loss = r.loss;
+    const auto t_comm = clock::now();
+    wait_seconds += std::chrono::duration<double>(t_comm - t_done).count();
+    if (ranks > 1) {
+      comm.allreduce_sum(grads.storage.f32(), P);
+      float* g = grads.storage.f32();
+#pragma omp parallel for schedule(static)
+      for (std::int64_t i = 0; i < P; ++i) g[i] *= inv_ranks;
+      std::vector<double> all(static_cast<std::size_t>(ranks));
+      comm.allgather(&r.loss, 1, all.data());
+      loss = 0;
+      for (const double l : all) loss += l;
+      loss /= ranks;
+    }
+    comm_seconds += std::chrono::duration<double>(clock::now() - t_comm).count();
+    on_lead([&] {
+      if (!std::isfinite(loss)) runtime_error("training diverged at step ", st.step, " (loss ", loss, "); lower optim.lr");
+    });
     const double norm = clip_grad_norm(grads.storage.f32(), P, tc.clip_grad);
     const double lr = schedule.lr(st.step);
     opt.step(params.f32(), grads.storage.f32(), lr);
+    if (tc.zero && ranks > 1) {  // each rank updated its slice: the whole weights to every rank
+      const auto t_gather = clock::now();
+      comm.allgatherv(params.f32(), slices);
+      comm_seconds += std::chrono::duration<double>(clock::now() - t_gather).count();
+    }
     if (st.ema.numel()) ema_update(st.ema.f32(), params.f32(), P, tc.ema_decay);
     ++st.step;
-    window_images += batch.input.dim(0), window_loss += r.loss, ++window_steps;
+    window_images += tc.batch_size, window_loss += loss, ++window_steps;
 
     const bool epoch_end = st.step % per_epoch == 0;
     const bool stop = run.stop_after > 0 && st.step >= run.stop_after;
     const bool log = st.step % tc.log_every == 0 || epoch_end || st.step == total;
-    const auto now = clock::now();
-    const double dt = std::chrono::duration<double>(now - t_window).count();
-    const double elapsed = std::chrono::duration<double>(now - t_start).count();
-    const double ips = dt > 0 ? window_images / dt : 0;
-    const double eta = elapsed / std::max<std::int64_t>(st.step - start_step, 1) * (total - st.step);
-    char line[256];
-    std::snprintf(line, sizeof line, "epoch %lld/%lld step %lld/%lld loss %.4f lr %.3e grad_norm %.3f %.0f img/s eta %s",
-                  static_cast<long long>(epoch + 1), static_cast<long long>(tc.epochs), static_cast<long long>(st.step),
-                  static_cast<long long>(total), window_loss / window_steps, lr, norm, ips,
-                  format_duration(eta).c_str());
-    if (tty) {  // the bar, redrawn every step
-      const int width = 24, filled = static_cast<int>(width * st.step / total);
-      std::fprintf(stderr, "\r[%s%s] %s\033[K", std::string(filled, '#').c_str(),
-                   std::string(width - filled, '.').c_str(), line);
-    }
-    if (log) {
-      append_metrics(metrics,
-                     json{{"step", st.step},
-                          {"epoch", static_cast<double>(st.step) / per_epoch},
-                          {"loss", window_loss / window_steps},
-                          {"lr", lr},
-                          {"grad_norm", norm},
-                          {"images_per_second", ips}},
-                     metrics_path, run);
-      if (!tty) std::fprintf(stderr, "%s\n", line);
-      t_window = now, window_images = 0, window_loss = 0, window_steps = 0;
-    }
+    on_lead([&] {
+      const auto now = clock::now();
+      const double dt = std::chrono::duration<double>(now - t_window).count();
+      const double elapsed = std::chrono::duration<double>(now - t_start).count();
+      const double ips = dt > 0 ? window_images / dt : 0;
+      const double eta = elapsed / std::max<std::int64_t>(st.step - start_step, 1) * (total - st.step);
+      char line[256];
+      std::snprintf(line, sizeof line,
+                    "epoch %lld/%lld step %lld/%lld loss %.4f lr %.3e grad_norm %.3f %.0f img/s eta %s",
+                    static_cast<long long>(epoch + 1), static_cast<long long>(tc.epochs),
+                    static_cast<long long>(st.step), static_cast<long long>(total), window_loss / window_steps, lr,
+                    norm, ips, format_duration(eta).c_str());
+      if (tty) {  // the bar, redrawn every step
+        const int width = 24, filled = static_cast<int>(width * st.step / total);
+        std::fprintf(stderr, "\r[%s%s] %s\033[K", std::string(filled, '#').c_str(),
+                     std::string(width - filled, '.').c_str(), line);
+      }
+      if (log) {
+        json record{{"step", st.step},
+                    {"epoch", static_cast<double>(st.step) / per_epoch},
+                    {"loss", window_loss / window_steps},
+                    {"lr", lr},
+                    {"grad_norm", norm},
+                    {"images_per_second", ips}};
+        if (ranks > 1) {
+          record["wait_seconds_per_step"] = wait_seconds / window_steps;
+          record["comm_seconds_per_step"] = comm_seconds / window_steps;
+        }
+        append_metrics(metrics, record, metrics_path, run);
+        if (!tty) std::fprintf(stderr, "%s\n", line);
+      }
+    });
+    if (log) t_window = clock::now(), window_images = 0, window_loss = 0, window_steps = 0, wait_seconds = comm_seconds = 0;
     if (epoch_end && val_set && tc.eval_every > 0 && ((st.step / per_epoch) % tc.eval_every == 0 || st.step == total)) {
       last_eval = eval_model();
-      append_metrics(metrics,
-                     json{{"step", st.step},
-                          {"epoch", static_cast<double>(st.step) / per_epoch},
-                          {"val_top1", last_eval.top1},
-                          {"val_top5", last_eval.top5},
-                          {"val_loss", last_eval.loss}},
-                     metrics_path, run);
-      std::fprintf(stderr, "%sepoch %lld: %s top-1 %.2f %% top-5 %.2f %% loss %.4f (%lld images)\n",
-                   tty ? "\n" : "", static_cast<long long>(st.step / per_epoch), tc.val_data.c_str(), last_eval.top1,
-                   last_eval.top5, last_eval.loss, static_cast<long long>(last_eval.images));
+      on_lead([&] {
+        append_metrics(metrics,
+                       json{{"step", st.step},
+                            {"epoch", static_cast<double>(st.step) / per_epoch},
+                            {"val_top1", last_eval.top1},
+                            {"val_top5", last_eval.top5},
+                            {"val_loss", last_eval.loss}},
+                       metrics_path, run);
+        std::fprintf(stderr, "%sepoch %lld: %s top-1 %.2f %% top-5 %.2f %% loss %.4f (%lld images)\n",
+                     tty ? "\n" : "", static_cast<long long>(st.step / per_epoch), tc.val_data.c_str(),
+                     last_eval.top1, last_eval.top5, last_eval.loss, static_cast<long long>(last_eval.images));
+      });
       t_window = clock::now();  // the evaluation's time is not training throughput
     }
-    // A signal (run.stop) ends the run after this step, with a checkpoint.
-    const int signalled = run.stop ? run.stop->load() : 0;
+    // A signal (run.stop) ends the run after this step, with a checkpoint; a stop asked of any rank stops all
+    // of them at the same step.
+    int signalled = run.stop ? run.stop->load() : 0;
+    if (ranks > 1) {
+      const double mine = signalled;
+      std::vector<double> all(static_cast<std::size_t>(ranks));
+      comm.allgather(&mine, 1, all.data());
+      for (const double a : all)
+        if (a != 0 && !signalled) signalled = static_cast<int>(a);
+    }
     if ((tc.checkpoint_every > 0 && st.step % tc.checkpoint_every == 0) || epoch_end || stop || signalled ||
-        st.step == total)
-      save_checkpoint(ckpt_path, model, opt, st, tc, threads);
+        st.step == total) {
+      if (ranks > 1) {
+        // The ranks' weights must be the same bits (they are, when every rank gets the same sums): compared at
+        // every checkpoint, so that a divergence cannot go unnoticed into one.
+        const double mine = static_cast<double>(crc32_z(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(params.raw()), params.nbytes()));
+        std::vector<double> all(static_cast<std::size_t>(ranks));
+        comm.allgather(&mine, 1, all.data());
+        on_lead([&] {
+          for (int k = 1; k < ranks; ++k)
+            if (all[k] != all[0])
+              runtime_error("rank ", k, "'s weights differ from rank 0's after step ", st.step,
+                            ": the ranks did not receive the same gradient sums");
+        });
+      }
+      write_checkpoint();
+    }
     if (signalled) {
-      const std::string by = signalled > 0 ? "by signal " + std::to_string(signalled) : "on request";
-      std::fprintf(stderr, "%svrwkv train: stopped %s after step %lld; checkpoint written to %s (continue with --resume)\n",
-                   tty ? "\n" : "", by.c_str(), static_cast<long long>(st.step), ckpt_path.c_str());
+      if (lead) {
+        const std::string by = signalled > 0 ? "by signal " + std::to_string(signalled) : "on request";
+        std::fprintf(stderr,
+                     "%svrwkv train: stopped %s after step %lld; checkpoint written to %s (continue with --resume)\n",
+                     tty ? "\n" : "", by.c_str(), static_cast<long long>(st.step), ckpt_path.c_str());
+      }
       return last_eval;
     }
     if (stop) break;
   }
   if (tty) std::fprintf(stderr, "\n");
   if (st.step == total) {
-    // The final weights alone (the EMA weights when EMA is on), with the configuration and class names.
-    TensorMap weights = model.parameters();
-    if (st.ema.numel()) {
-      std::int64_t offset = 0;
-      for (const auto& [name, shape] : parameter_shapes(mc)) {
-        weights[name] = st.ema.view(offset, shape);
-        offset += shape_numel(shape);
+    on_lead([&] {
+      // The final weights alone (the EMA weights when EMA is on), with the configuration and class names.
+      TensorMap weights = model.parameters();
+      if (st.ema.numel()) {
+        std::int64_t offset = 0;
+        for (const auto& [name, shape] : parameter_shapes(mc)) {
+          weights[name] = st.ema.view(offset, shape);
+          offset += shape_numel(shape);
+        }
       }
-    }
-    write_safetensors(run.out_dir + "/model.safetensors", weights, model_metadata(model.config()));
-    std::fprintf(stderr, "vrwkv train: done in %s; model written to %s/model.safetensors\n",
-                 format_duration(std::chrono::duration<double>(clock::now() - t_start).count()).c_str(),
-                 run.out_dir.c_str());
+      write_safetensors(run.out_dir + "/model.safetensors", weights, model_metadata(model.config()));
+      std::fprintf(stderr, "vrwkv train: done in %s; model written to %s/model.safetensors\n",
+                   format_duration(std::chrono::duration<double>(clock::now() - t_start).count()).c_str(),
+                   run.out_dir.c_str());
+    });
   }
   return last_eval;
 }
