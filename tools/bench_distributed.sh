@@ -51,9 +51,10 @@ for round in $(seq "$ROUNDS"); do
     results+=("$mode $ips $wait $comm")
   done
 done
-printf '%s\n' "${results[@]}" | /usr/bin/python3 -c '
+printf '%s\n' "${results[@]}" >"$WORK/results.txt"
+/usr/bin/python3 - "$WORK/results.txt" "$JSON" <<'PY'
 import json, statistics, sys
-rows = [l.split() for l in sys.stdin if l.strip()]
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 t = [float(r[1]) for r in rows if r[0] == "threads"]
 m = [float(r[1]) for r in rows if r[0] == "ranks"]
 w = [float(r[2]) for r in rows if r[0] == "ranks"]
@@ -63,9 +64,12 @@ out = {"model": "vrwkv_t", "resolution": 224, "global_batch": 16, "runs_each": l
        "median_one_rank_two_threads": statistics.median(t), "median_two_ranks_one_thread": statistics.median(m),
        "ratio": statistics.median(m) / statistics.median(t),
        "median_wait_seconds_per_step": statistics.median(w), "median_allreduce_seconds_per_step": statistics.median(c)}
-print(f"median: 1 rank x 2 threads {out[\"median_one_rank_two_threads\"]:.2f} images/s, 2 ranks x 1 thread "
-      f"{out[\"median_two_ranks_one_thread\"]:.2f} images/s: ratio {out[\"ratio\"]:.3f}; per step: wait "
-      f"{out[\"median_wait_seconds_per_step\"]:.4f} s, all-reduce {out[\"median_allreduce_seconds_per_step\"]:.4f} s")
-if len(sys.argv) > 1 and sys.argv[1]:
-    json.dump(out, open(sys.argv[1], "w"), indent=1)
-' "$JSON"
+print("median: 1 rank x 2 threads %.2f images/s, 2 ranks x 1 thread %.2f images/s: ratio %.3f; per step: "
+      "wait %.4f s, all-reduce %.4f s" % (out["median_one_rank_two_threads"], out["median_two_ranks_one_thread"],
+                                          out["ratio"], out["median_wait_seconds_per_step"],
+                                          out["median_allreduce_seconds_per_step"]))
+if sys.argv[2]:
+    with open(sys.argv[2], "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+PY
