@@ -925,7 +925,7 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
     }
     config_text = train_config_to_json(tc);
   });
-  if (ranks > 1) {  // every rank trains rank 0's configuration, from rank 0's step
+  if (ranks > 1) {  // every rank (rank 0 too) trains rank 0's configuration as its text gives it, from its step
     std::int64_t header[2] = {static_cast<std::int64_t>(config_text.size()), resumed_step};
     comm.broadcast(header, sizeof header);
     config_text.resize(static_cast<std::size_t>(header[0]));
