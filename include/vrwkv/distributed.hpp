@@ -45,6 +45,11 @@ class Communicator {
   // True once agree() has thrown: every rank knows of the failure and can end normally (no abort needed).
   bool failure_agreed() const { return failure_agreed_; }
 
+ protected:
+  // Called on every rank of a group once a failure is agreed, before the ranks part (a launcher may then stop
+  // the ranks still running: the MPI group silences its signal messages here).
+  virtual void parting() {}
+
  private:
   bool failure_agreed_ = false;
 };

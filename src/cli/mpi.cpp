@@ -5,6 +5,7 @@
 #include <limits>
 #include <string>
 
+#include "signals.hpp"
 #include "vrwkv/error.hpp"
 
 #ifdef VRWKV_WITH_MPI
@@ -88,6 +89,12 @@ class MpiCommunicator final : public train::Communicator {
           "MPI_Scatterv");
   }
   void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+
+ protected:
+  // mpirun stops the other ranks with SIGTERM as soon as one exits non-zero: that is no stop to announce.
+  void parting() override { set_signal_messages(false); }
+
+ public:
   void broadcast(void* data, std::int64_t bytes) override {
     char* p = static_cast<char*>(data);
     for (std::int64_t at = 0; at < bytes; at += kPiece)

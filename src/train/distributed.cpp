@@ -32,6 +32,7 @@ void Communicator::agree(std::exception_ptr failure) {
   failure_agreed_ = true;
   if (n == 1) std::rethrow_exception(failure);
   // The message goes out before any rank ends (a launcher may stop the others as soon as one exits).
+  parting();
   const int failed = static_cast<int>(first - codes.begin());
   if (failed == rank()) {
     std::string text;
