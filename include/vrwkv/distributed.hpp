@@ -25,13 +25,13 @@ class Communicator {
   virtual void allgather(const double* mine, std::int64_t n, double* all) = 0;
   // Rank r's slice data[offsets[r] .. offsets[r+1]) to every rank, in place (offsets: size() + 1 values).
   virtual void allgatherv(float* data, const std::vector<std::int64_t>& offsets) = 0;
-  // Every rank's slice (mine: offsets[r+1] − offsets[r] floats) into rank 0's full[0..offsets[size()]), at its
-  // offset; full is written on rank 0 only (and may be null elsewhere).
-  virtual void gatherv(const float* mine, float* full, const std::vector<std::int64_t>& offsets) = 0;
   // Each rank's slice [offsets[r], offsets[r+1]) of rank 0's full into mine (offsets[r+1] − offsets[r] floats).
   virtual void scatterv(const float* full, float* mine, const std::vector<std::int64_t>& offsets) = 0;
   // Rank 0's bytes to every rank.
   virtual void broadcast(void* data, std::int64_t bytes) = 0;
+  // Rank `from`'s mine[0..n) into rank 0's into[0..n) (the other ranks pass through): rank 0 collects slices
+  // one at a time, so that it never holds them all.
+  virtual void send_to_lead(int from, const float* mine, float* into, std::int64_t n) = 0;
 
   // Every rank waits for all the others.
   virtual void barrier() = 0;
@@ -78,9 +78,9 @@ class LocalCommunicator final : public Communicator {
   void allreduce_sum(float*, std::int64_t) override {}
   void allgather(const double* mine, std::int64_t n, double* all) override;
   void allgatherv(float*, const std::vector<std::int64_t>&) override {}
-  void gatherv(const float* mine, float* full, const std::vector<std::int64_t>& offsets) override;
   void scatterv(const float* full, float* mine, const std::vector<std::int64_t>& offsets) override;
   void broadcast(void*, std::int64_t) override {}
+  void send_to_lead(int from, const float* mine, float* into, std::int64_t n) override;
   void barrier() override {}
 };
 

@@ -28,6 +28,7 @@ namespace {
 
 // MPI counts are int: a long buffer goes in pieces of at most 2^30 elements.
 constexpr std::int64_t kPiece = std::int64_t{1} << 30;
+constexpr int kSliceTag = 17;  // send_to_lead's messages
 
 void check(int rc, const char* call) {
   if (rc == MPI_SUCCESS) return;
@@ -74,13 +75,6 @@ class MpiCommunicator final : public train::Communicator {
                          MPI_COMM_WORLD),
           "MPI_Allgatherv");
   }
-  void gatherv(const float* mine, float* full, const std::vector<std::int64_t>& offsets) override {
-    std::vector<int> counts, displs;
-    slices(offsets, counts, displs);
-    check(MPI_Gatherv(mine, counts[rank_], MPI_FLOAT, full, counts.data(), displs.data(), MPI_FLOAT, 0,
-                      MPI_COMM_WORLD),
-          "MPI_Gatherv");
-  }
   void scatterv(const float* full, float* mine, const std::vector<std::int64_t>& offsets) override {
     std::vector<int> counts, displs;
     slices(offsets, counts, displs);
@@ -89,6 +83,19 @@ class MpiCommunicator final : public train::Communicator {
           "MPI_Scatterv");
   }
   void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+  void send_to_lead(int from, const float* mine, float* into, std::int64_t n) override {
+    if (from == 0) {
+      if (rank_ == 0) std::copy(mine, mine + n, into);
+      return;
+    }
+    for (std::int64_t at = 0; at < n; at += kPiece) {
+      const int count = static_cast<int>(std::min(kPiece, n - at));
+      if (rank_ == from)
+        check(MPI_Send(mine + at, count, MPI_FLOAT, 0, kSliceTag, MPI_COMM_WORLD), "MPI_Send");
+      else if (rank_ == 0)
+        check(MPI_Recv(into + at, count, MPI_FLOAT, from, kSliceTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE), "MPI_Recv");
+    }
+  }
 
  protected:
   // mpirun stops the other ranks with SIGTERM as soon as one exits non-zero: that is no stop to announce.

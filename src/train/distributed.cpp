@@ -53,12 +53,12 @@ void Communicator::agree(std::exception_ptr failure) {
 
 void LocalCommunicator::allgather(const double* mine, std::int64_t n, double* all) { std::copy(mine, mine + n, all); }
 
-void LocalCommunicator::gatherv(const float* mine, float* full, const std::vector<std::int64_t>& offsets) {
-  std::copy(mine, mine + (offsets[1] - offsets[0]), full + offsets[0]);
-}
-
 void LocalCommunicator::scatterv(const float* full, float* mine, const std::vector<std::int64_t>& offsets) {
   std::copy(full + offsets[0], full + offsets[1], mine);
+}
+
+void LocalCommunicator::send_to_lead(int, const float* mine, float* into, std::int64_t n) {
+  std::copy(mine, mine + n, into);
 }
 
 std::vector<std::int64_t> even_slices(std::int64_t n, int ranks) {

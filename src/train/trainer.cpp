@@ -16,6 +16,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <limits>
+#include <map>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -739,6 +740,84 @@ void save_checkpoint(const std::string& path, const Model& model, const Tensor& 
   write_safetensors(path, t, meta);
 }
 
+// save_checkpoint's file when the AdamW moments are sharded over the ranks (ZeRO-1): rank 0 writes the same
+// bytes, but receives the moments one rank's slice at a time, so that it never holds them whole. The checksum
+// comes first in the file: each rank's CRC-32 of its slices, combined in order (crc32_combine), gives it
+// without the data. Every rank calls this; rank 0 alone writes.
+void save_sharded_checkpoint(const std::string& path, const Model& model, const AdamW& opt, const State& st,
+                             const TrainConfig& tc, int threads, Communicator& comm,
+                             const std::vector<std::int64_t>& slices) {
+  const int ranks = comm.size();
+  const bool lead = comm.rank() == 0;
+  const std::int64_t P = slices.back();
+  const char* moments[2] = {"optimizer.exp_avg", "optimizer.exp_avg_sq"};
+  const float* mine[2] = {const_cast<AdamW&>(opt).m().f32(), const_cast<AdamW&>(opt).v().f32()};
+  const std::int64_t own = opt.end() - opt.begin();
+  const double crcs[2] = {static_cast<double>(crc32_z(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(mine[0]),
+                                                      own * sizeof(float))),
+                          static_cast<double>(crc32_z(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(mine[1]),
+                                                      own * sizeof(float)))};
+  std::vector<double> all(2 * static_cast<std::size_t>(ranks));
+  comm.allgather(crcs, 2, all.data());
+
+  std::exception_ptr failure;
+  std::optional<SafetensorsWriter> writer;
+  TensorMap local = model.parameters();  // the tensors rank 0 has whole
+  if (st.ema.numel()) local["ema"] = st.ema;
+  if (lead) try {
+      // The names in file order (as a TensorMap orders them), the checksum over them as tensor_checksum takes it.
+      std::map<std::string, Shape> shapes;
+      for (const auto& [name, t] : local) shapes[name] = t.shape();
+      for (const char* m : moments) shapes[m] = {P};
+      uLong crc = crc32(0L, Z_NULL, 0);
+      std::vector<SafetensorsWriter::Entry> entries;
+      for (const auto& [name, shape] : shapes) {
+        entries.push_back({name, DType::F32, shape});
+        crc = crc32_z(crc, reinterpret_cast<const Bytef*>(name.data()), name.size());
+        const int moment = name == moments[0] ? 0 : name == moments[1] ? 1 : -1;
+        if (moment < 0) {
+          const Tensor& t = local.at(name);
+          crc = crc32_z(crc, reinterpret_cast<const Bytef*>(t.raw()), t.nbytes());
+        } else {
+          for (int r = 0; r < ranks; ++r)
+            crc = crc32_combine(crc, static_cast<uLong>(all[2 * r + moment]),
+                                static_cast<z_off_t>((slices[r + 1] - slices[r]) * sizeof(float)));
+        }
+      }
+      char text[16];
+      std::snprintf(text, sizeof text, "crc32:%08lx", static_cast<unsigned long>(crc));
+      Metadata meta = model_metadata(model.config());
+      meta["vrwkv.train"] = train_config_to_json(tc);
+      meta["vrwkv.state"] = json{{"step", st.step}, {"threads", threads}, {"ranks", ranks}}.dump();
+      meta[kChecksumKey] = text;
+      writer.emplace(path, entries, meta);
+      for (const auto& [name, t] : local) writer->write_rows(name, 0, t);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  // The slices, one at a time (rank 0 goes on receiving after a failure, so that no sender waits for ever).
+  std::int64_t largest = 0;
+  for (int r = 0; r < ranks; ++r) largest = std::max(largest, slices[r + 1] - slices[r]);
+  Tensor buffer(DType::F32, {lead ? largest : 0});
+  for (int k = 0; k < 2; ++k)
+    for (int r = 0; r < ranks; ++r) {
+      const std::int64_t n = slices[r + 1] - slices[r];
+      comm.send_to_lead(r, mine[k], buffer.f32(), n);
+      if (lead && !failure) try {
+          writer->write_rows(moments[k], slices[r], buffer.view(0, {n}));
+        } catch (...) {
+          failure = std::current_exception();
+        }
+    }
+  if (lead && !failure) try {
+      writer->commit();
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  writer.reset();
+  comm.agree(failure);
+}
+
 // A checkpoint's tensors against the checksum save_checkpoint recorded. A
 // checkpoint written before checksums existed is accepted with a note.
 void verify_checkpoint(const TensorMap& tensors, const Metadata& meta, const std::string& path) {
@@ -1045,16 +1124,10 @@ EvalResult train(const TrainConfig& given, const TrainRun& run) {
     std::copy(st.ema.f32(), st.ema.f32() + P, s.f32());
     return evaluate_sharded(ema_model, *val_set, tc.val_limit, comm, run.ctx);
   };
-  // The whole moments for a checkpoint: this rank's own, or (ZeRO-1) gathered on rank 0.
+  // Every checkpoint holds the whole moments: this rank's own, or (ZeRO-1) collected slice by slice on rank 0.
   const auto write_checkpoint = [&] {
-    Tensor m = opt.m(), v = opt.v();
-    if (tc.zero && ranks > 1) {
-      Tensor m_full(DType::F32, {lead ? P : 0}), v_full(DType::F32, {lead ? P : 0});
-      comm.gatherv(m.f32(), m_full.f32(), slices);
-      comm.gatherv(v.f32(), v_full.f32(), slices);
-      m = m_full, v = v_full;
-    }
-    on_lead([&] { save_checkpoint(ckpt_path, model, m, v, st, tc, threads, ranks); });
+    if (tc.zero && ranks > 1) save_sharded_checkpoint(ckpt_path, model, opt, st, tc, threads, comm, slices);
+    else on_lead([&] { save_checkpoint(ckpt_path, model, opt.m(), opt.v(), st, tc, threads, ranks); });
   };
 
   using clock = std::chrono::steady_clock;
