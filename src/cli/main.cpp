@@ -7,6 +7,7 @@
 #include <new>
 
 #include "commands.hpp"
+#include "mpi.hpp"
 #include "signals.hpp"
 #include "vrwkv/distributed.hpp"
 #include "vrwkv/error.hpp"
@@ -58,7 +59,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "vrwkv: %s (see --help)\n", e.what());
+    // Under mpirun every rank has the same command line: rank 0 alone says what is wrong with it.
+    if (!vrwkv::cli::launched_by_mpirun() || vrwkv::cli::launcher_rank() == 0)
+      std::fprintf(stderr, "vrwkv: %s (see --help)\n", e.what());
     return 2;
   } catch (const vrwkv::train::PeerFailure& e) {
     return e.exit_code();  // another rank of `mpirun ... vrwkv train` failed and said why

@@ -16,6 +16,12 @@ namespace vrwkv::cli {
 
 bool launched_by_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK"); }
 
+int launcher_rank() {
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  if (!rank) rank = std::getenv("PMIX_RANK");
+  return rank ? std::atoi(rank) : 0;
+}
+
 int ranks_on_this_machine() {
   const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
   const int n = local ? std::atoi(local) : 1;

@@ -19,6 +19,9 @@ std::unique_ptr<train::Communicator> mpi_world();
 // waiting in a collective). Returns only when MPI is not running.
 void mpi_abort(int code);
 
+// This process's rank as the launcher numbered it (OMPI_COMM_WORLD_RANK or PMIX_RANK; 0 when there is none).
+int launcher_rank();
+
 // Processes of the group on this machine (1 when not launched by mpirun): the default thread count per rank
 // divides the cores among them.
 int ranks_on_this_machine();

@@ -10,7 +10,8 @@
 #     checkpoint to the same bytes;
 #   - a rank killed with SIGKILL ends the job within 20 s, leaves an intact checkpoint, and --resume with the
 #     same ranks gives a final model byte-identical to an uninterrupted run; resuming with 3 ranks says so;
-#   - a global batch that does not divide by the ranks is exit 2 before any training.
+#   - a global batch that does not divide by the ranks is exit 2 before any training, with one message (a bad
+#     flag too).
 set -euo pipefail
 VRWKV=$(realpath "$1")
 MPIEXEC=${2:-}
@@ -115,4 +116,8 @@ grep -q "batch_size 12 (the global batch) does not divide over the 5 ranks" five
 [ "$(grep -c '^vrwkv:' five.log)" = 1 ] || fail "expected one message, got: $(grep '^vrwkv:' five.log)"
 [ ! -e five/metrics.jsonl ] || fail "the refused run wrote a metrics file"
 echo "ok: exit 2 with: $(grep '^vrwkv:' five.log)"
+rc=0
+"$MPIEXEC" -np 2 "$VRWKV" train --no-such-flag >flag.log 2>&1 || rc=$?
+[ "$rc" = 2 ] && [ "$(grep -c '^vrwkv:' flag.log)" = 1 ] || { cat flag.log; fail "a bad flag under mpirun: exit $rc, expected 2 and one message"; }
+echo "ok: a bad flag under mpirun is exit 2 with one message"
 echo "PASS"
