@@ -38,7 +38,7 @@ def main():
     for r in runs:
         by.setdefault(r["name"], {})[r["seed"]] = r
     print("| variant | shift | attention | paper (ImageNet, VRWKV-T) | runs (seed: top-1 %) | top-1 % mean ± std "
-          "| parameters | minutes per run |")
+          "| parameters | wall minutes per run |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ORDER:
         if name not in by:
