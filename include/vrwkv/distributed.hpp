@@ -38,7 +38,7 @@ class Communicator {
 
   // The ranks compare outcomes of a phase in which any of them may have failed (`failure`: this rank's
   // exception, or null). When none failed it returns. Otherwise it throws on every rank: one process alone
-  // rethrows its exception; in a group the lowest failing rank prints it (report) before any rank goes on, and
+  // rethrows its exception; in a group the lowest failing rank prints it on stderr before any rank goes on, and
   // every rank throws PeerFailure with that exception's exit code, so that one message is printed and every
   // rank exits with the same code, without a hang.
   void agree(std::exception_ptr failure);
