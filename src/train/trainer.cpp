@@ -714,15 +714,28 @@ Metadata model_metadata(const Config& c) { return {{"vrwkv.config", config_to_js
 
 // CRC-32 (zlib) over every tensor in name order: its name, then its bytes.
 constexpr const char* kChecksumKey = "vrwkv.checksum";
+std::string checksum_text(uLong crc) {
+  char text[16];
+  std::snprintf(text, sizeof text, "crc32:%08lx", static_cast<unsigned long>(crc));
+  return text;
+}
 std::string tensor_checksum(const TensorMap& tensors) {
   uLong crc = crc32(0L, Z_NULL, 0);
   for (const auto& [name, t] : tensors) {
     crc = crc32_z(crc, reinterpret_cast<const Bytef*>(name.data()), name.size());
     crc = crc32_z(crc, reinterpret_cast<const Bytef*>(t.raw()), t.nbytes());
   }
-  char text[16];
-  std::snprintf(text, sizeof text, "crc32:%08lx", static_cast<unsigned long>(crc));
-  return text;
+  return checksum_text(crc);
+}
+
+// A checkpoint's metadata: the model's configuration, the training configuration, the state and the checksum.
+Metadata checkpoint_metadata(const Model& model, const State& st, const TrainConfig& tc, int threads, int ranks,
+                             const std::string& checksum) {
+  Metadata meta = model_metadata(model.config());
+  meta["vrwkv.train"] = train_config_to_json(tc);
+  meta["vrwkv.state"] = json{{"step", st.step}, {"threads", threads}, {"ranks", ranks}}.dump();
+  meta[kChecksumKey] = checksum;
+  return meta;
 }
 
 // m and v: the whole AdamW moments (gathered from the ranks under ZeRO-1), so that a checkpoint does not
@@ -733,25 +746,21 @@ void save_checkpoint(const std::string& path, const Model& model, const Tensor& 
   t["optimizer.exp_avg"] = m;
   t["optimizer.exp_avg_sq"] = v;
   if (st.ema.numel()) t["ema"] = st.ema;
-  Metadata meta = model_metadata(model.config());
-  meta["vrwkv.train"] = train_config_to_json(tc);
-  meta["vrwkv.state"] = json{{"step", st.step}, {"threads", threads}, {"ranks", ranks}}.dump();
-  meta[kChecksumKey] = tensor_checksum(t);
-  write_safetensors(path, t, meta);
+  write_safetensors(path, t, checkpoint_metadata(model, st, tc, threads, ranks, tensor_checksum(t)));
 }
 
 // save_checkpoint's file when the AdamW moments are sharded over the ranks (ZeRO-1): rank 0 writes the same
 // bytes, but receives the moments one rank's slice at a time, so that it never holds them whole. The checksum
 // comes first in the file: each rank's CRC-32 of its slices, combined in order (crc32_combine), gives it
 // without the data. Every rank calls this; rank 0 alone writes.
-void save_sharded_checkpoint(const std::string& path, const Model& model, const AdamW& opt, const State& st,
+void save_sharded_checkpoint(const std::string& path, const Model& model, AdamW& opt, const State& st,
                              const TrainConfig& tc, int threads, Communicator& comm,
                              const std::vector<std::int64_t>& slices) {
   const int ranks = comm.size();
   const bool lead = comm.rank() == 0;
   const std::int64_t P = slices.back();
   const char* moments[2] = {"optimizer.exp_avg", "optimizer.exp_avg_sq"};
-  const float* mine[2] = {const_cast<AdamW&>(opt).m().f32(), const_cast<AdamW&>(opt).v().f32()};
+  const float* mine[2] = {opt.m().f32(), opt.v().f32()};
   const std::int64_t own = opt.end() - opt.begin();
   const double crcs[2] = {static_cast<double>(crc32_z(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(mine[0]),
                                                       own * sizeof(float))),
@@ -784,13 +793,7 @@ void save_sharded_checkpoint(const std::string& path, const Model& model, const 
                                 static_cast<z_off_t>((slices[r + 1] - slices[r]) * sizeof(float)));
         }
       }
-      char text[16];
-      std::snprintf(text, sizeof text, "crc32:%08lx", static_cast<unsigned long>(crc));
-      Metadata meta = model_metadata(model.config());
-      meta["vrwkv.train"] = train_config_to_json(tc);
-      meta["vrwkv.state"] = json{{"step", st.step}, {"threads", threads}, {"ranks", ranks}}.dump();
-      meta[kChecksumKey] = text;
-      writer.emplace(path, entries, meta);
+      writer.emplace(path, entries, checkpoint_metadata(model, st, tc, threads, ranks, checksum_text(crc)));
       for (const auto& [name, t] : local) writer->write_rows(name, 0, t);
     } catch (...) {
       failure = std::current_exception();
