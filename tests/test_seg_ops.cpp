@@ -64,27 +64,38 @@ TEST(SegOps, Conv2dMatchesReference) {
 // ReLU-like inputs and kaiming-scaled weights; bound 5e-6·max|ref| (10× below
 // the segmentor's 5e-5). The direct sum over 4608 terms lands at ~3e-6 here,
 // Winograd at ~8e-7.
+// Winograd against float64, on the widest head convolution (512) and the
+// narrowest that takes it (kWinogradMinChannels: the spatial prior module's
+// 64), and on unequal widths; the direct float32 sum beside it (bound 5e-6 of
+// max|ref|: measured ~1e-6 for both).
 TEST(SegOps, WinogradConvolutionIsAccurate) {
-  std::mt19937 rng(12);
-  const ops::ConvShape s{512, 512, 3, 1, 1};
-  const std::int64_t H = 13, W = 11;
-  auto x = random_vector(H * W * 512, rng, 0, 2);
-  const auto w = random_vector(512 * 512 * 9, rng, -0.02f, 0.02f);
-  const auto b = random_vector(512, rng);
-  std::vector<float> want(H * W * 512), wino(want.size()), direct(want.size());
-  ops::conv2d_ref(x.data(), w.data(), b.data(), want.data(), 1, H, W, s);
   if (!ops::winograd_supported()) GTEST_SKIP() << "oneDNN has no Winograd convolution on this CPU (AVX-512 only)";
-  ops::Conv2d conv(w.data(), b.data(), s);
-  ASSERT_TRUE(conv.winograd_applies());
-  conv(x.data(), wino.data(), 1, H, W);
-  conv.allow_winograd(false);
-  conv(x.data(), direct.data(), 1, H, W);
-  const double scale = max_abs(want.data(), want.size());
-  EXPECT_LE(max_abs_diff(wino.data(), want.data(), want.size()) / scale, 5e-6);
-  EXPECT_LE(max_abs_diff(direct.data(), want.data(), want.size()) / scale, 5e-6);
-  std::printf("Winograd %.2e, direct %.2e of max|ref| %.2f\n",
-              max_abs_diff(wino.data(), want.data(), want.size()) / scale,
-              max_abs_diff(direct.data(), want.data(), want.size()) / scale, scale);
+  std::mt19937 rng(12);
+  for (const auto& [Co, Ci] : {std::pair<std::int64_t, std::int64_t>{512, 512}, {64, 64}, {256, 192}}) {
+    const ops::ConvShape s{Co, Ci, 3, 1, 1};
+    const std::int64_t H = 13, W = 11;
+    auto x = random_vector(H * W * Ci, rng, 0, 2);
+    const float bound = 0.3f / std::sqrt(static_cast<float>(Ci * 9));
+    const auto w = random_vector(Co * Ci * 9, rng, -bound, bound);
+    const auto b = random_vector(Co, rng);
+    std::vector<float> want(H * W * Co), wino(want.size()), direct(want.size());
+    ops::conv2d_ref(x.data(), w.data(), b.data(), want.data(), 1, H, W, s);
+    ops::Conv2d conv(w.data(), b.data(), s);
+    ASSERT_TRUE(conv.winograd_applies()) << Ci << "->" << Co;
+    conv(x.data(), wino.data(), 1, H, W);
+    conv.allow_winograd(false);
+    conv(x.data(), direct.data(), 1, H, W);
+    const double scale = max_abs(want.data(), want.size());
+    const double e_wino = max_abs_diff(wino.data(), want.data(), want.size()) / scale;
+    const double e_direct = max_abs_diff(direct.data(), want.data(), want.size()) / scale;
+    EXPECT_LE(e_wino, 5e-6) << Ci << "->" << Co;
+    EXPECT_LE(e_direct, 5e-6) << Ci << "->" << Co;
+    std::printf("%lld->%lld: Winograd %.2e, direct %.2e of max|ref| %.2f\n", static_cast<long long>(Ci),
+                static_cast<long long>(Co), e_wino, e_direct, scale);
+  }
+  // Below the threshold the shape keeps the direct convolution.
+  const auto w = random_vector(32 * 32 * 9, rng);
+  EXPECT_FALSE(ops::Conv2d(w.data(), nullptr, ops::ConvShape{32, 32, 3, 1, 1}).winograd_applies());
 }
 
 // bf16 inputs and weights (8 significant bits) with float32 sums: relative 2e-2.
@@ -142,6 +153,18 @@ TEST(SegOps, BilinearResizeAsPyTorch) {
   for (int ch = 0; ch < 3; ++ch)
     for (int p = 0; p < 35; ++p) c[ch * 35 + p] = b[p * 3 + ch];
   EXPECT_LE(rel_diff(a, c), 1e-7);
+  // Down in one axis and up in the other, two images of two channels: 9×4 → 4×10.
+  const auto src2 = random_vector(2 * 2 * 9 * 4, rng);
+  std::vector<float> nhwc2(src2.size()), a2(2 * 2 * 4 * 10), b2(a2.size()), c2(a2.size());
+  for (int i = 0; i < 2; ++i)
+    for (int ch = 0; ch < 2; ++ch)
+      for (int p = 0; p < 36; ++p) nhwc2[(i * 36 + p) * 2 + ch] = src2[(i * 2 + ch) * 36 + p];
+  ops::resize_bilinear_nchw(src2.data(), 2, 2, 9, 4, a2.data(), 4, 10);
+  ops::resize_bilinear(nhwc2.data(), 2, 9, 4, 2, b2.data(), 4, 10, ops::bilinear_scale(9, 4), ops::bilinear_scale(4, 10));
+  for (int i = 0; i < 2; ++i)
+    for (int ch = 0; ch < 2; ++ch)
+      for (int p = 0; p < 40; ++p) c2[(i * 2 + ch) * 40 + p] = b2[(i * 40 + p) * 2 + ch];
+  EXPECT_LE(rel_diff(a2, c2), 1e-7);  // both in float64, rounded once: equal but for contraction into FMAs
 }
 
 TEST(SegOps, PoolingBounds) {

@@ -123,9 +123,10 @@ TEST_P(GoldenSegmentor, InferenceMatches) {
   EXPECT_LE(differ, pred.numel() / 1000);
 }
 
-// bf16 convolutions and block linears (8 significant bits, float32 sums):
-// measured, the class map of the goldens stays on 98.5-98.9 % of the pixels
-// (their random weights leave many near-ties among 19 classes); bound 98 %.
+// bf16 (the heads' convolutions but the classifiers; 8 significant bits,
+// float32 sums): measured, the class map of the goldens stays on 99.79 % and
+// 99.56 % of the pixels (their random weights leave many near-ties among 19
+// classes); the bound is the 99.5 %.
 TEST_P(GoldenSegmentor, Bf16KeepsThePrediction) {
   const auto& [name, reference] = GetParam();
   if (reference) GTEST_SKIP() << "bf16 runs on the fast path only";
@@ -141,7 +142,7 @@ TEST_P(GoldenSegmentor, Bf16KeepsThePrediction) {
   const Tensor& want = c.t.at("seg.pred");
   std::int64_t same = 0;
   for (std::int64_t i = 0; i < want.numel(); ++i) same += pred.data<std::int64_t>()[i] == want.data<std::int64_t>()[i];
-  EXPECT_GE(static_cast<double>(same) / want.numel(), 0.98) << same << " of " << want.numel();
+  EXPECT_GE(static_cast<double>(same) / want.numel(), 0.995) << same << " of " << want.numel();
   std::printf("bf16: seg.pred equal on %.3f %% of the pixels\n", 100.0 * same / want.numel());
 }
 

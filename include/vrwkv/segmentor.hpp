@@ -45,7 +45,7 @@ struct SegmentOptions {
   bool flip = false;              // average the softmax with the horizontally flipped image's
   std::int64_t out_h = 0, out_w = 0;  // rescale the result to this size; 0: the input's
   bool reference = false;         // the reference ops (separate BatchNorms, float64 accumulation)
-  bool bf16 = false;              // convolutions and block linears in bfloat16, float32 accumulation (fast path)
+  bool bf16 = false;              // the heads' convolutions but the classifiers in bfloat16, float32 sums (fast path)
 };
 
 struct SegmentorConfig {

@@ -67,7 +67,7 @@ void Runner::conv(const ConvW& cw, const float* x, float* y, std::int64_t B, std
   const std::int64_t n = B * sh.out(H) * sh.out(W), ys = y_stride ? y_stride : sh.Co;
   if (!reference_ && ys == sh.Co) return cache_.conv(cw)(x, y, B, H, W, compute_);
   // A strided destination: oneDNN would fall back to a slow generic kernel, so copy instead.
-  std::vector<float> tmp(n * sh.Co);
+  Floats tmp(n * sh.Co);  // written in full below
   if (!reference_) {
     cache_.conv(cw)(x, tmp.data(), B, H, W, compute_);
   } else {

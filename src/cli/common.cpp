@@ -82,7 +82,7 @@ void ModelOptions::add_to(CLI::App& app, bool model_optional) {
   app.add_option("--channel-gamma", channel_gamma, "Q-Shift channel fraction per direction (default 0.25)")
       ->check(validators::positive());  // at most 1/4: checked with the model
   app.add_option("--pos-grid", pos_grid, "Training grid of pos_embed, HxW (default: square root of its length)");
-  app.add_option("--dtype", dtype, "fp32 | bf16 (block linears in bfloat16, float32 accumulation)")
+  app.add_option("--dtype", dtype, "fp32 | bf16 (bfloat16 products, float32 sums: the block linears; segmentors: the heads' convolutions)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--head", head, "Head: none | linear | mlp (default: inferred; none drops the head)");
 }

@@ -45,7 +45,7 @@ void conv_transpose2d_ref(const float* x, const float* weight, const float* bias
 // from 3.5–3.7 s to 1.4 s), and an error below the direct sum's
 // (tests/test_seg_ops.cpp measures it). oneDNN has Winograd on AVX-512
 // machines only; elsewhere these run as direct convolutions.
-constexpr std::int64_t kWinogradMinChannels = 256;
+constexpr std::int64_t kWinogradMinChannels = 64;
 // Whether this machine's oneDNN has a Winograd convolution (asked once).
 bool winograd_supported();
 

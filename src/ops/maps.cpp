@@ -46,20 +46,32 @@ void resize_bilinear(const float* x, std::int64_t B, std::int64_t H, std::int64_
 
 void resize_bilinear_nchw(const float* x, std::int64_t B, std::int64_t C, std::int64_t H, std::int64_t W, float* y,
                           std::int64_t Ho, std::int64_t Wo) {
+  // Separable, with the arithmetic of the direct form: each source row is interpolated along x once
+  // (h = lx0·a + lx1·b, in float64), then every output row blends two of those rows (ly0·h0 + ly1·h1).
   const Taps th(H, Ho, bilinear_scale(H, Ho)), tw(W, Wo, bilinear_scale(W, Wo));
-#pragma omp parallel for collapse(2) schedule(static)
-  for (std::int64_t bc = 0; bc < B * C; ++bc)
-    for (std::int64_t oy = 0; oy < Ho; ++oy) {
-      const double ly1 = th.l1[oy], ly0 = 1 - ly1;
-      const float* r0 = x + (bc * H + th.i0[oy]) * W;
-      const float* r1 = x + (bc * H + th.i1[oy]) * W;
-      float* out = y + (bc * Ho + oy) * Wo;
-      for (std::int64_t ox = 0; ox < Wo; ++ox) {
-        const double lx1 = tw.l1[ox], lx0 = 1 - lx1;
-        const std::int64_t i0 = tw.i0[ox], i1 = tw.i1[ox];
-        out[ox] = static_cast<float>(ly0 * (lx0 * r0[i0] + lx1 * r0[i1]) + ly1 * (lx0 * r1[i0] + lx1 * r1[i1]));
+#pragma omp parallel
+  {
+    std::vector<double> rows(H * Wo);  // one plane's rows, interpolated along x
+#pragma omp for schedule(static)
+    for (std::int64_t bc = 0; bc < B * C; ++bc) {
+      const float* plane = x + bc * H * W;
+      for (std::int64_t iy = 0; iy < H; ++iy) {
+        const float* r = plane + iy * W;
+        double* h = rows.data() + iy * Wo;
+        for (std::int64_t ox = 0; ox < Wo; ++ox) {
+          const double lx1 = tw.l1[ox], lx0 = 1 - lx1;
+          h[ox] = lx0 * r[tw.i0[ox]] + lx1 * r[tw.i1[ox]];
+        }
+      }
+      for (std::int64_t oy = 0; oy < Ho; ++oy) {
+        const double ly1 = th.l1[oy], ly0 = 1 - ly1;
+        const double *h0 = rows.data() + th.i0[oy] * Wo, *h1 = rows.data() + th.i1[oy] * Wo;
+        float* out = y + (bc * Ho + oy) * Wo;
+#pragma omp simd
+        for (std::int64_t ox = 0; ox < Wo; ++ox) out[ox] = static_cast<float>(ly0 * h0[ox] + ly1 * h1[ox]);
       }
     }
+  }
 }
 
 void max_pool(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W, std::int64_t C,
