@@ -115,9 +115,10 @@ std::vector<std::int64_t> batched_nms(const float* boxes, const float* scores, c
     const float offset = static_cast<float>(ids[i]) * (top + 1.0f);
     for (int k = 0; k < 4; ++k) shifted[i * 4 + k] = boxes[i * 4 + k] + offset;
   }
-  constexpr std::int64_t kSplitThreshold = 10000;
-  if (n < kSplitThreshold) return nms(shifted.data(), scores, n, iou_threshold);
-  // One group at a time, then every kept box by descending score.
+  // One group at a time, then every kept box by descending score. mmcv runs a single NMS over all the shifted
+  // boxes below 10,000 of them and this loop above; both keep the same boxes in the same order (shifted groups
+  // never overlap, so a box only ever suppresses boxes of its own group), and this is the one that does not
+  // compare every box with the kept boxes of the other groups.
   std::map<std::int64_t, std::vector<std::int64_t>> groups;
   for (std::int64_t i = 0; i < n; ++i) groups[ids[i]].push_back(i);
   std::vector<std::int64_t> keep;

@@ -30,10 +30,10 @@ void delta2bbox(const float* rois, const float* deltas, float* out, std::int64_t
 // kept one is > iou_threshold. IoU in float32 as the kernel computes it.
 std::vector<std::int64_t> nms(const float* boxes, const float* scores, std::int64_t n, float iou_threshold);
 
-// mmcv batched_nms: NMS within each group id, the groups kept apart by the
-// offset trick (boxes + id · (max coordinate + 1), in float32, as mmcv),
-// above 10,000 boxes one group at a time (mmcv's split_thr). Returns the kept
-// indices by descending score.
+// mmcv batched_nms: NMS within each group id on the boxes moved apart by the
+// offset trick (boxes + id · (max coordinate + 1), in float32, as mmcv), one
+// group at a time. Returns the kept indices by descending score (equal scores
+// in index order).
 std::vector<std::int64_t> batched_nms(const float* boxes, const float* scores, const std::int64_t* ids,
                                       std::int64_t n, float iou_threshold);
 

@@ -205,7 +205,8 @@ void Conv2d::operator()(const float* x, float* y, std::int64_t B, std::int64_t H
   try {
     const Plan& p = plan(B, H, W, how);
     dnnl::stream stream(dnnl_engine());
-    // This thread's copies of x and y in the primitive's layouts, when they differ from NHWC float32.
+    // This thread's copies of x and y in the primitive's layouts, when they differ from NHWC float32; they only
+    // grow (a resize up would zero the new part on every call that follows a smaller one).
     thread_local std::vector<char> src_copy, dst_copy;
     const auto reorder = [&](const dnnl::reorder& r, const memory::desc& from_d, const void* from,
                              const memory::desc& to_d, void* to, const memory::desc& scratch) {
@@ -215,13 +216,13 @@ void Conv2d::operator()(const float* x, float* y, std::int64_t B, std::int64_t H
     };
     const void* src = x;
     if (p.to_src) {
-      src_copy.resize(p.src.get_size());
+      if (src_copy.size() < p.src.get_size()) src_copy.resize(p.src.get_size());
       reorder(p.to_src, p.user_src, x, p.src, src_copy.data(), p.to_src_scratch);
       src = src_copy.data();
     }
     void* dst = y;
     if (p.to_user_dst) {
-      dst_copy.resize(p.dst.get_size());
+      if (dst_copy.size() < p.dst.get_size()) dst_copy.resize(p.dst.get_size());
       dst = dst_copy.data();
     }
     run_primitive(p.conv, p.scratch, p.src, src, *p.weights, p.bias, bias_.data(), p.dst, dst);
@@ -240,35 +241,34 @@ void Conv2d::operator()(const float* x, float* y, std::int64_t B, std::int64_t H
 // W′[(di·k + dj)·Co + co, ci] = W[ci, co, di, dj], whose rows are then laid
 // out as the output's k×k blocks (oneDNN's deconvolution ran these shapes at a
 // quarter of the GEMM's speed).
-ConvTranspose2d::ConvTranspose2d(const float* weight, const float* bias, const ConvShape& shape)
-    : shape_(shape),
-      bias_(bias ? std::vector<float>(bias, bias + shape.Co) : std::vector<float>(shape.Co, 0.0f)) {
+ConvTranspose2d::ConvTranspose2d(const float* weight, const float* bias, const ConvShape& shape) : shape_(shape) {
   const std::int64_t Ci = shape.Ci, Co = shape.Co, k = shape.k;
   weight_.resize(k * k * Co * Ci);  // kept: the GEMM packs it on first use
   for (std::int64_t ci = 0; ci < Ci; ++ci)
     for (std::int64_t co = 0; co < Co; ++co)
       for (std::int64_t d = 0; d < k * k; ++d) weight_[(d * Co + co) * Ci + ci] = weight[(ci * Co + co) * k * k + d];
-  gemm_ = std::make_unique<PackedLinear>(weight_.data(), k * k * Co, Ci, DType::F32);
+  std::vector<float> bias_rows(k * k * Co, 0.0f);  // the bias of every (di, dj) block, added by the GEMM
+  if (bias)
+    for (std::int64_t d = 0; d < k * k; ++d) std::copy(bias, bias + Co, bias_rows.begin() + d * Co);
+  gemm_ = std::make_unique<PackedLinear>(weight_.data(), k * k * Co, Ci, DType::F32, nullptr, bias_rows.data());
 }
 ConvTranspose2d::~ConvTranspose2d() = default;
 
 void ConvTranspose2d::operator()(const float* x, float* y, std::int64_t B, std::int64_t H, std::int64_t W) {
   if (B == 0) return;
   const std::int64_t Co = shape_.Co, k = shape_.k, M = B * H * W, row = k * Co;
-  std::vector<float> z(M * k * row);
+  thread_local std::vector<float> z;  // this thread's GEMM output, grown as needed; written in full below
+  if (z.size() < static_cast<std::size_t>(M * k * row)) z.resize(M * k * row);
   (*gemm_)(Activations{const_cast<float*>(x), DType::F32}, Activations{z.data(), DType::F32}, M);
-  const float* bias = bias_.data();
+  const float* zs = z.data();
 #pragma omp parallel for collapse(2) schedule(static)
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t i = 0; i < H; ++i)
       for (std::int64_t di = 0; di < k; ++di) {
         // Output row k·i + di: for each input column j, the k·Co values of (dj, co) are contiguous in both.
         float* out = y + ((b * H * k + i * k + di) * W * k) * Co;
-        for (std::int64_t j = 0; j < W; ++j) {
-          const float* from = z.data() + ((b * H + i) * W + j) * k * row + di * row;
-          float* to = out + j * row;
-          for (std::int64_t t = 0; t < row; ++t) to[t] = from[t] + bias[t % Co];
-        }
+        for (std::int64_t j = 0; j < W; ++j)
+          std::copy_n(zs + ((b * H + i) * W + j) * k * row + di * row, row, out + j * row);
       }
 }
 

@@ -94,7 +94,7 @@ class ConvTranspose2d {
 
  private:
   ConvShape shape_;
-  std::vector<float> weight_, bias_;  // weight_: [k·k·Co, Ci], rows (di, dj, co)
+  std::vector<float> weight_;  // [k·k·Co, Ci], rows (di, dj, co)
   std::unique_ptr<PackedLinear> gemm_;
 };
 

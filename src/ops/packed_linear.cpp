@@ -156,11 +156,11 @@ void PackedLinear::operator()(Activations x, Activations y, std::int64_t M, cons
   try {
     const Plan& p = plan(M, x.dtype, y.dtype, e);
     dnnl::stream stream(engine());
-    // This thread's bf16 copy of x, grown as needed.
+    // This thread's bf16 copy of x, grown as needed (only grown: a resize up zeroes the new part).
     thread_local std::vector<std::uint16_t> rounded_x;
     memory src(p.src, engine(), x.data);
     if (x.dtype != weights_) {
-      rounded_x.resize(static_cast<std::size_t>(M * K_));
+      if (rounded_x.size() < static_cast<std::size_t>(M * K_)) rounded_x.resize(static_cast<std::size_t>(M * K_));
       memory rounded(p.gemm_src, engine(), rounded_x.data());
       p.to_bf16.execute(stream, {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, rounded},
                                  {DNNL_ARG_SCRATCHPAD, thread_scratch(p.reorder_scratch)}});
@@ -170,7 +170,7 @@ void PackedLinear::operator()(Activations x, Activations y, std::int64_t M, cons
     thread_local std::vector<float> z;
     void* dst = y.data;
     if (p.unfused_sum) {
-      z.resize(static_cast<std::size_t>(M * N_));
+      if (z.size() < static_cast<std::size_t>(M * N_)) z.resize(static_cast<std::size_t>(M * N_));
       dst = z.data();
     }
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
