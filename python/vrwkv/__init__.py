@@ -114,8 +114,9 @@ def _dense_options(kwargs):
 def load(path, *, threads=None, dtype="fp32", features_only=False, out_indices=None, **options):
     """A model from a checkpoint: an official ``.pth`` (any layout) or a vrwkv ``.safetensors``.
 
-    threads: worker threads (default: every core). dtype: "fp32", or "bf16" (block linears in bfloat16 with
-    float32 accumulation). features_only: calling the model returns the feature maps at ``out_indices`` (block
+    threads: worker threads (default: every core). dtype: "fp32", or "bf16" (bfloat16 products, float32 sums: a
+    classifier's block linears, a segmentor's head convolutions, a detector's convolutions and block linears).
+    features_only: calling the model returns the feature maps at ``out_indices`` (block
     indices, negative from the end; default the last block). Further keywords are the model options of the
     command line: wkv ("paper" | "official"), wkv_chunks, preprocess ("mmcls" | "internimage" | "resize"),
     head ("none" | "linear" | "mlp"), shift ("q" | "1d" | "none"), wkv_direction ("bi" | "uni"), wkv_decay
