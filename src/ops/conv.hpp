@@ -39,12 +39,15 @@ void conv_transpose2d_ref(const float* x, const float* weight, const float* bias
 // A convolution with an optional per-channel affine after it folded into
 // its weights and bias (an eval-mode BatchNorm: scale = γ/√(var+ε),
 // shift = β − mean·scale) and an optional ReLU as a post-op.
-// Float32 3×3 convolutions with at least this many input and output channels
-// run as Winograd F(4×4, 3×3) when allowed: fewer multiplies for the
-// UPerHead's 512-channel convolutions (a whole 512² segmentor call went
-// from 3.5–3.7 s to 1.4 s), and an error below the direct sum's
-// (tests/test_seg_ops.cpp measures it). oneDNN has Winograd on AVX-512
-// machines only; elsewhere these run as direct convolutions.
+// Float32 3×3 stride-1 convolutions with at least this many input and output
+// channels run as Winograd when allowed (oneDNN's F(4×4, 3×3), or F(2×2,
+// 3×3) for 64 channels): fewer multiplies for the UPerHead's 512-channel
+// convolutions (a whole 512² segmentor call went from 3.5–3.7 s to 1.4 s),
+// the FPN's and mask head's 256, the spatial prior module's 64 (at 64 about
+// even with the direct convolution once the layout copies are counted), and an
+// error below the direct sum's (tests/test_seg_ops.cpp measures it). oneDNN
+// has Winograd on AVX-512 machines only; elsewhere these run as direct
+// convolutions.
 constexpr std::int64_t kWinogradMinChannels = 64;
 // Whether this machine's oneDNN has a Winograd convolution (asked once).
 bool winograd_supported();
